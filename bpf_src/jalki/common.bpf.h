@@ -1,0 +1,394 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * jalki/common.bpf.h: the kernel-side services every jalki probe shares.
+ *
+ * Include it once per probe object (after nothing, or after vmlinux.h). It
+ * defines, in that object:
+ *
+ *   jalki_self_tgid   const volatile __u32 in .rodata: jalki's own tgid,
+ *                     set by the loader before load; 0 = no self filter
+ *   jalki_config      ARRAY[1] of struct jalki_config: filters and sampling,
+ *                     written by the loader after load
+ *   jalki_drops       PERCPU_ARRAY[JALKI_DROP__MAX] of __u64: drops by cause
+ *   jalki_sock_owner  LRU_HASH, key = socket pointer (__u64), value =
+ *                     struct jalki_owner: who owns a socket, recorded in
+ *                     task context, read later in softirq/timer context
+ *
+ * Each probe .bpf.c declares its own ring buffer, named `events`, before it
+ * calls jalki_reserve() (a macro, so that it binds to that object's map):
+ *
+ *   struct {
+ *           __uint(type, BPF_MAP_TYPE_RINGBUF);
+ *           __uint(max_entries, JALKI_RINGBUF_DEFAULT_BYTES);
+ *   } events SEC(".maps");
+ *
+ * Configuration semantics (struct jalki_config). An all-zero entry (the state
+ * right after load, before the loader writes it) means "keep everything, no
+ * filters":
+ *   - filter_tgid: 0 = any process; else only events owned by that tgid
+ *     (events whose owner is unknown do not match a tgid filter).
+ *   - filter_port: 0 = any; else the source or the destination port must match.
+ *   - sampling applies only when flags has JALKI_CFG_SAMPLING set: then an
+ *     event (or, for per-connection probes, a connection) is kept when
+ *     bpf_get_prandom_u32() <= sample_threshold, so a threshold of
+ *     0xffffffff keeps all and 0 keeps about 1 in 2^32. With the flag clear,
+ *     sample_threshold is ignored and everything is kept.
+ *   Every event given up because of sampling is counted in
+ *   jalki_drops[JALKI_DROP_SAMPLED]; ring-buffer reservation failures in
+ *   jalki_drops[JALKI_DROP_RINGBUF_FULL]; failed inserts into a probe's
+ *   tracking map in jalki_drops[JALKI_DROP_TRACKING_FULL]. Filtered events
+ *   and self events are not drops and are not counted.
+ *
+ * Socket helpers (jalki_sk_*): the plain versions dereference a BTF-typed
+ * `struct sock *` directly (tp_btf, fentry/fexit arguments): no
+ * bpf_probe_read, so they keep working under lockdown=confidentiality. The
+ * *_probed versions use BPF_CORE_READ (bpf_probe_read_kernel) for untyped
+ * pointers such as a classic tracepoint's `skaddr`.
+ */
+#ifndef JALKI_COMMON_BPF_H
+#define JALKI_COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+/* ------------------------------------------------------------------ */
+/* Constants (vmlinux.h carries types, not macros)                     */
+/* ------------------------------------------------------------------ */
+
+#define JALKI_AF_INET 2
+#define JALKI_AF_INET6 10
+#define JALKI_IPPROTO_TCP 6
+
+/* errno values used by probes (include/uapi/asm-generic/errno.h) */
+#define JALKI_EADDRNOTAVAIL 99
+#define JALKI_ECONNABORTED 103
+#define JALKI_ETIMEDOUT 110
+#define JALKI_ECONNREFUSED 111
+
+/* struct jalki_config.flags */
+#define JALKI_CFG_SAMPLING 1u
+
+/* struct jalki_event_header.flags */
+#define JALKI_HDR_OWNER_KNOWN 1u
+
+/* Default size of a probe's `events` ring buffer; the loader resizes it. */
+#define JALKI_RINGBUF_DEFAULT_BYTES (1 << 20)
+
+#ifndef JALKI_SOCK_OWNER_ENTRIES
+#define JALKI_SOCK_OWNER_ENTRIES 16384
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Shared structs (mirrored by jalki_core in Python)                   */
+/* ------------------------------------------------------------------ */
+
+struct jalki_config {
+	__u32 filter_tgid;      /* 0 = any */
+	__u16 filter_port;      /* 0 = any; matches source or destination port */
+	__u16 _pad;
+	__u32 sample_threshold; /* used only with JALKI_CFG_SAMPLING: keep if prandom <= threshold */
+	__u32 flags;            /* JALKI_CFG_* */
+};
+_Static_assert(sizeof(struct jalki_config) == 16, "jalki_config layout");
+
+enum jalki_drop_cause {
+	JALKI_DROP_RINGBUF_FULL = 0,
+	JALKI_DROP_SAMPLED = 1,
+	JALKI_DROP_TRACKING_FULL = 2,
+	JALKI_DROP__MAX = 3,
+};
+
+struct jalki_owner {
+	__u64 cgroup_id;
+	__u32 tgid;
+	__u32 _pad;
+	char comm[16];
+	__u64 start_ns; /* when ownership was recorded */
+};
+_Static_assert(sizeof(struct jalki_owner) == 40, "jalki_owner layout");
+
+struct jalki_event_header {
+	__u64 ts_ns;     /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u64 cgroup_id;
+	__u32 pid;       /* tgid of the owning process; 0 if unknown */
+	__u32 flags;     /* JALKI_HDR_OWNER_KNOWN */
+	char comm[16];
+};
+_Static_assert(sizeof(struct jalki_event_header) == 40, "jalki_event_header layout");
+
+/* ------------------------------------------------------------------ */
+/* Globals and maps                                                    */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Put `struct name` (a record layout) into the object's BTF, so that the
+ * loader can check the Python layout against it: clang emits BTF only for
+ * types reachable from globals, maps and function signatures, not for types
+ * used only by local variables. Costs one pointer in .rodata.
+ *   JALKI_BTF_EXPORT(tcp_connect_event);
+ */
+#define JALKI_BTF_EXPORT(name) \
+	struct name *const volatile jalki_btf_##name __attribute__((unused)) = 0
+
+const volatile __u32 jalki_self_tgid = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct jalki_config);
+} jalki_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, JALKI_DROP__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} jalki_drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, JALKI_SOCK_OWNER_ENTRIES);
+	__type(key, __u64);
+	__type(value, struct jalki_owner);
+} jalki_sock_owner SEC(".maps");
+
+/* ------------------------------------------------------------------ */
+/* Drops, config, filters, sampling                                    */
+/* ------------------------------------------------------------------ */
+
+static __always_inline void jalki_count_drop(enum jalki_drop_cause cause)
+{
+	__u32 key = cause;
+	__u64 *count = bpf_map_lookup_elem(&jalki_drops, &key);
+
+	/* atomic: a softirq program may interrupt a task-context one on this CPU */
+	if (count)
+		__sync_fetch_and_add(count, 1);
+}
+
+/* The config entry; never NULL in practice (a 1-entry ARRAY always has it). */
+static __always_inline const struct jalki_config *jalki_config_get(void)
+{
+	__u32 key = 0;
+
+	return bpf_map_lookup_elem(&jalki_config, &key);
+}
+
+static __always_inline bool jalki_is_self(__u32 tgid)
+{
+	return jalki_self_tgid != 0 && tgid == jalki_self_tgid;
+}
+
+/* tgid 0 means "owner unknown": it passes unless a tgid filter is set. */
+static __always_inline bool jalki_pass_filters(__u32 tgid, __u16 sport, __u16 dport)
+{
+	const struct jalki_config *cfg = jalki_config_get();
+
+	if (!cfg)
+		return true;
+	if (cfg->filter_tgid && cfg->filter_tgid != tgid)
+		return false;
+	if (cfg->filter_port && cfg->filter_port != sport && cfg->filter_port != dport)
+		return false;
+	return true;
+}
+
+/* True when sampling gives this event (or connection) up; counts the drop. */
+static __always_inline bool jalki_sampled_out(void)
+{
+	const struct jalki_config *cfg = jalki_config_get();
+
+	if (!cfg || !(cfg->flags & JALKI_CFG_SAMPLING))
+		return false;
+	if (bpf_get_prandom_u32() <= cfg->sample_threshold)
+		return false;
+	jalki_count_drop(JALKI_DROP_SAMPLED);
+	return true;
+}
+
+/* Reserve in a ring buffer; counts JALKI_DROP_RINGBUF_FULL on failure. */
+static __always_inline void *jalki_ringbuf_reserve(void *ringbuf, __u64 size)
+{
+	void *rec = bpf_ringbuf_reserve(ringbuf, size, 0);
+
+	if (!rec)
+		jalki_count_drop(JALKI_DROP_RINGBUF_FULL);
+	return rec;
+}
+
+/* Reserve `size` bytes in this object's `events` ring buffer. */
+#define jalki_reserve(size) jalki_ringbuf_reserve(&events, (size))
+
+/* ------------------------------------------------------------------ */
+/* Owners and event headers                                            */
+/* ------------------------------------------------------------------ */
+
+/* Fill *owner from the current task. Call only in task context. */
+static __always_inline void jalki_owner_current(struct jalki_owner *owner)
+{
+	owner->cgroup_id = bpf_get_current_cgroup_id();
+	owner->tgid = bpf_get_current_pid_tgid() >> 32;
+	owner->_pad = 0;
+	bpf_get_current_comm(owner->comm, sizeof(owner->comm));
+	owner->start_ns = bpf_ktime_get_ns();
+}
+
+/* Record the current task as the owner of sk. Call only in task context. */
+static __always_inline void jalki_owner_record(const void *sk)
+{
+	__u64 key = (__u64)(unsigned long)sk;
+	struct jalki_owner owner;
+
+	jalki_owner_current(&owner);
+	bpf_map_update_elem(&jalki_sock_owner, &key, &owner, BPF_ANY);
+}
+
+static __always_inline struct jalki_owner *jalki_owner_lookup(const void *sk)
+{
+	__u64 key = (__u64)(unsigned long)sk;
+
+	return bpf_map_lookup_elem(&jalki_sock_owner, &key);
+}
+
+static __always_inline void jalki_owner_forget(const void *sk)
+{
+	__u64 key = (__u64)(unsigned long)sk;
+
+	bpf_map_delete_elem(&jalki_sock_owner, &key);
+}
+
+/* Header owned by `owner`, or by nobody (pid 0, flag clear) when NULL. */
+static __always_inline void jalki_fill_header_from_owner(struct jalki_event_header *hdr,
+							 const struct jalki_owner *owner)
+{
+	hdr->ts_ns = bpf_ktime_get_ns();
+	if (owner) {
+		hdr->cgroup_id = owner->cgroup_id;
+		hdr->pid = owner->tgid;
+		hdr->flags = JALKI_HDR_OWNER_KNOWN;
+		__builtin_memcpy(hdr->comm, owner->comm, sizeof(hdr->comm));
+	} else {
+		hdr->cgroup_id = 0;
+		hdr->pid = 0;
+		hdr->flags = 0;
+		__builtin_memset(hdr->comm, 0, sizeof(hdr->comm));
+	}
+}
+
+/* Header owned by the current task. Call only in task context. */
+static __always_inline void jalki_fill_header_current(struct jalki_event_header *hdr)
+{
+	hdr->ts_ns = bpf_ktime_get_ns();
+	hdr->cgroup_id = bpf_get_current_cgroup_id();
+	hdr->pid = bpf_get_current_pid_tgid() >> 32;
+	hdr->flags = JALKI_HDR_OWNER_KNOWN;
+	bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
+}
+
+/* ------------------------------------------------------------------ */
+/* Inet socket readers                                                 */
+/* ------------------------------------------------------------------ */
+/*
+ * Addresses are written in network byte order into 16-byte arrays (IPv4 in
+ * the first 4 bytes, the rest zeroed); ports in host byte order: sport is
+ * skc_num (0 once the local port has been released, e.g. at CLOSE),
+ * dport is ntohs(skc_dport).
+ */
+
+static __always_inline void jalki_put_addr4(__u8 *dst, __be32 addr)
+{
+	__builtin_memset(dst, 0, 16);
+	__builtin_memcpy(dst, &addr, 4);
+}
+
+/* Direct BTF dereference: sk must be a BTF-typed pointer (tp_btf, fentry). */
+static __always_inline void jalki_sk_addrs(const struct sock *sk, __u8 *saddr, __u8 *daddr,
+					   __u16 *sport, __u16 *dport, __u16 *family)
+{
+	__u16 fam = sk->__sk_common.skc_family;
+
+	*family = fam;
+	*sport = sk->__sk_common.skc_num;
+	*dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (fam == JALKI_AF_INET6) {
+		__be32 *s = (__be32 *)saddr, *d = (__be32 *)daddr;
+
+		s[0] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[0];
+		s[1] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+		s[2] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[2];
+		s[3] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+		d[0] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[0];
+		d[1] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[1];
+		d[2] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[2];
+		d[3] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[3];
+	} else {
+		jalki_put_addr4(saddr, sk->__sk_common.skc_rcv_saddr);
+		jalki_put_addr4(daddr, sk->__sk_common.skc_daddr);
+	}
+}
+
+/* Same through BPF_CORE_READ, for untyped pointers (classic tracepoints). */
+static __always_inline void jalki_sk_addrs_probed(const struct sock *sk, __u8 *saddr,
+						  __u8 *daddr, __u16 *sport, __u16 *dport,
+						  __u16 *family)
+{
+	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	*family = fam;
+	*sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	*dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (fam == JALKI_AF_INET6) {
+		BPF_CORE_READ_INTO(saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		jalki_put_addr4(saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		jalki_put_addr4(daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	}
+}
+
+/* Network namespace inode of sk. */
+static __always_inline __u32 jalki_sk_netns(const struct sock *sk)
+{
+	return sk->__sk_common.skc_net.net->ns.inum;
+}
+
+static __always_inline __u32 jalki_sk_netns_probed(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* sk_protocol: a bitfield before Linux 5.6, a __u16 since; read either way. */
+static __always_inline __u16 jalki_sk_protocol(const struct sock *sk)
+{
+	return BPF_CORE_READ_BITFIELD(sk, sk_protocol);
+}
+
+/*
+ * Addresses and ports from a sock:inet_sock_set_state record (the record's
+ * sport is ntohs(inet_sport), still set at CLOSE when skc_num is already 0).
+ */
+static __always_inline void
+jalki_set_state_record_addrs(const struct trace_event_raw_inet_sock_set_state *rec, __u8 *saddr,
+			     __u8 *daddr, __u16 *sport, __u16 *dport, __u16 *family)
+{
+	__u16 fam = rec->family;
+
+	*family = fam;
+	*sport = rec->sport;
+	*dport = rec->dport;
+	if (fam == JALKI_AF_INET6) {
+		bpf_probe_read_kernel(saddr, 16, rec->saddr_v6);
+		bpf_probe_read_kernel(daddr, 16, rec->daddr_v6);
+	} else {
+		__builtin_memset(saddr, 0, 16);
+		__builtin_memset(daddr, 0, 16);
+		bpf_probe_read_kernel(saddr, 4, rec->saddr);
+		bpf_probe_read_kernel(daddr, 4, rec->daddr);
+	}
+}
+
+#endif /* JALKI_COMMON_BPF_H */

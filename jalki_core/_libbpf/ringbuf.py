@@ -1,0 +1,166 @@
+"""``RingBufferReader``: batch reads of a BPF ring buffer.
+
+libbpf's ``ring_buffer__poll``/``consume`` call a C callback (shim.c) that
+copies every record of exactly ``record_size`` bytes into one batch buffer,
+back to back with no headers, so Python crosses into C once per batch rather
+than once per record. When the batch cannot hold another record the callback
+stops libbpf; libbpf has already moved its consumer position past the copied
+record, so the next call resumes with the following one and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from types import TracebackType
+from typing import Any
+
+from jalki_core._libbpf import _check
+from jalki_core._libbpf._ffi import ffi, lib
+from jalki_core._libbpf.maps import BpfMap, MapType
+from jalki_core.errors import RingBufferError
+
+MIN_DEFAULT_BATCH = 64 * 1024
+
+
+class RingBufferReader:
+    """Reads fixed-size records from a loaded ``RINGBUF`` map in batches.
+
+    ``poll``/``consume`` return the records gathered by one call as one
+    ``bytes`` (a multiple of ``record_size``). Records of another size are
+    counted in :attr:`size_mismatches` and skipped. Safe to ``close`` from
+    another thread: close waits for a running ``poll`` to return.
+    """
+
+    def __init__(self, bpf_map: BpfMap, record_size: int, batch_bytes: int | None = None) -> None:
+        """Attach a reader to ``bpf_map``; ``batch_bytes`` defaults to the ring size (min 64 KiB)."""
+        self._rb: Any = None
+        self._lock = threading.Lock()
+        op = "ring_buffer__new"
+        if not isinstance(bpf_map, BpfMap):
+            raise _check.closed(op, detail=f"expected a BpfMap, got {type(bpf_map).__name__}")
+        obj = bpf_map.owner.name
+        self._map = bpf_map
+        if bpf_map.type != MapType.RINGBUF:
+            raise _check.error(
+                RingBufferError, op, errno.EINVAL, obj=obj, detail=f"map {bpf_map.name} is not a RINGBUF map"
+            )
+        map_fd = bpf_map.fd  # BpfHandleClosedError when closed or not loaded
+        if record_size <= 0:
+            raise _check.error(RingBufferError, op, errno.EINVAL, obj=obj, detail=f"record_size {record_size}")
+        if batch_bytes is None:
+            batch_bytes = max(bpf_map.max_entries, MIN_DEFAULT_BATCH)
+        batch_bytes = batch_bytes // record_size * record_size
+        if batch_bytes < record_size:
+            raise _check.error(
+                RingBufferError,
+                op,
+                errno.EINVAL,
+                obj=obj,
+                detail=f"batch_bytes must hold at least one {record_size}-byte record",
+            )
+        self._record_size = record_size
+        self._batch_bytes = batch_bytes
+        self._buf = ffi.new("char[]", batch_bytes)
+        self._ctx = ffi.new("struct jalki_rb_ctx *")
+        self._ctx.buf = self._buf
+        self._ctx.cap = batch_bytes
+        self._ctx.record_size = record_size
+        rb = lib.jalki_rb_new(map_fd, self._ctx)
+        self._rb = _check.ptr(rb, op, RingBufferError, obj=obj, detail=f"map {bpf_map.name}")
+        bpf_map.owner._remember_reader(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._rb is None else "open"
+        return f"<RingBufferReader {self._map.name} record_size={self._record_size} ({state})>"
+
+    def __enter__(self) -> RingBufferReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except BaseException:  # never raise from a finalizer
+            pass
+
+    def _handle(self, operation: str) -> Any:
+        if self._rb is None:
+            raise _check.closed(
+                operation, obj=self._map.owner.name, detail=f"ring buffer reader of {self._map.name} is closed"
+            )
+        return self._rb
+
+    @property
+    def record_size(self) -> int:
+        """Size of every accepted record in bytes."""
+        return self._record_size
+
+    @property
+    def batch_bytes(self) -> int:
+        """Capacity of the batch buffer (a multiple of ``record_size``)."""
+        return self._batch_bytes
+
+    @property
+    def epoll_fd(self) -> int:
+        """libbpf's epoll descriptor, readable when records are waiting."""
+        return int(lib.ring_buffer__epoll_fd(self._handle("ring_buffer__epoll_fd")))
+
+    @property
+    def records_total(self) -> int:
+        """Records delivered in batches since the reader was created."""
+        return int(self._ctx.records)
+
+    @property
+    def size_mismatches(self) -> int:
+        """Records skipped because their size was not ``record_size``."""
+        return int(self._ctx.mismatches)
+
+    @property
+    def records_lost(self) -> int:
+        """Records dropped for lack of batch space; 0 unless the C invariant broke."""
+        return int(self._ctx.lost)
+
+    def _run(self, operation: str, call: Any, *args: Any) -> bytes:
+        with self._lock:
+            rb = self._handle(operation)
+            ctx = self._ctx
+            ctx.len = 0
+            ctx.full = 0
+            res = int(call(rb, *args))
+            # A negative result with `full` set is the callback's deliberate stop.
+            if res < 0 and not ctx.full and res != -errno.EINTR:
+                _check.rc(res, operation, RingBufferError, obj=self._map.owner.name, detail=f"map {self._map.name}")
+            data = bytes(ffi.buffer(self._buf, ctx.len))
+            ctx.len = 0
+            ctx.full = 0
+            return data
+
+    def poll(self, timeout_ms: int) -> bytes:
+        """Wait up to ``timeout_ms`` (-1: forever) for records; return a batch (maybe empty)."""
+        return self._run("ring_buffer__poll", lib.ring_buffer__poll, int(timeout_ms))
+
+    def consume(self) -> bytes:
+        """Return the records available now, without waiting (up to one batch)."""
+        return self._run("ring_buffer__consume", lib.ring_buffer__consume)
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._rb is None
+
+    def close(self) -> None:
+        """Free libbpf's ring buffer (idempotent)."""
+        with self._lock:
+            rb, self._rb = self._rb, None
+        if rb is None:
+            return
+        self._map.owner._forget_reader(self)
+        lib.ring_buffer__free(rb)

@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* C side of jalki's libbpf binding; compiled by cffi (see build_ffi.py). */
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+#include <linux/bpf.h>
+
+#include "shim.h"
+
+/* Defined by cffi from the cdef's extern "Python" declaration. */
+static void jalki_py_print(int level, const char *msg);
+
+static int jalki_vprint(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+    char small[1024];
+    va_list again;
+    int n;
+
+    va_copy(again, ap);
+    n = vsnprintf(small, sizeof(small), fmt, ap);
+    if (n < 0) {
+        va_end(again);
+        return 0;
+    }
+    if ((size_t)n < sizeof(small)) {
+        jalki_py_print((int)level, small);
+    } else {
+        /* Verifier logs arrive as one message and can be megabytes long. */
+        char *big = malloc((size_t)n + 1);
+        if (big) {
+            vsnprintf(big, (size_t)n + 1, fmt, again);
+            jalki_py_print((int)level, big);
+            free(big);
+        } else {
+            jalki_py_print((int)level, small);
+        }
+    }
+    va_end(again);
+    return n;
+}
+
+void jalki_install_print(void)
+{
+    libbpf_set_print(jalki_vprint);
+}
+
+struct bpf_object *jalki_open_mem(const void *buf, size_t size, const char *name)
+{
+    LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = name);
+    return bpf_object__open_mem(buf, size, &opts);
+}
+
+int jalki_datasec_locate(struct bpf_object *obj, const char *sec, const char *var,
+                         uint32_t *off, uint32_t *size)
+{
+    const struct btf_var_secinfo *vsi;
+    const struct btf_type *t, *vt;
+    struct btf *btf;
+    const char *name;
+    int id, i, n;
+
+    btf = bpf_object__btf(obj);
+    if (!btf)
+        return -ENODATA;
+    id = btf__find_by_name_kind(btf, sec, BTF_KIND_DATASEC);
+    if (id < 0)
+        return -ENOENT;
+    t = btf__type_by_id(btf, (uint32_t)id);
+    if (!t)
+        return -ENOENT;
+    vsi = btf_var_secinfos(t);
+    n = btf_vlen(t);
+    for (i = 0; i < n; i++, vsi++) {
+        vt = btf__type_by_id(btf, vsi->type);
+        if (!vt)
+            continue;
+        name = btf__name_by_offset(btf, vt->name_off);
+        if (name && strcmp(name, var) == 0) {
+            *off = vsi->offset;
+            *size = vsi->size;
+            return 0;
+        }
+    }
+    return -ENOENT;
+}
+
+long jalki_btf_struct_size(struct bpf_object *obj, const char *name)
+{
+    const struct btf_type *t;
+    struct btf *btf;
+    int id;
+
+    btf = bpf_object__btf(obj);
+    if (!btf)
+        return -ENODATA;
+    id = btf__find_by_name_kind(btf, name, BTF_KIND_STRUCT);
+    if (id < 0)
+        return -ENOENT;
+    t = btf__type_by_id(btf, (uint32_t)id);
+    if (!t)
+        return -ENOENT;
+    return (long)t->size;
+}
+
+int jalki_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt)
+{
+    struct bpf_prog_info info;
+    __u32 len = sizeof(info);
+    int err;
+
+    memset(&info, 0, sizeof(info));
+    err = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
+    if (err < 0)
+        return err;
+    *run_time_ns = info.run_time_ns;
+    *run_cnt = info.run_cnt;
+    return 0;
+}
+
+/*
+ * Copy one record into the batch. libbpf advances the consumer position past
+ * a record *before* returning a negative callback result to its caller
+ * (ringbuf_process_ring stores consumer_pos, then returns err), so stopping
+ * right after a successful copy never loses a record: the next poll/consume
+ * starts at the following one.
+ */
+static int jalki_rb_sample(void *ctx, void *data, size_t size)
+{
+    struct jalki_rb_ctx *c = ctx;
+
+    if (size != c->record_size) {
+        c->mismatches++;
+        return 0;
+    }
+    if (c->cap - c->len < size) {
+        /* Unreachable while the reader resets the batch before each call;
+         * count it rather than write past the buffer. */
+        c->lost++;
+        c->full = 1;
+        return -ENOBUFS;
+    }
+    memcpy(c->buf + c->len, data, size);
+    c->len += size;
+    c->records++;
+    if (c->cap - c->len < c->record_size) {
+        c->full = 1;
+        return -ENOBUFS;
+    }
+    return 0;
+}
+
+struct ring_buffer *jalki_rb_new(int map_fd, struct jalki_rb_ctx *ctx)
+{
+    if (map_fd < 0 || !ctx || !ctx->buf || ctx->record_size == 0 || ctx->cap < ctx->record_size) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return ring_buffer__new(map_fd, jalki_rb_sample, ctx, NULL);
+}

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * C helpers for jalki's libbpf binding.
+ *
+ * This header is read twice: by the C compiler (included from shim.c) and by
+ * cffi's cdef parser (build_ffi.py). Keep it free of #include and macros other
+ * than the guard, and use only types from <stdint.h>/<stddef.h>.
+ */
+#ifndef JALKI_SHIM_H
+#define JALKI_SHIM_H
+
+/* Batch state shared between RingBufferReader (Python) and the sample callback (C). */
+struct jalki_rb_ctx {
+    char *buf;              /* batch buffer owned by the Python reader */
+    size_t cap;             /* its size in bytes, a multiple of record_size */
+    size_t len;             /* bytes filled so far */
+    size_t record_size;     /* every accepted record has exactly this size */
+    uint64_t records;       /* records copied, ever */
+    uint64_t mismatches;    /* records skipped because their size differed */
+    uint64_t lost;          /* records dropped for want of batch space (never, if used right) */
+    int full;               /* set when fewer than record_size bytes remain */
+};
+
+struct bpf_object;
+struct ring_buffer;
+
+/* Route libbpf's printing into Python (jalki_py_print). */
+void jalki_install_print(void);
+
+/* bpf_object__open_mem with an object name. NULL + errno on failure. */
+struct bpf_object *jalki_open_mem(const void *buf, size_t size, const char *name);
+
+/* Offset and size of variable `var` in DATASEC `sec` of the object's BTF. 0 or -errno. */
+int jalki_datasec_locate(struct bpf_object *obj, const char *sec, const char *var,
+                         uint32_t *off, uint32_t *size);
+
+/* Size of BTF struct `name` in the object's BTF; -ENOENT when absent. */
+long jalki_btf_struct_size(struct bpf_object *obj, const char *name);
+
+/* run_time_ns and run_cnt of a loaded program. 0 or -errno. */
+int jalki_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt);
+
+/* ring_buffer__new with the batching sample callback. NULL + errno on failure. */
+struct ring_buffer *jalki_rb_new(int map_fd, struct jalki_rb_ctx *ctx);
+
+#endif /* JALKI_SHIM_H */

@@ -1,0 +1,1 @@
+"""Emitters: where events go (stdout, files, and plugins' sinks)."""

@@ -1,0 +1,193 @@
+"""The one exception hierarchy of jalki.
+
+Every error jalki raises on purpose derives from :class:`JalkiError`. Library
+code raises them; only the CLI turns them into a red line and an exit code
+(``JalkiError.exit_code``).
+
+::
+
+    JalkiError
+    ├── UsageError                 bad input from the user (flag value, unknown name)
+    │   ├── UnknownPluginError     a --plugin name that no installed plugin provides
+    │   └── UnknownEmitterError    an --emit name that no emitter provides
+    ├── PrivilegeError             not root / missing CAP_BPF+CAP_PERFMON
+    ├── EnvironmentProblem         the kernel or machine lacks something (BTF, tracefs)
+    ├── PluginError                a plugin failed to import, register or behave
+    ├── ProbeError                 a probe's contract is broken or it could not attach
+    │   ├── LayoutMismatchError    the Python record layout disagrees with the C header
+    │   └── AttachLadderExhausted  every rung of a probe's attach ladder failed
+    ├── EmitterError               an emitter could not open or write its sink
+    ├── BpfBuildError              clang failed to compile a BPF source
+    └── LibbpfError                a libbpf call failed (errno, object, program, hint)
+        ├── BpfOpenError
+        ├── BpfLoadError
+        ├── BpfAttachError
+        ├── BpfMapError
+        ├── RingBufferError
+        └── BpfHandleClosedError   a handle was used after it was closed
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+def errno_name(code: int) -> str:
+    """Return the kernel name of an errno value (``111`` → ``"ECONNREFUSED"``)."""
+    code = abs(code)
+    return _errno.errorcode.get(code, f"E{code}")
+
+
+class JalkiError(Exception):
+    """Base of every error jalki raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The problem and, when known, the fix, on one line."""
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class UsageError(JalkiError):
+    """Bad input from the user: a flag value, an unknown name, a bad path."""
+
+    exit_code = 2
+
+
+class UnknownPluginError(UsageError):
+    """A requested plugin is not installed."""
+
+
+class UnknownEmitterError(UsageError):
+    """A requested emitter is not provided by any plugin."""
+
+
+class PrivilegeError(JalkiError):
+    """The process lacks the privileges to load BPF programs."""
+
+    exit_code = 77
+
+
+class EnvironmentProblem(JalkiError):
+    """The kernel or machine lacks something jalki needs (BTF, tracefs, …)."""
+
+    exit_code = 78
+
+
+class PluginError(JalkiError):
+    """A plugin failed to import, register, or honour the hook contract."""
+
+
+class ProbeError(JalkiError):
+    """A probe's contract is broken, or the probe could not be attached."""
+
+
+class LayoutMismatchError(ProbeError):
+    """The Python mirror of a record layout disagrees with the C definition."""
+
+
+class AttachLadderExhausted(ProbeError):
+    """Every rung of a probe's attach ladder failed."""
+
+
+class EmitterError(JalkiError):
+    """An emitter could not open or write its sink."""
+
+
+class BpfBuildError(JalkiError):
+    """clang failed to compile a BPF C source."""
+
+
+_HINTS: dict[int, str] = {
+    _errno.EPERM: (
+        "run as root or grant CAP_BPF+CAP_PERFMON; if already privileged, "
+        "this kernel refuses this attach type"
+    ),
+    _errno.EACCES: "the verifier rejected the program; see the verifier log",
+    _errno.ENOENT: "the kernel lacks this function, tracepoint or BTF type",
+    _errno.ESRCH: "the attach target (kernel function or BTF id) was not found",
+    _errno.EINVAL: "the kernel does not support this program or attach type",
+    _errno.EOPNOTSUPP: "the kernel does not support this program or attach type",
+    _errno.ENOTSUP: "the kernel does not support this program or attach type",
+    _errno.E2BIG: "the program or map is too large for this kernel",
+    _errno.ENOMEM: "not enough locked memory; raise RLIMIT_MEMLOCK or use a smaller ring buffer",
+    _errno.EBADF: "the handle is not open",
+}
+
+
+def errno_hint(code: int) -> str | None:
+    """A short suggested fix for a failed libbpf call with this errno."""
+    return _HINTS.get(abs(code))
+
+
+class LibbpfError(JalkiError):
+    """A libbpf call failed; carries the errno name, object, program and a hint."""
+
+    def __init__(
+        self,
+        operation: str,
+        err: int,
+        *,
+        obj: str | None = None,
+        program: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.operation = operation
+        self.errno = abs(err)
+        self.errno_name = errno_name(err)
+        self.obj = obj
+        self.program = program
+        self.detail = detail
+        where = ", ".join(
+            part
+            for part in (
+                f"object {obj}" if obj else "",
+                f"program {program}" if program else "",
+            )
+            if part
+        )
+        message = f"{operation} failed: {self.errno_name} ({os.strerror(self.errno)})"
+        if where:
+            message += f" [{where}]"
+        if detail:
+            message += f": {detail}"
+        super().__init__(message, hint=hint if hint is not None else errno_hint(err))
+
+
+class BpfOpenError(LibbpfError):
+    """Opening a BPF object (file or memory) failed."""
+
+
+class BpfLoadError(LibbpfError):
+    """Loading a BPF object into the kernel failed (verifier, permissions, BTF)."""
+
+    def __init__(self, *args: object, verifier_log: str = "", **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.verifier_log = verifier_log
+
+
+class BpfAttachError(LibbpfError):
+    """Attaching a loaded program failed."""
+
+
+class BpfMapError(LibbpfError):
+    """A map operation (lookup, update, delete, resize) failed."""
+
+
+class RingBufferError(LibbpfError):
+    """Creating or polling a ring buffer failed."""
+
+
+class BpfHandleClosedError(LibbpfError):
+    """A BPF handle was used after it was closed or before it was valid."""
+
+    exit_code = 1

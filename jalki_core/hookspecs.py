@@ -1,0 +1,47 @@
+"""The plugin contract of jalki: every hook a plugin may implement.
+
+A plugin is a module named by an entry point in the ``jalki`` group; it
+implements some of these hooks, decorated with :data:`jalki_core.hookimpl`.
+Registration hooks receive a registry and call its ``register`` method, so one
+plugin can add several probes or emitters and the registry can name both
+distributions when two register the same name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from jalki_core import hookspec
+
+if TYPE_CHECKING:
+    from jalki_core.registry import EmitterRegistry, ProbeRegistry
+
+
+@hookspec
+def jalki_register_probes(registry: ProbeRegistry) -> None:
+    """Register the probes this plugin provides.
+
+    Called once per process, when the plugin manager loads plugins.
+
+    :param registry: call ``registry.register(probe)`` with one instance of a
+        :class:`jalki_core.probe.Probe` subclass per probe. Registering a name
+        that another plugin already registered raises
+        :class:`jalki_core.errors.PluginError` naming both distributions.
+    :return: nothing; results are ignored.
+    """
+
+
+@hookspec
+def jalki_register_emitters(registry: EmitterRegistry) -> None:
+    """Register the event emitters (sinks) this plugin provides.
+
+    Called once per process, when the plugin manager loads plugins. The core's
+    ``stdout`` and ``file`` emitters are registered through this same hook by
+    the default plugin :mod:`jalki_core.emitters.builtin`.
+
+    :param registry: call ``registry.register(name, factory, description)``
+        where ``factory(argument)`` builds a :class:`jalki_core.emitters.base.Emitter`
+        from the text after ``name:`` in ``--emit name:argument`` (``None`` when
+        absent) and raises :class:`jalki_core.errors.UsageError` on a bad argument.
+    :return: nothing; results are ignored.
+    """

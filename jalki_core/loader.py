@@ -1,0 +1,241 @@
+"""The attach ladder: load a probe by trying its program variants, best first.
+
+For every rung the loader opens the probe's object afresh, switches autoload
+on for exactly that rung's programs, checks the record layout against the
+object's BTF, loads, writes the run-time configuration, and attaches. The
+first rung that loads and attaches is kept; each failed rung is recorded with
+its errno name and an excerpt of the verifier/libbpf log. The kernel's answer
+decides, never its version number.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from jalki_core.errors import (
+    AttachLadderExhausted,
+    LayoutMismatchError,
+    LibbpfError,
+    ProbeError,
+)
+from jalki_core.probe import AttachRung, Probe
+
+if TYPE_CHECKING:
+    from jalki_core._libbpf import BpfLink, BpfObject
+
+log = logging.getLogger("jalki.loader")
+
+DROP_CAUSES = ("ringbuf_full", "sampled", "tracking_full")
+"""Kernel-side drop counters, in the order of ``enum jalki_drop_cause``."""
+
+CONFIG_STRUCT = struct.Struct("<IHHII")  # struct jalki_config: 16 bytes
+CONFIG_FLAG_SAMPLING = 1
+LOG_EXCERPT_LINES = 12
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """Run-time settings written into every probe's kernel-side config.
+
+    :param filter_pid: only events owned by this process id (tgid); 0 = all.
+    :param filter_port: only events whose source or destination port matches; 0 = all.
+    :param sample_rate: fraction of events kept, in (0, 1]; sampled-out events are counted.
+    :param self_tgid: the process to filter out (jalki itself).
+    :param ring_buffer_bytes: override each probe's ring size (power of two), or ``None``.
+    """
+
+    filter_pid: int = 0
+    filter_port: int = 0
+    sample_rate: float = 1.0
+    self_tgid: int = field(default_factory=os.getpid)
+    ring_buffer_bytes: int | None = None
+
+    def config_bytes(self) -> bytes:
+        """The packed ``struct jalki_config`` for these options."""
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ProbeError(f"sample rate {self.sample_rate} is outside (0, 1]")
+        sampling = self.sample_rate < 1.0
+        threshold = min(int(self.sample_rate * 0xFFFFFFFF), 0xFFFFFFFF) if sampling else 0xFFFFFFFF
+        flags = CONFIG_FLAG_SAMPLING if sampling else 0
+        return CONFIG_STRUCT.pack(self.filter_pid, self.filter_port, 0, threshold, flags)
+
+
+@dataclass(frozen=True)
+class RungFailure:
+    """Why one rung of a ladder could not be used."""
+
+    rung: str
+    stage: str  # "open", "layout", "load", "attach"
+    errno_name: str
+    message: str
+    log_excerpt: str = ""
+
+    def one_line(self) -> str:
+        """``rung: stage failed with ERRNO (message)``."""
+        return f"{self.rung}: {self.stage} failed with {self.errno_name} ({self.message})"
+
+
+@dataclass
+class LoadedProbe:
+    """A probe attached to the kernel on one rung."""
+
+    probe: Probe
+    obj: BpfObject
+    links: list[BpfLink]
+    rung: AttachRung
+    failures: list[RungFailure]
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Kernel-side drop counters by cause, summed over CPUs."""
+        drops_map = self.obj.maps.get("jalki_drops")
+        result = dict.fromkeys(DROP_CAUSES, 0)
+        if drops_map is None:
+            return result
+        for index, cause in enumerate(DROP_CAUSES):
+            try:
+                values = drops_map.lookup_per_cpu(struct.pack("<I", index))
+            except LibbpfError:
+                continue
+            result[cause] = sum(struct.unpack_from("<Q", value)[0] for value in values)
+        return result
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """Per-program (run time ns, run count) from ``bpf_enable_stats``."""
+        stats = {}
+        for name in self.rung.programs:
+            program = self.obj.programs.get(name)
+            if program is not None:
+                try:
+                    stats[name] = program.stats()
+                except LibbpfError:
+                    continue
+        return stats
+
+    def detach(self) -> None:
+        """Destroy every link (the programs stop firing); the object stays open."""
+        for link in self.links:
+            link.destroy()
+        self.links.clear()
+
+    def close(self) -> None:
+        """Detach and free the object."""
+        self.detach()
+        self.obj.close()
+
+
+def _log_excerpt(lines: list[str]) -> str:
+    kept = [line.rstrip() for line in lines if line.strip()]
+    return "\n".join(kept[-LOG_EXCERPT_LINES:])
+
+
+class ProbeLoader:
+    """Loads probes with their attach ladders, under one set of :class:`ProbeOptions`."""
+
+    def __init__(self, options: ProbeOptions | None = None) -> None:
+        self.options = options or ProbeOptions()
+        self._config = self.options.config_bytes()
+
+    def load(self, probe: Probe) -> LoadedProbe:
+        """Attach ``probe`` on the first rung that works.
+
+        :raises AttachLadderExhausted: every rung failed; ``.failures`` lists why.
+        :raises LayoutMismatchError: the Python layout disagrees with the object's BTF.
+        """
+        from jalki_core._libbpf import capture_libbpf_log
+
+        data = probe.bpf_object.read_bytes()
+        failures: list[RungFailure] = []
+        for rung in probe.ladder:
+            with capture_libbpf_log() as log_lines:
+                try:
+                    return self._try_rung(probe, data, rung, failures)
+                except LibbpfError as exc:
+                    stage = getattr(exc, "stage", "load")
+                    failures.append(
+                        RungFailure(
+                            rung=rung.name,
+                            stage=stage,
+                            errno_name=exc.errno_name,
+                            message=exc.one_line(),
+                            log_excerpt=_log_excerpt(
+                                [*log_lines, *getattr(exc, "verifier_log", "").splitlines()]
+                            ),
+                        )
+                    )
+                    log.info("probe %s: rung %s failed: %s", probe.name, rung.name, exc.one_line())
+        error = AttachLadderExhausted(
+            f"probe {probe.name}: every attach rung failed ("
+            + "; ".join(failure.one_line() for failure in failures)
+            + ")",
+            hint="run 'jalki doctor' to see which attach types this kernel allows",
+        )
+        error.failures = failures  # type: ignore[attr-defined]
+        raise error
+
+    def _try_rung(
+        self, probe: Probe, data: bytes, rung: AttachRung, failures: list[RungFailure]
+    ) -> LoadedProbe:
+        from jalki_core._libbpf import BpfObject
+
+        obj = BpfObject.open_memory(data, probe.name)
+        try:
+            self._prepare(probe, obj, rung)
+            try:
+                obj.load()
+            except LibbpfError as exc:
+                exc.stage = "load"  # type: ignore[attr-defined]
+                raise
+            config_map = obj.maps.get("jalki_config")
+            if config_map is not None:
+                config_map.update(struct.pack("<I", 0), self._config)
+            links: list[BpfLink] = []
+            try:
+                for name in rung.programs:
+                    links.append(obj.programs[name].attach())
+            except LibbpfError as exc:
+                for link in links:
+                    link.destroy()
+                exc.stage = "attach"  # type: ignore[attr-defined]
+                raise
+            return LoadedProbe(probe, obj, links, rung, list(failures))
+        except BaseException:
+            obj.close()
+            raise
+
+    def _prepare(self, probe: Probe, obj: BpfObject, rung: AttachRung) -> None:
+        missing = [name for name in rung.programs if name not in obj.programs]
+        if missing:
+            raise ProbeError(
+                f"probe {probe.name}: rung {rung.name} names programs missing from "
+                f"{probe.bpf_object.filename}: {', '.join(missing)}"
+            )
+        btf_size = obj.btf_struct_size(probe.layout.c_struct)
+        if btf_size is not None and btf_size != probe.layout.size:
+            raise LayoutMismatchError(
+                f"probe {probe.name}: struct {probe.layout.c_struct} is {btf_size} bytes in "
+                f"{probe.bpf_object.filename} but {probe.layout.size} in the Python layout",
+                hint="rebuild the plugin so its object and Python code match",
+            )
+        if probe.ring_buffer not in obj.maps:
+            raise ProbeError(f"probe {probe.name}: no ring buffer map named {probe.ring_buffer!r}")
+        wanted = set(rung.programs)
+        for name, program in obj.programs.items():
+            program.autoload = name in wanted
+        obj.maps[probe.ring_buffer].max_entries = (
+            self.options.ring_buffer_bytes or probe.ring_buffer_bytes
+        )
+        if "jalki_self_tgid" in _rodata_vars(obj):
+            obj.set_rodata("jalki_self_tgid", self.options.self_tgid)
+
+
+def _rodata_vars(obj: BpfObject) -> set[str]:
+    # set_rodata raises when the variable is absent; probes built on
+    # common.bpf.h always have it, so only guard against foreign objects.
+    try:
+        return {"jalki_self_tgid"} if any(m.endswith(".rodata") for m in obj.maps) else set()
+    except LibbpfError:
+        return set()

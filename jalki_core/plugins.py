@@ -1,0 +1,251 @@
+"""Plugin discovery and loading (pluggy, entry-point group ``jalki``).
+
+:class:`JalkiPlugins` is the typed facade the rest of the core uses; nothing
+else calls ``pm.hook.*``. Each plugin is loaded and its hooks are called in
+isolation: a plugin that fails to import, declares an unknown hook, raises in
+a hook or registers a duplicate name is recorded as broken with one line that
+names its distribution and version, and every other plugin still loads.
+
+Operators choose what loads with two environment variables:
+``JALKI_DISABLE_PLUGINS`` (comma-separated plugin names to skip) and
+``JALKI_PLUGINS`` (an allow-list; when set, only those plugins load). The
+core's default plugins always load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from jalki_core import PROJECT_NAME, __version__, hookspecs
+from jalki_core.errors import JalkiError, UnknownPluginError
+from jalki_core.registry import (
+    EmitterRegistry,
+    PluginIdentity,
+    ProbeRegistry,
+    RegisteredProbe,
+)
+
+log = logging.getLogger("jalki.plugins")
+
+ENTRY_POINT_GROUP = "jalki"
+DEFAULT_PLUGINS: tuple[str, ...] = ("jalki_core.emitters.builtin",)
+CORE_IDENTITY = PluginIdentity(plugin="core", distribution="jalki", version=__version__)
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """A plugin that could not be used, and why (one line)."""
+
+    identity: PluginIdentity
+    reason: str
+
+    def one_line(self) -> str:
+        """``plugin 'x' (dist 1.0) is broken: reason``."""
+        return f"plugin {self.identity.plugin!r} ({self.identity}) is broken: {self.reason}"
+
+
+@dataclass
+class PluginInfo:
+    """What one loaded plugin provides, for ``jalki plugins``."""
+
+    identity: PluginIdentity
+    probes: list[str] = field(default_factory=list)
+    emitters: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    """A plugin to load: its identity and how to import its module."""
+
+    identity: PluginIdentity
+    load: Callable[[], Any]
+
+
+def _split_env(name: str) -> set[str]:
+    return {part.strip() for part in os.environ.get(name, "").split(",") if part.strip()}
+
+
+def discover_entry_points() -> list[PluginSource]:
+    """Plugins installed in this environment, from the ``jalki`` entry-point group."""
+    sources = []
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry_point.dist
+        identity = PluginIdentity(
+            plugin=entry_point.name,
+            distribution=dist.metadata["Name"] if dist is not None else "unknown",
+            version=dist.version if dist is not None else "unknown",
+        )
+        sources.append(PluginSource(identity, entry_point.load))
+    return sorted(sources, key=lambda source: source.identity.plugin)
+
+
+class JalkiPlugins:
+    """Loads plugins and exposes what they registered.
+
+    :param sources: plugins to load; default: the installed entry points.
+    :param load_defaults: also load the core's default plugins (the built-in emitters).
+    """
+
+    def __init__(
+        self,
+        sources: Iterable[PluginSource] | None = None,
+        *,
+        load_defaults: bool = True,
+    ) -> None:
+        self.pm = pluggy.PluginManager(PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.probes = ProbeRegistry()
+        self.emitters = EmitterRegistry()
+        self.broken: list[BrokenPlugin] = []
+        self.loaded: dict[str, PluginInfo] = {}
+        self.skipped: list[PluginIdentity] = []
+        if load_defaults:
+            for module_name in DEFAULT_PLUGINS:
+                module = __import__(module_name, fromlist=["_"])
+                self._load_one(PluginSource(CORE_IDENTITY, lambda module=module: module))
+        disabled = _split_env("JALKI_DISABLE_PLUGINS")
+        allowed = _split_env("JALKI_PLUGINS")
+        for source in discover_entry_points() if sources is None else sources:
+            name = source.identity.plugin
+            if name in disabled or (allowed and name not in allowed):
+                self.skipped.append(source.identity)
+                continue
+            self._load_one(source)
+
+    def _load_one(self, source: PluginSource) -> None:
+        identity = source.identity
+        try:
+            module = source.load()
+        except Exception as exc:  # any import-time failure of third-party code
+            self._mark_broken(identity, f"import failed: {type(exc).__name__}: {exc}")
+            return
+        register_name = f"{identity.plugin}:{identity.distribution}"
+        if identity.plugin in self.loaded and identity is not CORE_IDENTITY:
+            other = self.loaded[identity.plugin].identity
+            self._mark_broken(identity, f"plugin name {identity.plugin!r} is also used by {other}")
+            return
+        try:
+            self.pm.register(module, name=register_name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            self._mark_broken(identity, f"invalid hook implementation: {exc}")
+            return
+        unknown = _unknown_hooks(self.pm, module)
+        if unknown:
+            self.pm.unregister(module)
+            self._mark_broken(
+                identity,
+                f"implements unknown hook(s) {', '.join(unknown)}; "
+                "hooks are named in jalki_core.hookspecs",
+            )
+            return
+        info = self.loaded.setdefault(identity.plugin, PluginInfo(identity))
+        self._call_registration(module, identity, info)
+
+    def _call_registration(self, module: ModuleType, identity: PluginIdentity, info: PluginInfo) -> None:
+        probe_names_before = {entry.probe.name for entry in self.probes}
+        emitter_names_before = {entry.name for entry in self.emitters}
+        try:
+            register_probes = getattr(module, "jalki_register_probes", None)
+            if register_probes is not None:
+                register_probes(registry=self.probes.bound_to(identity))
+            register_emitters = getattr(module, "jalki_register_emitters", None)
+            if register_emitters is not None:
+                register_emitters(registry=self.emitters.bound_to(identity))
+        except JalkiError as exc:
+            self._mark_broken(identity, exc.one_line())
+        except Exception as exc:  # a plugin's own bug must not stop the others
+            self._mark_broken(identity, f"registration hook raised {type(exc).__name__}: {exc}")
+        info.probes.extend(
+            entry.probe.name for entry in self.probes if entry.probe.name not in probe_names_before
+        )
+        info.emitters.extend(
+            entry.name for entry in self.emitters if entry.name not in emitter_names_before
+        )
+
+    def _mark_broken(self, identity: PluginIdentity, reason: str) -> None:
+        broken = BrokenPlugin(identity, reason)
+        self.broken.append(broken)
+        log.warning("%s", broken.one_line())
+
+    def plugin_names(self) -> list[str]:
+        """Names of the loaded plugins that provide probes."""
+        return sorted(name for name, info in self.loaded.items() if info.probes)
+
+    def probes_for(self, plugin_names: Iterable[str]) -> list[RegisteredProbe]:
+        """The probes of the named plugins, or :class:`UnknownPluginError` listing what exists.
+
+        A name may be a plugin name (all its probes) or a single probe name.
+        """
+        selected: list[RegisteredProbe] = []
+        for name in plugin_names:
+            by_plugin = self.probes.by_plugin(name)
+            single = self.probes.get(name)
+            if by_plugin:
+                selected.extend(by_plugin)
+            elif single is not None:
+                selected.append(single)
+            else:
+                installed = ", ".join(self.plugin_names()) or "none"
+                broken = [b.identity.plugin for b in self.broken if b.identity.plugin == name]
+                if broken:
+                    reason = next(b.reason for b in self.broken if b.identity.plugin == name)
+                    raise UnknownPluginError(
+                        f"plugin {name!r} is installed but broken: {reason}",
+                        hint="reinstall it or run 'jalki plugins' for details",
+                    )
+                raise UnknownPluginError(
+                    f"unknown plugin {name!r}; installed plugins: {installed}",
+                    hint=f"install it (pip install jalki-{name}) or pick one of the installed",
+                )
+        unique: dict[str, RegisteredProbe] = {entry.probe.name: entry for entry in selected}
+        return list(unique.values())
+
+    def describe(self) -> list[dict[str, Any]]:
+        """A JSON-friendly list of distributions, versions, probes and emitters."""
+        rows: list[dict[str, Any]] = []
+        for info in sorted(self.loaded.values(), key=lambda i: (i.identity is not CORE_IDENTITY, i.identity.plugin)):
+            rows.append(
+                {
+                    "plugin": info.identity.plugin,
+                    "distribution": info.identity.distribution,
+                    "version": info.identity.version,
+                    "status": "ok",
+                    "probes": [self.probes.get(name).probe.describe() for name in info.probes  # type: ignore[union-attr]
+                               ],
+                    "emitters": list(info.emitters),
+                }
+            )
+        for broken in self.broken:
+            rows.append(
+                {
+                    "plugin": broken.identity.plugin,
+                    "distribution": broken.identity.distribution,
+                    "version": broken.identity.version,
+                    "status": "broken",
+                    "error": broken.reason,
+                    "probes": [],
+                    "emitters": [],
+                }
+            )
+        return rows
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, module: object) -> list[str]:
+    """Hook implementations on ``module`` whose name has no spec."""
+    unknown = []
+    marker = f"{PROJECT_NAME}_impl"
+    for name in dir(module):
+        if not name.startswith(f"{PROJECT_NAME}_") or not hasattr(getattr(module, name), marker):
+            continue
+        caller = getattr(pm.hook, name, None)
+        if caller is None or caller.spec is None:
+            unknown.append(name)
+    return unknown

@@ -1,0 +1,204 @@
+"""The probe contract: what a plugin declares so the core can load and decode it.
+
+A probe is one BPF object with one ring buffer, an ordered attach ladder of
+program variants, a fixed-size record layout (defined once in the plugin's C
+header and mirrored here with a size check) and a batch decoder that turns
+records into events.
+"""
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from jalki_core.errors import LayoutMismatchError, ProbeError
+
+if TYPE_CHECKING:
+    from jalki_core.events import Event, EventContext
+
+
+@dataclass(frozen=True)
+class AttachRung:
+    """One way of attaching a probe: the BPF programs loaded together for it.
+
+    :param name: short rung name shown to users (``fexit``, ``tp_btf``, ``tracepoint``).
+    :param programs: names of the BPF programs (C function names) this rung loads;
+        every other program in the object is left out of the load.
+    :param description: what the rung attaches to, for humans.
+    """
+
+    name: str
+    programs: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """The Python mirror of a C record struct.
+
+    :param c_struct: the struct's name in the C header (``tcp_connect_event``);
+        the loader compares its size in the object's BTF with :attr:`size`.
+    :param fmt: a :mod:`struct` format with explicit byte order (``<`` or ``=``)
+        and explicit padding, matching the C layout byte for byte.
+    :param fields: names of the unpacked values, in order (documentation and
+        the fake ring buffer use them).
+    :param c_size: the size the C header asserts with ``_Static_assert``.
+    """
+
+    c_struct: str
+    fmt: str
+    fields: tuple[str, ...]
+    c_size: int
+
+    def __post_init__(self) -> None:
+        if self.fmt[:1] not in ("<", "=", ">", "!"):
+            raise LayoutMismatchError(
+                f"record layout {self.c_struct}: format {self.fmt!r} must start with a byte order",
+                hint="start the format with '<' (little-endian, no implicit alignment)",
+            )
+        if self.size != self.c_size:
+            raise LayoutMismatchError(
+                f"record layout {self.c_struct}: Python format is {self.size} bytes, "
+                f"the C header says {self.c_size}",
+                hint="make the struct format match the C header field by field",
+            )
+
+    @cached_property
+    def struct(self) -> struct.Struct:
+        """The compiled :class:`struct.Struct` for one record."""
+        return struct.Struct(self.fmt)
+
+    @property
+    def size(self) -> int:
+        """Size of one record in bytes."""
+        return struct.calcsize(self.fmt)
+
+    def pack(self, **values: Any) -> bytes:
+        """Pack one record from field values (missing fields are zero); for tests."""
+        unknown = set(values) - set(self.fields)
+        if unknown:
+            raise ProbeError(f"record layout {self.c_struct}: unknown fields {sorted(unknown)}")
+        args = [values.get(name, _zero_for(code)) for name, code in zip(
+            self.fields, _field_codes(self.fmt), strict=True)]
+        return self.struct.pack(*args)
+
+
+def _field_codes(fmt: str) -> list[str]:
+    """The struct codes of the values a format produces (padding excluded)."""
+    codes: list[str] = []
+    count = ""
+    for char in fmt[1:]:
+        if char.isdigit():
+            count += char
+            continue
+        n = int(count) if count else 1
+        count = ""
+        if char == "x":
+            continue
+        if char in "sp":
+            codes.append(char)
+        else:
+            codes.extend([char] * n)
+    return codes
+
+
+def _zero_for(code: str) -> Any:
+    return b"" if code in "sp" else 0
+
+
+@dataclass(frozen=True)
+class ProbeResource:
+    """Where a probe's compiled BPF object lives: a package and a file name."""
+
+    package: str
+    filename: str
+
+    def read_bytes(self) -> bytes:
+        """The object file's bytes, from the installed package."""
+        try:
+            return resources.files(self.package).joinpath(self.filename).read_bytes()
+        except (FileNotFoundError, ModuleNotFoundError) as exc:
+            raise ProbeError(
+                f"BPF object {self.filename} is missing from package {self.package}",
+                hint="reinstall the plugin with pip so its BPF sources are compiled",
+            ) from exc
+
+
+class Probe(ABC):
+    """Base class of every probe. Subclass it, set the class attributes, implement :meth:`decode`.
+
+    Class attributes:
+
+    - ``name``: unique probe name (``tcp_connect``).
+    - ``observes``: the kernel function or tracepoint it observes.
+    - ``event_types``: the ``type`` values its events carry.
+    - ``bpf_object``: a :class:`ProbeResource` naming the compiled object.
+    - ``ring_buffer``: the name of its ring buffer map (``events``).
+    - ``ring_buffer_bytes``: ring size the loader sets before load (power of two).
+    - ``layout``: the :class:`RecordLayout` of its records.
+    - ``ladder``: the ordered :class:`AttachRung` variants, best first.
+    """
+
+    name: ClassVar[str]
+    observes: ClassVar[str]
+    event_types: ClassVar[tuple[str, ...]]
+    bpf_object: ClassVar[ProbeResource]
+    ring_buffer: ClassVar[str] = "events"
+    ring_buffer_bytes: ClassVar[int] = 1 << 20
+    layout: ClassVar[RecordLayout]
+    ladder: ClassVar[tuple[AttachRung, ...]]
+
+    @abstractmethod
+    def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
+        """Decode a batch of records (fixed-size, back to back) into events.
+
+        Called with every batch the ring buffer reader drains. ``ctx`` builds
+        the common event fields (id, timestamp, source, attach rung…).
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly description for ``jalki plugins``."""
+        return {
+            "name": self.name,
+            "observes": self.observes,
+            "event_types": list(self.event_types),
+            "ladder": [rung.name for rung in self.ladder],
+        }
+
+
+def check_probe_contract(probe: Probe) -> None:
+    """Raise :class:`ProbeError` when a probe misses part of the contract."""
+    missing = [
+        attr
+        for attr in ("name", "observes", "event_types", "bpf_object", "layout", "ladder")
+        if not hasattr(probe, attr)
+    ]
+    if missing:
+        raise ProbeError(f"probe {type(probe).__name__} lacks {', '.join(missing)}")
+    if not probe.ladder:
+        raise ProbeError(f"probe {probe.name} has an empty attach ladder")
+    if probe.ring_buffer_bytes & (probe.ring_buffer_bytes - 1):
+        raise ProbeError(f"probe {probe.name}: ring_buffer_bytes must be a power of two")
+
+
+def batch_records(layout: RecordLayout, records: Sequence[bytes]) -> bytes:
+    """Concatenate packed records into one batch, as the ring buffer reader returns it."""
+    for record in records:
+        if len(record) != layout.size:
+            raise ProbeError(f"record of {len(record)} bytes, {layout.c_struct} is {layout.size}")
+    return b"".join(records)
+
+
+__all__ = [
+    "AttachRung",
+    "Probe",
+    "ProbeResource",
+    "RecordLayout",
+    "batch_records",
+    "check_probe_contract",
+]

@@ -1,0 +1,294 @@
+"""A tracing session: attach probes, drain their ring buffers, emit events, summarise.
+
+The drain loop waits on every probe's ring-buffer epoll fd (and a wake-up fd
+for signals), copies records in C into one batch per probe, decodes each batch
+in Python and hands the events to the emitter workers. Stopping detaches the
+programs first, then drains what is left, so every record the kernel wrote is
+decoded and every decoded event is emitted and flushed before exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jalki_core.emitters.base import Emitter, EmitterWorker, EventBatch
+from jalki_core.errors import AttachLadderExhausted, JalkiError, ProbeError
+from jalki_core.events import EventContext, monotonic_to_realtime_offset
+from jalki_core.loader import LoadedProbe, ProbeLoader, ProbeOptions, RungFailure
+from jalki_core.privileges import require_bpf_privileges, require_btf
+from jalki_core.probe import Probe
+
+if TYPE_CHECKING:
+    from jalki_core._libbpf import RingBufferReader, StatsHandle
+
+log = logging.getLogger("jalki.session")
+
+
+@dataclass
+class ProbeRunStats:
+    """What happened to one probe during a session."""
+
+    name: str
+    rung: str | None = None
+    records: int = 0
+    events: int = 0
+    decode_errors: int = 0
+    size_mismatches: int = 0
+    kernel_drops: dict[str, int] = field(default_factory=dict)
+    failed_rungs: list[RungFailure] = field(default_factory=list)
+    error: str | None = None
+    run_time_ns: int = 0
+    run_count: int = 0
+
+    @property
+    def dropped(self) -> int:
+        """Every record lost for this probe, whatever the cause."""
+        return sum(self.kernel_drops.values()) + self.size_mismatches + self.decode_errors
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form for summaries."""
+        return {
+            "probe": self.name,
+            "attach": self.rung,
+            "records": self.records,
+            "events": self.events,
+            "drops": {**self.kernel_drops, "size_mismatch": self.size_mismatches,
+                      "decode_error": self.decode_errors},
+            "failed_rungs": [
+                {"rung": f.rung, "stage": f.stage, "errno": f.errno_name, "message": f.message,
+                 "log": f.log_excerpt}
+                for f in self.failed_rungs
+            ],
+            "error": self.error,
+            "run_time_ns": self.run_time_ns,
+            "run_count": self.run_count,
+        }
+
+
+@dataclass
+class SessionSummary:
+    """Per-probe and per-emitter results of a session."""
+
+    probes: list[ProbeRunStats]
+    emitters: dict[str, dict[str, Any]]
+    duration_s: float
+
+    @property
+    def events(self) -> int:
+        """Events emitted over all probes."""
+        return sum(p.events for p in self.probes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "duration_s": round(self.duration_s, 3),
+            "probes": [p.as_dict() for p in self.probes],
+            "emitters": self.emitters,
+        }
+
+
+@dataclass
+class _ActiveProbe:
+    loaded: LoadedProbe
+    reader: RingBufferReader
+    context: EventContext
+    stats: ProbeRunStats
+
+
+class TraceSession:
+    """Attach probes, stream their events to emitters until stopped, then summarise.
+
+    :param probes: the probes to run.
+    :param emitters: where events go (each runs on its own worker thread).
+    :param options: filters, sampling and ring size for every probe.
+    :param strict: raise when any probe fails to attach instead of skipping it.
+    :param cluster: value of every event's ``cluster`` field.
+    :param on_events: optional in-process callback receiving each decoded batch.
+    """
+
+    def __init__(
+        self,
+        probes: Sequence[Probe],
+        emitters: Sequence[Emitter] = (),
+        *,
+        options: ProbeOptions | None = None,
+        strict: bool = False,
+        cluster: str | None = None,
+        on_events: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.probes = list(probes)
+        self.workers = [EmitterWorker(emitter) for emitter in emitters]
+        self.options = options or ProbeOptions()
+        self.strict = strict
+        self.cluster = cluster
+        self.on_events = on_events
+        self.stats: dict[str, ProbeRunStats] = {p.name: ProbeRunStats(p.name) for p in self.probes}
+        self._active: list[_ActiveProbe] = []
+        self._epoll: select.epoll | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._stats_handle: StatsHandle | None = None
+        self._started_at = 0.0
+        self._stop_requested = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Check privileges, open emitters, and attach every probe (skipping failures)."""
+        require_bpf_privileges()
+        require_btf()
+        from jalki_core._libbpf import RingBufferReader, enable_stats
+
+        self._started_at = time.monotonic()
+        for worker in self.workers:
+            worker.start()
+        try:
+            self._stats_handle = enable_stats()
+        except JalkiError as exc:
+            log.info("program run-time statistics unavailable: %s", exc.one_line())
+        loader = ProbeLoader(self.options)
+        offset = monotonic_to_realtime_offset()
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        run_id = os.urandom(4).hex()
+        try:
+            for probe in self.probes:
+                stats = self.stats[probe.name]
+                try:
+                    loaded = loader.load(probe)
+                except AttachLadderExhausted as exc:
+                    stats.failed_rungs = list(getattr(exc, "failures", []))
+                    stats.error = exc.one_line()
+                    log.warning("%s", exc.message)
+                    if self.strict:
+                        raise
+                    continue
+                except ProbeError as exc:
+                    stats.error = exc.one_line()
+                    log.warning("probe %s skipped: %s", probe.name, exc.one_line())
+                    if self.strict:
+                        raise
+                    continue
+                stats.rung = loaded.rung.name
+                stats.failed_rungs = loaded.failures
+                reader = RingBufferReader(loaded.obj.maps[probe.ring_buffer], probe.layout.size)
+                context = EventContext(probe.name, loaded.rung.name, cluster=self.cluster,
+                                       clock_offset_ns=offset, run_id=run_id)
+                active = _ActiveProbe(loaded, reader, context, stats)
+                self._epoll.register(reader.epoll_fd, select.EPOLLIN)
+                self._active.append(active)
+        except BaseException:
+            self.stop()
+            raise
+        if not self._active and self.probes:
+            log.warning("no probe could be attached")
+
+    @property
+    def attached(self) -> list[str]:
+        """Names of the probes attached in this session."""
+        return [a.loaded.probe.name for a in self._active]
+
+    def request_stop(self) -> None:
+        """Ask a running :meth:`run` to return soon (safe from signal handlers)."""
+        self._stop_requested = True
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    def run(self, seconds: float | None = None) -> None:
+        """Drain until :meth:`request_stop` or until ``seconds`` have passed."""
+        assert self._epoll is not None, "start() first"
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not self._stop_requested:
+            timeout = 0.25
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                timeout = min(timeout, remaining)
+            try:
+                ready = self._epoll.poll(timeout)
+            except InterruptedError:
+                continue
+            if ready:
+                self.drain_once()
+
+    def drain_once(self) -> int:
+        """Consume every probe's ring buffer once; return records decoded."""
+        total = 0
+        for active in self._active:
+            total += self._drain_probe(active)
+        return total
+
+    def _drain_probe(self, active: _ActiveProbe) -> int:
+        batch = active.reader.consume()
+        if not batch:
+            return 0
+        stats = active.stats
+        count = len(batch) // active.loaded.probe.layout.size
+        stats.records += count
+        try:
+            events = active.loaded.probe.decode(batch, active.context)
+        except Exception as exc:  # a decoder bug is isolated to its probe and counted
+            stats.decode_errors += count
+            log.error("probe %s: decoder failed on %d records: %s", stats.name, count,
+                      f"{type(exc).__name__}: {exc}")
+            return count
+        if events:
+            stats.events += len(events)
+            if self.on_events is not None:
+                self.on_events(events)
+            event_batch = EventBatch(events)
+            for worker in self.workers:
+                worker.submit(event_batch)
+        return count
+
+    def stop(self) -> SessionSummary:
+        """Detach, drain what is left, flush emitters, free everything; return the summary."""
+        for active in self._active:
+            active.loaded.detach()
+        # Programs are detached: whatever is still in the rings is final.
+        for active in self._active:
+            while self._drain_probe(active):
+                pass
+            active.stats.size_mismatches = active.reader.size_mismatches
+            active.stats.kernel_drops = active.loaded.kernel_drops()
+            run_time = run_count = 0
+            for time_ns, count in active.loaded.program_stats().values():
+                run_time += time_ns
+                run_count += count
+            active.stats.run_time_ns, active.stats.run_count = run_time, run_count
+            active.reader.close()
+            active.loaded.close()
+        self._active.clear()
+        for worker in self.workers:
+            worker.stop()
+        if self._stats_handle is not None:
+            self._stats_handle.close()
+            self._stats_handle = None
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        duration = time.monotonic() - self._started_at if self._started_at else 0.0
+        emitters = {
+            worker.emitter.name: {
+                "events_emitted": worker.stats.events_emitted,
+                "events_dropped": worker.stats.events_dropped,
+                "errors": worker.stats.errors,
+                "last_error": worker.stats.last_error,
+            }
+            for worker in self.workers
+        }
+        return SessionSummary(list(self.stats.values()), emitters, duration)

@@ -1,0 +1,173 @@
+"""Test helpers for probe authors, installed as a pytest plugin (``-p jalki``, auto-loaded).
+
+Probe decoders can be tested without root: pack records with the probe's
+:class:`~jalki_core.probe.RecordLayout`, feed them through
+:class:`FakeRingBuffer` (which hands out batches exactly as the real C-shim
+reader does: fixed-size records back to back), decode with a deterministic
+:class:`~jalki_core.events.EventContext`, and validate against the event
+schema.
+
+Fixtures: ``jalki_event_context``, ``jalki_fake_ring_buffer``,
+``jalki_validate_event``, ``jalki_memory_emitter``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jalki_core.emitters.base import Emitter, EventBatch
+from jalki_core.errors import JalkiError
+from jalki_core.events import Event, EventContext
+from jalki_core.probe import Probe, RecordLayout
+
+FIXED_CLOCK_OFFSET_NS = 1_700_000_000_000_000_000
+"""Wall-clock offset used by :func:`make_event_context`: kernel time 0 is 2023-11-14T22:13:20Z."""
+
+
+class FakeRingBuffer:
+    """Stands in for :class:`jalki_core._libbpf.RingBufferReader` in tests.
+
+    :param layout: the record layout; records must be exactly ``layout.size`` bytes.
+    :param batch_records: most records returned by one :meth:`consume`.
+    """
+
+    def __init__(self, layout: RecordLayout, *, batch_records: int = 1024) -> None:
+        self.layout = layout
+        self.batch_records = batch_records
+        self._pending: list[bytes] = []
+        self.size_mismatches = 0
+        self.records_total = 0
+
+    def push(self, record: bytes) -> None:
+        """Queue one raw record (a wrong size is counted and skipped, like the C shim)."""
+        if len(record) != self.layout.size:
+            self.size_mismatches += 1
+            return
+        self._pending.append(record)
+
+    def push_values(self, **values: Any) -> None:
+        """Pack one record from field values and queue it."""
+        self.push(self.layout.pack(**values))
+
+    def consume(self) -> bytes:
+        """The next batch (possibly empty)."""
+        batch, self._pending = self._pending[: self.batch_records], self._pending[self.batch_records :]
+        self.records_total += len(batch)
+        return b"".join(batch)
+
+    def poll(self, timeout_ms: int = 0) -> bytes:
+        """Same as :meth:`consume`; never blocks."""
+        return self.consume()
+
+    def close(self) -> None:
+        """Forget pending records."""
+        self._pending.clear()
+
+
+def make_event_context(probe: str = "test_probe", attach: str = "tracepoint") -> EventContext:
+    """An :class:`EventContext` with a fixed clock and run id, for reproducible events."""
+    return EventContext(probe, attach, cluster="test", node="test-node",
+                        clock_offset_ns=FIXED_CLOCK_OFFSET_NS, run_id="00000000")
+
+
+def decode_all(probe: Probe, ring: FakeRingBuffer, ctx: EventContext | None = None) -> list[Event]:
+    """Drain ``ring`` batch by batch through ``probe.decode``."""
+    ctx = ctx or make_event_context(probe.name)
+    events: list[Event] = []
+    while batch := ring.consume():
+        events.extend(probe.decode(batch, ctx))
+    return events
+
+
+def load_event_schema() -> dict[str, Any]:
+    """The event JSON Schema (installed copy, else the repository's specs/)."""
+    try:
+        text = resources.files("jalki_core").joinpath("schemas/event.schema.json").read_text()
+    except FileNotFoundError:
+        text = (Path(__file__).resolve().parents[1] / "specs" / "event.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def event_validator() -> Callable[[Event], None]:
+    """A function that raises ``jsonschema.ValidationError`` for an event that breaks the schema."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(
+        load_event_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+
+    def validate(event: Event) -> None:
+        validator.validate(event)
+
+    return validate
+
+
+class MemoryEmitter(Emitter):
+    """Keeps every event in a list (tests and in-process consumers)."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.closed = False
+
+    def emit(self, batch: EventBatch) -> None:
+        self.events.extend(batch.events)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def of_type(self, event_type: str) -> list[Event]:
+        """Events whose ``type`` is ``event_type``."""
+        return [e for e in self.events if e["type"] == event_type]
+
+
+def require_fields(events: Iterable[Event], **expected: Any) -> list[Event]:
+    """Events whose dotted fields equal the expected values (``network_data__dst_port=80``)."""
+    matched = []
+    for event in events:
+        ok = True
+        for dotted, value in expected.items():
+            current: Any = event
+            for part in dotted.split("__"):
+                current = current.get(part) if isinstance(current, dict) else None
+            if current != value:
+                ok = False
+                break
+        if ok:
+            matched.append(event)
+    return matched
+
+
+@pytest.fixture
+def jalki_event_context() -> EventContext:
+    """A deterministic :class:`EventContext`."""
+    return make_event_context()
+
+
+@pytest.fixture
+def jalki_fake_ring_buffer() -> Callable[[RecordLayout], FakeRingBuffer]:
+    """Factory: ``jalki_fake_ring_buffer(probe.layout)`` → :class:`FakeRingBuffer`."""
+    return FakeRingBuffer
+
+
+@pytest.fixture
+def jalki_validate_event() -> Callable[[Event], None]:
+    """Validates an event against the jalki event JSON Schema."""
+    try:
+        return event_validator()
+    except (ImportError, JalkiError) as exc:  # pragma: no cover - needs jsonschema
+        pytest.skip(f"event schema validation unavailable: {exc}")
+
+
+@pytest.fixture
+def jalki_memory_emitter() -> MemoryEmitter:
+    """A fresh :class:`MemoryEmitter`."""
+    return MemoryEmitter()

@@ -1,0 +1,233 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * tcp_close: one event per TCP connection that was established and ended
+ * (its transition to CLOSE), with duration, bytes and the owning process.
+ *
+ * Every state change of a TCP socket is seen (sock:inet_sock_set_state):
+ *   - the first change seen for a socket is its birth: close_track gets the
+ *     start time and the tuple (sockets that only LISTEN are not tracked);
+ *   - a socket is "established" once ESTABLISHED or a later state
+ *     (FIN_WAIT1/2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING) is seen as its
+ *     old or new state; on -> ESTABLISHED the tracked tuple is refreshed
+ *     (complete only then: the connecting side binds its port after
+ *     SYN_SENT, an accepted child gets its addresses after it is cloned);
+ *   - the owner (pid, comm, cgroup) is recorded on CLOSE -> SYN_SENT,
+ *     -> FIN_WAIT1 and -> LAST_ACK, which run in the connecting or closing
+ *     task; never from softirq, where the current task is unrelated;
+ *   - on -> CLOSE an established socket is reported, and its tracking and
+ *     owner entries are deleted. LISTEN -> CLOSE and failed connects are
+ *     not reported.
+ * The tuple comes from the tracked copy (at CLOSE the live local port is
+ * already 0). Owner: jalki_sock_owner, else the tracked snapshot, else
+ * unknown (pid 0, JALKI_HDR_OWNER_KNOWN clear).
+ *
+ * Rungs: tp_btf: tpbtf_close_state; tracepoint: tp_close_state.
+ */
+#include "tcp_events.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+JALKI_BTF_EXPORT(tcp_close_event);
+
+enum {
+	ST_ESTABLISHED = 1,
+	ST_SYN_SENT = 2,
+	ST_FIN_WAIT1 = 4,
+	ST_FIN_WAIT2 = 5,
+	ST_TIME_WAIT = 6,
+	ST_CLOSE = 7,
+	ST_CLOSE_WAIT = 8,
+	ST_LAST_ACK = 9,
+	ST_LISTEN = 10,
+	ST_CLOSING = 11,
+};
+
+#define CLOSE_TRACK_ENTRIES 32768
+
+struct close_track {
+	__u64 start_ns;
+	struct jalki_owner owner; /* snapshot; tgid 0 = none recorded */
+	struct jalki_tcp_tuple tuple;
+	__u32 established; /* reached ESTABLISHED (or a later state) */
+	__u32 active_open; /* seen CLOSE -> SYN_SENT: our SYN counts in bytes_acked */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, JALKI_RINGBUF_DEFAULT_BYTES);
+} events SEC(".maps");
+
+/* Live TCP sockets by socket pointer (HASH: a full table is counted as
+ * JALKI_DROP_TRACKING_FULL rather than evicting a live connection). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CLOSE_TRACK_ENTRIES);
+	__type(key, __u64);
+	__type(value, struct close_track);
+} close_track SEC(".maps");
+
+/* ESTABLISHED or a state only a synchronized connection reaches. */
+static __always_inline bool synchronized(int state)
+{
+	return state == ST_ESTABLISHED || (state >= ST_FIN_WAIT1 && state <= ST_TIME_WAIT) ||
+	       state == ST_CLOSE_WAIT || state == ST_LAST_ACK || state == ST_CLOSING;
+}
+
+static __always_inline void read_tuple(void *ctx, const struct sock *sk, struct jalki_tcp_tuple *t,
+				       bool btf)
+{
+	if (btf)
+		jalki_sk_addrs(sk, t->saddr, t->daddr, &t->sport, &t->dport, &t->family);
+	else
+		jalki_set_state_record_addrs(ctx, t->saddr, t->daddr, &t->sport, &t->dport,
+					     &t->family);
+	t->_pad = 0;
+}
+
+/* States in which our FIN has been sent. */
+static __always_inline bool fin_sent(int state)
+{
+	return state == ST_FIN_WAIT1 || state == ST_FIN_WAIT2 || state == ST_TIME_WAIT ||
+	       state == ST_CLOSING || state == ST_LAST_ACK;
+}
+
+/*
+ * Payload octets. tcp_sock.bytes_acked sums snd_una advances, so it also
+ * counts the SYN of an active open and our FIN once acknowledged;
+ * bytes_received sums rcv_nxt advances, so it counts the peer's FIN (SOCK_DONE
+ * is set when that FIN is processed) but never the peer's SYN.
+ */
+static __always_inline void read_bytes(const struct sock *sk, const struct close_track *tr,
+				       int oldstate, struct tcp_close_event *ev, bool btf)
+{
+	__u64 acked, received, flags;
+	__u32 snd_una, write_seq;
+
+	if (btf) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+
+		if (!tp) {
+			ev->bytes_sent = 0;
+			ev->bytes_received = 0;
+			return;
+		}
+		acked = tp->bytes_acked;
+		received = tp->bytes_received;
+		snd_una = tp->snd_una;
+		write_seq = tp->write_seq;
+		flags = sk->__sk_common.skc_flags;
+	} else {
+		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+
+		acked = BPF_CORE_READ(tp, bytes_acked);
+		received = BPF_CORE_READ(tp, bytes_received);
+		snd_una = BPF_CORE_READ(tp, snd_una);
+		write_seq = BPF_CORE_READ(tp, write_seq);
+		flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	}
+	if (tr->active_open && acked)
+		acked--;
+	if (fin_sent(oldstate) && snd_una == write_seq && acked)
+		acked--;
+	if ((flags & (1ULL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) && received)
+		received--;
+	ev->bytes_sent = acked;
+	ev->bytes_received = received;
+}
+
+static __always_inline void emit_close(const struct sock *sk, const struct close_track *tr,
+				       int oldstate, bool btf)
+{
+	const struct jalki_owner *owner = jalki_owner_lookup(sk);
+	struct tcp_close_event *ev;
+	__u32 tgid;
+
+	if (!owner && tr->owner.tgid)
+		owner = &tr->owner;
+	tgid = owner ? owner->tgid : 0;
+	if (jalki_is_self(tgid))
+		return;
+	if (!jalki_pass_filters(tgid, tr->tuple.sport, tr->tuple.dport))
+		return;
+	if (jalki_sampled_out())
+		return;
+
+	ev = jalki_reserve(sizeof(*ev));
+	if (!ev)
+		return;
+	jalki_fill_header_from_owner(&ev->hdr, owner);
+	__builtin_memcpy(&ev->tuple, &tr->tuple, sizeof(ev->tuple));
+	ev->duration_ns = ev->hdr.ts_ns - tr->start_ns;
+	ev->oldstate = oldstate;
+	read_bytes(sk, tr, oldstate, ev, btf);
+	ev->netns = btf ? jalki_sk_netns(sk) : jalki_sk_netns_probed(sk);
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline int handle_state(void *ctx, const struct sock *sk, int oldstate,
+					int newstate, bool btf)
+{
+	__u64 key = (__u64)(unsigned long)sk;
+	struct close_track *tr;
+
+	if (newstate == ST_LISTEN)
+		return 0;
+	tr = bpf_map_lookup_elem(&close_track, &key);
+	if (newstate == ST_CLOSE) {
+		if (tr) {
+			if (tr->established || synchronized(oldstate))
+				emit_close(sk, tr, oldstate, btf);
+			bpf_map_delete_elem(&close_track, &key);
+		}
+		jalki_owner_forget(sk);
+		return 0;
+	}
+	if (!tr) {
+		struct close_track fresh;
+
+		__builtin_memset(&fresh, 0, sizeof(fresh));
+		fresh.start_ns = bpf_ktime_get_ns();
+		read_tuple(ctx, sk, &fresh.tuple, btf);
+		if (bpf_map_update_elem(&close_track, &key, &fresh, BPF_NOEXIST) &&
+		    !bpf_map_lookup_elem(&close_track, &key)) {
+			jalki_count_drop(JALKI_DROP_TRACKING_FULL);
+			return 0;
+		}
+		tr = bpf_map_lookup_elem(&close_track, &key);
+		if (!tr)
+			return 0;
+	}
+	if (synchronized(newstate) || synchronized(oldstate))
+		tr->established = 1;
+	if (newstate == ST_ESTABLISHED)
+		read_tuple(ctx, sk, &tr->tuple, btf);
+	if (oldstate == ST_CLOSE && newstate == ST_SYN_SENT)
+		tr->active_open = 1;
+	if ((oldstate == ST_CLOSE && newstate == ST_SYN_SENT) || newstate == ST_FIN_WAIT1 ||
+	    newstate == ST_LAST_ACK) {
+		jalki_owner_current(&tr->owner);
+		bpf_map_update_elem(&jalki_sock_owner, &key, &tr->owner, BPF_ANY);
+	}
+	return 0;
+}
+
+/* ---- rung "tp_btf" ---- */
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tpbtf_close_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (jalki_sk_protocol(sk) != JALKI_IPPROTO_TCP)
+		return 0;
+	return handle_state(ctx, sk, oldstate, newstate, true);
+}
+
+/* ---- rung "tracepoint" ---- */
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int tp_close_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (ctx->protocol != JALKI_IPPROTO_TCP)
+		return 0;
+	return handle_state(ctx, (const struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate,
+			    false);
+}

@@ -1,0 +1,40 @@
+"""Python mirrors of the records defined in ``bpf/tcp_events.h``.
+
+The sizes are asserted here against the C header's ``_Static_assert`` values
+and, at load time, against the struct sizes in each object's BTF.
+"""
+
+from __future__ import annotations
+
+from jalki_core.probe import RecordLayout
+
+# struct jalki_event_header (40) + struct jalki_tcp_tuple (40)
+_HEADER_FMT = "QQII16s"
+_HEADER_FIELDS = ("ts_ns", "cgroup_id", "pid", "flags", "comm")
+_TUPLE_FMT = "16s16sHHH2x"
+_TUPLE_FIELDS = ("saddr", "daddr", "sport", "dport", "family")
+
+OWNER_KNOWN = 1
+"""``JALKI_HDR_OWNER_KNOWN``: the header's pid/comm/cgroup name the socket's owner."""
+
+CONNECT = RecordLayout(
+    c_struct="tcp_connect_event",
+    fmt="<" + _HEADER_FMT + _TUPLE_FMT + "QiI",
+    fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, "latency_ns", "error", "netns"),
+    c_size=96,
+)
+
+CLOSE = RecordLayout(
+    c_struct="tcp_close_event",
+    fmt="<" + _HEADER_FMT + _TUPLE_FMT + "QQQII",
+    fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, "duration_ns", "bytes_sent", "bytes_received",
+            "oldstate", "netns"),
+    c_size=112,
+)
+
+RETRANSMIT = RecordLayout(
+    c_struct="tcp_retransmit_event",
+    fmt="<" + _HEADER_FMT + _TUPLE_FMT + "II",
+    fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, "state", "netns"),
+    c_size=88,
+)

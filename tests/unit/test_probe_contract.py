@@ -1,0 +1,44 @@
+"""Record layouts and the probe contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from jalki_core.errors import LayoutMismatchError, ProbeError
+from jalki_core.probe import RecordLayout, batch_records
+
+
+def test_layout_size_must_match_c_size() -> None:
+    with pytest.raises(LayoutMismatchError, match="C header says 16"):
+        RecordLayout("x_event", "<QI", ("a", "b"), 16)
+
+
+def test_layout_needs_explicit_byte_order() -> None:
+    with pytest.raises(LayoutMismatchError, match="byte order"):
+        RecordLayout("x_event", "QQ", ("a", "b"), 16)
+
+
+def test_pack_roundtrip_and_padding() -> None:
+    layout = RecordLayout("x_event", "<QI4x16s", ("a", "b", "name"), 32)
+    packed = layout.pack(a=7, name=b"abc")
+    assert len(packed) == 32
+    assert layout.struct.unpack(packed) == (7, 0, b"abc" + b"\0" * 13)
+    with pytest.raises(ProbeError, match="unknown fields"):
+        layout.pack(zzz=1)
+
+
+def test_batch_records_rejects_wrong_sizes() -> None:
+    layout = RecordLayout("x_event", "<Q", ("a",), 8)
+    assert batch_records(layout, [layout.pack(a=1), layout.pack(a=2)]) == layout.pack(a=1) + layout.pack(a=2)
+    with pytest.raises(ProbeError):
+        batch_records(layout, [b"123"])
+
+
+def test_tcp_layouts_match_c_header_asserts() -> None:
+    from pathlib import Path
+
+    from jalki_tcp import layouts
+
+    header = (Path(__file__).resolve().parents[2] / "plugins/jalki_tcp/jalki_tcp/bpf/tcp_events.h").read_text()
+    for layout in (layouts.CONNECT, layouts.CLOSE, layouts.RETRANSMIT):
+        assert f"sizeof(struct {layout.c_struct}) == {layout.size}" in header
