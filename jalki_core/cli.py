@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("jalki.plugins").setLevel(logging.ERROR)  # shown by the CLI itself
         logging.getLogger("jalki.session").setLevel(logging.ERROR)  # shown in the summary
     usage_errors, aborts = _click_exception_types()
+    interrupts: tuple[type[BaseException], ...] = (*aborts, KeyboardInterrupt)
     try:
         result = app(args=argv, prog_name="jalki", standalone_mode=False)
     except JalkiError as exc:
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     except usage_errors as exc:
         _print_error(escape(exc.format_message()) + " (see 'jalki --help')")  # type: ignore[attr-defined]
         return 2
-    except (*aborts, KeyboardInterrupt):
+    except interrupts:
         _print_error("interrupted")
         return 130
     except typer.Exit as exc:

@@ -14,6 +14,8 @@ core's default plugins always load.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -109,8 +111,7 @@ class JalkiPlugins:
         self.skipped: list[PluginIdentity] = []
         if load_defaults:
             for module_name in DEFAULT_PLUGINS:
-                module = __import__(module_name, fromlist=["_"])
-                self._load_one(PluginSource(CORE_IDENTITY, lambda module=module: module))
+                self._load_one(PluginSource(CORE_IDENTITY, functools.partial(importlib.import_module, module_name)))
         disabled = _split_env("JALKI_DISABLE_PLUGINS")
         allowed = _split_env("JALKI_PLUGINS")
         for source in discover_entry_points() if sources is None else sources:

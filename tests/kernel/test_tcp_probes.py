@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netns_helpers import NetNs, tracing
 
 from jalki_core.errors import AttachLadderExhausted
 from jalki_core.events import Event, EventContext
@@ -18,8 +19,6 @@ from jalki_core.loader import ProbeOptions
 from jalki_core.plugins import JalkiPlugins
 from jalki_core.probe import AttachRung, Probe, RecordLayout
 from jalki_core.testing import event_validator
-
-from netns_helpers import NetNs, tracing
 
 pytestmark = pytest.mark.kernel
 

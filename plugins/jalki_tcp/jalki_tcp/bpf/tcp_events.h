@@ -37,8 +37,8 @@ struct tcp_close_event {
 	struct jalki_event_header hdr;
 	struct jalki_tcp_tuple tuple;
 	__u64 duration_ns;     /* from the first state change seen to CLOSE */
-	__u64 bytes_sent;      /* tcp_sock.bytes_acked */
-	__u64 bytes_received;  /* tcp_sock.bytes_received */
+	__u64 bytes_sent;      /* payload acked by the peer: bytes_acked less our SYN and FIN */
+	__u64 bytes_received;  /* payload received in order: bytes_received less the peer FIN */
 	__u32 oldstate;        /* state the socket left for CLOSE (tcp_states.h numbering) */
 	__u32 netns;
 };
