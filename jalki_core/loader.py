@@ -88,6 +88,12 @@ class LoadedProbe:
     links: list[BpfLink]
     rung: AttachRung
     failures: list[RungFailure]
+    programs: tuple[str, ...] = ()
+
+    @property
+    def missing_optional(self) -> tuple[str, ...]:
+        """The rung's optional programs this kernel could not run."""
+        return tuple(name for name in self.rung.optional if name not in self.programs)
 
     def kernel_drops(self) -> dict[str, int]:
         """Kernel-side drop counters by cause, summed over CPUs."""
@@ -106,7 +112,7 @@ class LoadedProbe:
     def program_stats(self) -> dict[str, tuple[int, int]]:
         """Per-program (run time ns, run count) from ``bpf_enable_stats``."""
         stats = {}
-        for name in self.rung.programs:
+        for name in self.programs:
             program = self.obj.programs.get(name)
             if program is not None:
                 try:
@@ -150,23 +156,14 @@ class ProbeLoader:
         data = probe.bpf_object.read_bytes()
         failures: list[RungFailure] = []
         for rung in probe.ladder:
-            with capture_libbpf_log() as log_lines:
-                try:
-                    return self._try_rung(probe, data, rung, failures)
-                except LibbpfError as exc:
-                    stage = getattr(exc, "stage", "load")
-                    failures.append(
-                        RungFailure(
-                            rung=rung.name,
-                            stage=stage,
-                            errno_name=exc.errno_name,
-                            message=exc.one_line(),
-                            log_excerpt=_log_excerpt(
-                                [*log_lines, *getattr(exc, "verifier_log", "").splitlines()]
-                            ),
-                        )
-                    )
-                    log.info("probe %s: rung %s failed: %s", probe.name, rung.name, exc.one_line())
+            for programs in rung.variants():
+                label = rung.name if programs == rung.programs else f"{rung.name}+{'+'.join(rung.optional)}"
+                with capture_libbpf_log() as log_lines:
+                    try:
+                        return self._try_rung(probe, data, rung, programs, failures)
+                    except LibbpfError as exc:
+                        failures.append(self._failure(label, exc, log_lines))
+                        log.info("probe %s: rung %s failed: %s", probe.name, label, exc.one_line())
         error = AttachLadderExhausted(
             f"probe {probe.name}: every attach rung failed ("
             + "; ".join(failure.one_line() for failure in failures)
@@ -176,14 +173,24 @@ class ProbeLoader:
         error.failures = failures  # type: ignore[attr-defined]
         raise error
 
+    @staticmethod
+    def _failure(label: str, exc: LibbpfError, log_lines: list[str]) -> RungFailure:
+        return RungFailure(
+            rung=label,
+            stage=getattr(exc, "stage", "load"),
+            errno_name=exc.errno_name,
+            message=exc.one_line(),
+            log_excerpt=_log_excerpt([*log_lines, *getattr(exc, "verifier_log", "").splitlines()]),
+        )
+
     def _try_rung(
-        self, probe: Probe, data: bytes, rung: AttachRung, failures: list[RungFailure]
+        self, probe: Probe, data: bytes, rung: AttachRung, programs: tuple[str, ...], failures: list[RungFailure]
     ) -> LoadedProbe:
         from jalki_core._libbpf import BpfObject
 
         obj = BpfObject.open_memory(data, probe.name)
         try:
-            self._prepare(probe, obj, rung)
+            self._prepare(probe, obj, rung, programs)
             try:
                 obj.load()
             except LibbpfError as exc:
@@ -194,20 +201,20 @@ class ProbeLoader:
                 config_map.update(struct.pack("<I", 0), self._config)
             links: list[BpfLink] = []
             try:
-                for name in rung.programs:
+                for name in programs:
                     links.append(obj.programs[name].attach())
             except LibbpfError as exc:
                 for link in links:
                     link.destroy()
                 exc.stage = "attach"  # type: ignore[attr-defined]
                 raise
-            return LoadedProbe(probe, obj, links, rung, list(failures))
+            return LoadedProbe(probe, obj, links, rung, list(failures), programs)
         except BaseException:
             obj.close()
             raise
 
-    def _prepare(self, probe: Probe, obj: BpfObject, rung: AttachRung) -> None:
-        missing = [name for name in rung.programs if name not in obj.programs]
+    def _prepare(self, probe: Probe, obj: BpfObject, rung: AttachRung, programs: tuple[str, ...]) -> None:
+        missing = [name for name in (*rung.programs, *rung.optional) if name not in obj.programs]
         if missing:
             raise ProbeError(
                 f"probe {probe.name}: rung {rung.name} names programs missing from "
@@ -222,7 +229,7 @@ class ProbeLoader:
             )
         if probe.ring_buffer not in obj.maps:
             raise ProbeError(f"probe {probe.name}: no ring buffer map named {probe.ring_buffer!r}")
-        wanted = set(rung.programs)
+        wanted = set(programs)
         for name, program in obj.programs.items():
             program.autoload = name in wanted
         obj.maps[probe.ring_buffer].max_entries = (

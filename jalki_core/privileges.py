@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from jalki_core.errors import EnvironmentProblem, PrivilegeError
@@ -43,6 +44,23 @@ def require_bpf_privileges() -> None:
             "loading BPF probes needs root or CAP_BPF+CAP_PERFMON",
             hint="run with sudo, or grant the capabilities: setcap cap_bpf,cap_perfmon+ep",
         )
+
+
+TRACEFS_EVENTS = (Path("/sys/kernel/tracing/events"), Path("/sys/kernel/debug/tracing/events"))
+
+
+def ensure_tracefs() -> bool:
+    """Make classic tracepoints findable: mount tracefs when it is absent and we are root.
+
+    Returns whether tracefs is available. Without it only tracepoint-based
+    rungs fail (tp_btf and raw_tp need no tracefs), so this never raises.
+    """
+    if any(path.is_dir() for path in TRACEFS_EVENTS):
+        return True
+    if os.geteuid() != 0:
+        return False
+    subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], capture_output=True, check=False)
+    return TRACEFS_EVENTS[0].is_dir()
 
 
 def require_btf() -> None:

@@ -30,11 +30,21 @@ class AttachRung:
     :param programs: names of the BPF programs (C function names) this rung loads;
         every other program in the object is left out of the load.
     :param description: what the rung attaches to, for humans.
+    :param optional: programs that add information when the kernel has their
+        attach points; the loader first tries the rung with them and, if that
+        fails, without them (recording why).
     """
 
     name: str
     programs: tuple[str, ...]
     description: str = ""
+    optional: tuple[str, ...] = ()
+
+    def variants(self) -> list[tuple[str, ...]]:
+        """The program sets to try, richest first."""
+        if not self.optional:
+            return [self.programs]
+        return [self.programs + self.optional, self.programs]
 
 
 @dataclass(frozen=True)

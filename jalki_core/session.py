@@ -21,7 +21,7 @@ from jalki_core.emitters.base import Emitter, EmitterWorker, EventBatch
 from jalki_core.errors import AttachLadderExhausted, JalkiError, ProbeError
 from jalki_core.events import EventContext, monotonic_to_realtime_offset
 from jalki_core.loader import LoadedProbe, ProbeLoader, ProbeOptions, RungFailure
-from jalki_core.privileges import require_bpf_privileges, require_btf
+from jalki_core.privileges import ensure_tracefs, require_bpf_privileges, require_btf
 from jalki_core.probe import Probe
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ class TraceSession:
         """Check privileges, open emitters, and attach every probe (skipping failures)."""
         require_bpf_privileges()
         require_btf()
+        if not ensure_tracefs():
+            log.warning("tracefs is not mounted: classic tracepoint rungs will fail")
         from jalki_core._libbpf import RingBufferReader, enable_stats
 
         self._started_at = time.monotonic()

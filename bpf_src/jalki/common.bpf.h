@@ -247,6 +247,22 @@ static __always_inline void jalki_owner_record(const void *sk)
 	bpf_map_update_elem(&jalki_sock_owner, &key, &owner, BPF_ANY);
 }
 
+/*
+ * Record the current task as sk's owner unless one is already known: for hot
+ * task-context paths (send/receive) where a lookup is much cheaper than an
+ * update, and the first owner seen stays until connect/close re-record it.
+ */
+static __always_inline void jalki_owner_record_if_absent(const void *sk)
+{
+	__u64 key = (__u64)(unsigned long)sk;
+	struct jalki_owner owner;
+
+	if (bpf_map_lookup_elem(&jalki_sock_owner, &key))
+		return;
+	jalki_owner_current(&owner);
+	bpf_map_update_elem(&jalki_sock_owner, &key, &owner, BPF_NOEXIST);
+}
+
 static __always_inline struct jalki_owner *jalki_owner_lookup(const void *sk)
 {
 	__u64 key = (__u64)(unsigned long)sk;

@@ -178,6 +178,29 @@ def test_established_loss_retransmits_attributed_to_sender(netns: NetNs, pick: P
     check_rung(pick, retransmits)
 
 
+def test_server_side_retransmits_attributed_to_the_accepting_process(
+    netns: NetNs, pick: Pick, tmp_path: Path
+) -> None:
+    go_file = tmp_path / "go"
+    with tracing(pick("tcp_retransmit_skb")) as trace:
+        server, hello = netns.spawn("reply-after-go", "--request", "100", "--reply", "2000",
+                                    "--go-file", str(go_file), "--linger", "1.5")
+        client, request = netns.spawn("request-and-wait", "--port", str(hello["port"]), "--send", "100",
+                                      "--linger", "3")
+        netns.nft(drop_input_rule(request["sport"]))  # the replies to the client are lost
+        go_file.touch()
+        server.wait(timeout=30)
+        client.wait(timeout=30)
+    retransmits = only(trace.events("kernel.tcp.retransmit", netns.inode), network_data__src_port=hello["port"])
+    assert len(retransmits) >= 2, retransmits
+    for event in retransmits:
+        validate(event)
+        assert event["data"]["tcp_state"] == "ESTABLISHED"
+        assert event["network_data"]["dst_port"] == request["sport"]
+        assert event["process_data"]["pid"] == hello["pid"]  # recorded when the server read the request
+    check_rung(pick, retransmits)
+
+
 def test_ipv6_refused_connect(netns: NetNs, pick: Pick) -> None:
     with tracing(pick("tcp_connect")) as trace:
         report = netns.traffic("connect", "--host", "::1", "--port", str(CLOSED_PORT))

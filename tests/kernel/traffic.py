@@ -44,6 +44,40 @@ def serve(args: argparse.Namespace) -> None:
                     conn.sendall(b"r" * args.reply)
 
 
+def reply_after_go(args: argparse.Namespace) -> None:
+    """Accept one connection, read --request bytes, wait for --go-file, send --reply bytes, linger."""
+    with socket.socket(_family(args.host), socket.SOCK_STREAM) as listener:
+        listener.bind((args.host, 0))
+        listener.listen(1)
+        report(ready=True, port=listener.getsockname()[1])
+        conn, _ = listener.accept()
+        got = 0
+        while got < args.request:
+            got += len(conn.recv(args.request - got))
+        go = Path(args.go_file)
+        deadline = time.monotonic() + 20
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        conn.sendall(b"r" * args.reply)
+        time.sleep(args.linger)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        conn.close()
+
+
+def request_and_wait(args: argparse.Namespace) -> None:
+    """Connect, send --send bytes, report, then keep reading for --linger seconds."""
+    conn = socket.create_connection((args.host, args.port), timeout=10)
+    conn.sendall(b"q" * args.send)
+    report(sport=conn.getsockname()[1])
+    conn.settimeout(args.linger)
+    try:
+        while conn.recv(65536):
+            pass
+    except TimeoutError:
+        pass
+    conn.close()
+
+
 def client(args: argparse.Namespace) -> None:
     """Connect, send --send bytes, half-close, read the reply to EOF, close."""
     with socket.create_connection((args.host, args.port), timeout=10) as conn:
@@ -96,6 +130,19 @@ def main() -> None:
     p.add_argument("--reply", type=int, default=0)
     p.add_argument("--hold", type=float, default=0)
     p.set_defaults(func=serve)
+    p = sub.add_parser("reply-after-go")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--request", type=int, default=100)
+    p.add_argument("--reply", type=int, default=2000)
+    p.add_argument("--go-file", required=True)
+    p.add_argument("--linger", type=float, default=1.5)
+    p.set_defaults(func=reply_after_go)
+    p = sub.add_parser("request-and-wait")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--send", type=int, default=100)
+    p.add_argument("--linger", type=float, default=3)
+    p.set_defaults(func=request_and_wait)
     p = sub.add_parser("client")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)

@@ -219,6 +219,21 @@ struct trace_event_raw_inet_sock_set_state {
 	char __data[0];
 };
 
+/* tcp:tcp_rcv_space_adjust and the other tcp_event_sk tracepoints */
+struct trace_event_raw_tcp_event_sk {
+	struct trace_entry ent;
+	const void *skaddr;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u8 saddr[4];
+	__u8 daddr[4];
+	__u8 saddr_v6[16];
+	__u8 daddr_v6[16];
+	__u64 sock_cookie;
+	char __data[0];
+};
+
 /* raw_syscalls:sys_enter */
 struct trace_event_raw_sys_enter {
 	struct trace_entry ent;

@@ -115,7 +115,12 @@ class TcpCloseProbe(Probe):
 
 
 class TcpRetransmitProbe(Probe):
-    """One event per retransmitted TCP segment, attributed to the socket's owner."""
+    """One event per retransmitted TCP segment, attributed to the socket's owner.
+
+    Owners are recorded in task context: connect(), close()/shutdown(), and,
+    where the kernel has the tracepoints, sendmsg/recvmsg (optional programs),
+    which is what attributes an accepted (server-side) socket.
+    """
 
     name = "tcp_retransmit_skb"
     observes = "tcp:tcp_retransmit_skb"
@@ -124,9 +129,11 @@ class TcpRetransmitProbe(Probe):
     layout = layouts.RETRANSMIT
     ladder = (
         AttachRung("tp_btf", ("tpbtf_retrans_state", "tpbtf_retransmit_skb"),
-                   "tp_btf/tcp_retransmit_skb + tp_btf/inet_sock_set_state (owner)"),
+                   "tp_btf/tcp_retransmit_skb + tp_btf/inet_sock_set_state (owner)",
+                   optional=("tpbtf_owner_send", "tpbtf_owner_recv")),
         AttachRung("tracepoint", ("tp_retrans_state", "tp_retransmit_skb"),
-                   "tracepoint/tcp/tcp_retransmit_skb + tracepoint/sock/inet_sock_set_state"),
+                   "tracepoint/tcp/tcp_retransmit_skb + tracepoint/sock/inet_sock_set_state",
+                   optional=("tp_owner_recv",)),
     )
 
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:

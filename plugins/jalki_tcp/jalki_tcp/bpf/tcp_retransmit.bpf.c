@@ -9,14 +9,16 @@
  * program in task context (CLOSE -> SYN_SENT inside connect(); -> FIN_WAIT1
  * and -> LAST_ACK inside close()/shutdown()) into jalki_sock_owner, looked up
  * by socket pointer when the retransmit fires, and deleted on -> CLOSE.
- * Sockets whose owner was never recorded (e.g. accepted sockets that have
- * not started closing) are reported with pid 0 and JALKI_HDR_OWNER_KNOWN
- * clear. Self filter and the tgid filter apply to the owner; sampling is per
+ * Accepted sockets get their owner from the optional programs on
+ * tcp_sendmsg_locked / tcp_rcv_space_adjust (sendmsg/recvmsg, task context),
+ * where the kernel has those tracepoints. Sockets whose owner was never
+ * recorded are reported with pid 0 and JALKI_HDR_OWNER_KNOWN clear. Self filter and the tgid filter apply to the owner; sampling is per
  * event. Failed retransmit attempts (the tracepoint's err != 0, on kernels
  * whose tracepoint has it) are not reported.
  *
- * Rungs: tp_btf: tpbtf_retrans_state + tpbtf_retransmit_skb;
- *        tracepoint: tp_retrans_state + tp_retransmit_skb.
+ * Rungs: tp_btf: tpbtf_retrans_state + tpbtf_retransmit_skb
+ *                (optional: tpbtf_owner_send, tpbtf_owner_recv);
+ *        tracepoint: tp_retrans_state + tp_retransmit_skb (optional: tp_owner_recv).
  */
 #include "tcp_events.h"
 
@@ -121,6 +123,21 @@ int tpbtf_retransmit_skb(__u64 *ctx)
 	return handle_retransmit(sk, true);
 }
 
+/* Optional owner recording for accepted sockets (task context). */
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(tpbtf_owner_send, const struct sock *sk)
+{
+	jalki_owner_record_if_absent(sk);
+	return 0;
+}
+
+SEC("tp_btf/tcp_rcv_space_adjust")
+int BPF_PROG(tpbtf_owner_recv, const struct sock *sk)
+{
+	jalki_owner_record_if_absent(sk);
+	return 0;
+}
+
 /* ---- rung "tracepoint" ---- */
 
 SEC("tracepoint/sock/inet_sock_set_state")
@@ -152,4 +169,11 @@ int tp_retransmit_skb(void *ctx)
 	if (!sk)
 		return 0;
 	return handle_retransmit(sk, false);
+}
+
+SEC("tracepoint/tcp/tcp_rcv_space_adjust")
+int tp_owner_recv(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	jalki_owner_record_if_absent(ctx->skaddr);
+	return 0;
 }
