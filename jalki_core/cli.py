@@ -39,13 +39,15 @@ def _stderr_console() -> Any:
 
 
 def _load_plugins() -> JalkiPlugins:
+    from rich.markup import escape
+
     from jalki_core.plugins import JalkiPlugins
 
     plugins = JalkiPlugins()
     if plugins.broken:
         console = _stderr_console()
         for broken in plugins.broken:
-            console.print(f"[yellow]warning:[/] {broken.one_line()}", soft_wrap=True)
+            console.print(f"[yellow]warning:[/] {escape(broken.one_line())}", soft_wrap=True)
     return plugins
 
 
@@ -137,6 +139,7 @@ def run(
 
 
 def _print_summary(summary: SessionSummary) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = _stderr_console()
@@ -152,15 +155,15 @@ def _print_summary(summary: SessionSummary) -> None:
     console.print(table)
     for probe in summary.probes:
         for failure in probe.failed_rungs:
-            console.print(f"  {probe.name}: rung {failure.one_line()}", soft_wrap=True)
+            console.print(f"  {probe.name}: rung {escape(failure.one_line())}", soft_wrap=True)
             if failure.log_excerpt and os.environ.get("JALKI_DEBUG"):
-                console.print(failure.log_excerpt, soft_wrap=True)
+                console.print(escape(failure.log_excerpt), soft_wrap=True)
     for name, stats in summary.emitters.items():
         line = f"  emitter {name}: {stats['events_emitted']} events written"
         if stats["events_dropped"] or stats["errors"]:
             line += f", [red]{stats['events_dropped']} dropped, {stats['errors']} errors[/]"
             if stats["last_error"]:
-                line += f" (last: {stats['last_error']})"
+                line += f" (last: {escape(stats['last_error'])})"
         console.print(line, soft_wrap=True)
 
 

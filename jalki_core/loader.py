@@ -69,14 +69,16 @@ class RungFailure:
     """Why one rung of a ladder could not be used."""
 
     rung: str
-    stage: str  # "open", "layout", "load", "attach"
+    stage: str  # "load" or "attach"
     errno_name: str
     message: str
     log_excerpt: str = ""
+    hint: str | None = None
 
     def one_line(self) -> str:
-        """``rung: stage failed with ERRNO (message)``."""
-        return f"{self.rung}: {self.stage} failed with {self.errno_name} ({self.message})"
+        """``rung: stage failed with ERRNO (hint)``."""
+        line = f"{self.rung}: {self.stage} failed with {self.errno_name}"
+        return f"{line} ({self.hint})" if self.hint else line
 
 
 @dataclass
@@ -179,8 +181,9 @@ class ProbeLoader:
             rung=label,
             stage=getattr(exc, "stage", "load"),
             errno_name=exc.errno_name,
-            message=exc.one_line(),
+            message=exc.message,
             log_excerpt=_log_excerpt([*log_lines, *getattr(exc, "verifier_log", "").splitlines()]),
+            hint=exc.hint,
         )
 
     def _try_rung(

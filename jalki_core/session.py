@@ -62,7 +62,7 @@ class ProbeRunStats:
                       "decode_error": self.decode_errors},
             "failed_rungs": [
                 {"rung": f.rung, "stage": f.stage, "errno": f.errno_name, "message": f.message,
-                 "log": f.log_excerpt}
+                 "hint": f.hint, "log": f.log_excerpt}
                 for f in self.failed_rungs
             ],
             "error": self.error,

@@ -1,0 +1,295 @@
+"""jalki's benchmarks: connection churn under tracers, and ring-buffer drain speed.
+
+Run as root from the repository root::
+
+    .venv/bin/python bench/run_bench.py            # full run (3 rounds, a few minutes)
+    .venv/bin/python bench/run_bench.py --quick    # smoke run (1 round, short cases)
+
+Cases (see bench/README.md for what each measures):
+  churn_bare, churn_jalki, churn_tcplife, churn_bpftrace
+  drain_gen_bare, drain_decode, drain_json
+
+Rounds are interleaved (every case once per round, the order rotated each
+round) so slow drifts of a shared VM hit every case alike; medians are
+reported. Results go to stdout as a table and to bench/results/latest.json.
+Nothing here asserts a number: targets are printed next to what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _churn import run_churn_case  # noqa: E402
+from _common import BENCH_DIR, QuietWaiter, Tools, build_tools, machine_facts, median_of, spread_of, versions  # noqa: E402
+from _drain import run_drain_case  # noqa: E402
+
+TARGET_DECODE_PER_CORE = 1_000_000
+TARGET_JSON_LINES = 300_000
+
+CHURN_CASES = ("bare", "jalki", "tcplife", "bpftrace")
+DRAIN_CASES = ("gen_bare", "decode", "json")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="1 round, 2 s cases (smoke run, < 90 s)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
+    parser.add_argument("--churn-seconds", type=float, help="churn duration per case (default 6, quick 2)")
+    parser.add_argument("--drain-seconds", type=float, help="generator duration per drain case (default 5, quick 2)")
+    parser.add_argument("--ring-mib", type=int, default=1, help="drain ring size in MiB (default 1 = jalki's default)")
+    parser.add_argument("--cases", help="comma-separated subset, e.g. churn_bare,churn_jalki,drain_decode")
+    parser.add_argument("--quiet-wait", type=float, help="per case, wait up to N s for other people's tracing "
+                        "BPF programs to go away (default 10, quick 2)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin churn / generator and consumer to CPUs")
+    parser.add_argument("--output", type=Path, default=BENCH_DIR / "results" / "latest.json")
+    parser.add_argument("--keep-files", action="store_true", help="keep the tracers' output files in the temp dir")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.churn_seconds = args.churn_seconds or (2.0 if args.quick else 6.0)
+    args.drain_seconds = args.drain_seconds or (2.0 if args.quick else 5.0)
+    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (2.0 if args.quick else 10.0)
+    return args
+
+
+def _selected_cases(args: argparse.Namespace, tools: Tools) -> tuple[list[str], list[str], list[str]]:
+    wanted = set(args.cases.split(",")) if args.cases else None
+    skipped: list[str] = []
+    churn = []
+    for name in CHURN_CASES:
+        if wanted is not None and f"churn_{name}" not in wanted:
+            continue
+        if name == "tcplife" and tools.tcplife is None:
+            skipped.append("churn_tcplife (tcplife not found; apt install libbpf-tools)")
+            continue
+        if name == "bpftrace" and tools.bpftrace is None:
+            skipped.append("churn_bpftrace (bpftrace not found)")
+            continue
+        churn.append(name)
+    drain = []
+    for name in DRAIN_CASES:
+        if wanted is not None and f"drain_{name}" not in wanted:
+            continue
+        if name != "gen_bare" and tools.drain_obj is None:
+            skipped.append(f"drain_{name} ({tools.drain_error})")
+            continue
+        drain.append(name)
+    return churn, drain, skipped
+
+
+def _rotate(items: list[str], by: int) -> list[str]:
+    if not items:
+        return items
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+def _cpus(no_pin: bool) -> tuple[int | None, int | None]:
+    """(load CPU, consumer CPU): the workload on the last CPU, the consumer on the first."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if no_pin or len(cpus) < 2:
+        return None, None
+    return cpus[-1], cpus[0]
+
+
+# ---------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------
+
+CHURN_KEYS = ("rate", "churn_cpu_us_per_conn", "tracer_cpu_us_per_conn", "lost_events", "drops_total",
+              "emitter_events_dropped", "tracer_startup_s", "tracer_stop_s", "system_cpu_steal")
+DRAIN_KEYS = ("produce_rate", "received", "drops_total", "unaccounted", "records_per_s_wall",
+              "records_per_cpu_s", "json_lines_per_s_wall", "json_lines_per_cpu_s", "records_per_batch",
+              "system_cpu_steal")
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per case: medians and (min, max) of its numbers, rounds with foreign BPF programs, errors."""
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        by_case.setdefault(result["case"], []).append(result)
+    bare_rate = median_of([r for r in by_case.get("churn_bare", []) if "error" not in r], "rate")
+    gen_rate = median_of([r for r in by_case.get("drain_gen_bare", []) if "error" not in r], "produce_rate")
+    summary: dict[str, dict[str, Any]] = {}
+    for case, runs in by_case.items():
+        ok = [r for r in runs if "error" not in r]
+        keys = CHURN_KEYS if case.startswith("churn") else DRAIN_KEYS
+        entry: dict[str, Any] = {"runs": len(runs), "ok_runs": len(ok)}
+        for key in keys:
+            median = median_of(ok, key)
+            if median is not None:
+                entry[key] = median
+                entry[f"{key}_range"] = spread_of(ok, key)
+        if case.startswith("churn") and bare_rate and entry.get("rate"):
+            entry["ratio_to_bare"] = round(entry["rate"] / bare_rate, 3)
+        if case.startswith("drain") and case != "drain_gen_bare" and gen_rate and entry.get("produce_rate"):
+            entry["producer_ratio_to_bare"] = round(entry["produce_rate"] / gen_rate, 3)
+        if "lossless" in (ok[0] if ok else {}):
+            entry["lossless_runs"] = sum(1 for r in ok if r.get("lossless"))
+        if case.startswith("churn") and case != "churn_bare" and ok:
+            entry["lossless_runs"] = sum(1 for r in ok if r.get("lost_events") == 0 and not r.get("drops_total"))
+        entry["rounds_with_foreign_bpf"] = sum(1 for r in runs if r.get("foreign_bpf_programs"))
+        entry["errors"] = [r["error"] for r in runs if "error" in r]
+        summary[case] = entry
+    return summary
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and digits:
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int | float):
+        return f"{value:,.0f}"
+    return str(value)
+
+
+def print_table(summary: dict[str, dict[str, Any]], rounds: int) -> None:
+    """The human summary: one block for churn, one for drain."""
+    print(f"\nchurn: loopback connect -> write 64 B -> close, medians of {rounds} round(s)")
+    header = f"{'case':<16}{'conn/s':>10}{'vs bare':>9}{'churn µs/conn':>15}{'tracer µs/conn':>16}" \
+             f"{'lost':>8}{'drops':>7}{'lossless':>10}{'foreign':>9}"
+    print(header)
+    print("-" * len(header))
+    for case in (f"churn_{c}" for c in CHURN_CASES):
+        entry = summary.get(case)
+        if entry is None:
+            continue
+        lossless = f"{entry['lossless_runs']}/{entry['ok_runs']}" if "lossless_runs" in entry else "-"
+        drops = entry.get("drops_total", 0) + entry.get("emitter_events_dropped", 0) if case == "churn_jalki" else None
+        print(f"{case:<16}{_fmt(entry.get('rate')):>10}{_fmt(entry.get('ratio_to_bare'), 3):>9}"
+              f"{_fmt(entry.get('churn_cpu_us_per_conn'), 1):>15}{_fmt(entry.get('tracer_cpu_us_per_conn'), 1):>16}"
+              f"{_fmt(entry.get('lost_events')):>8}{_fmt(drops):>7}{lossless:>10}"
+              f"{entry['rounds_with_foreign_bpf']:>9}")
+        for error in entry["errors"]:
+            print(f"    error: {error}")
+
+    print(f"\ndrain: getppid() generator -> 40-byte records -> consumer, medians of {rounds} round(s)")
+    header = f"{'case':<16}{'produced/s':>12}{'received/s':>12}{'per cpu-s':>12}{'drops':>10}" \
+             f"{'unacc.':>8}{'lossless':>10}{'rec/batch':>10}{'foreign':>9}"
+    print(header)
+    print("-" * len(header))
+    for case in (f"drain_{c}" for c in DRAIN_CASES):
+        entry = summary.get(case)
+        if entry is None:
+            continue
+        per_cpu = entry.get("json_lines_per_cpu_s") if case == "drain_json" else entry.get("records_per_cpu_s")
+        wall = entry.get("json_lines_per_s_wall") if case == "drain_json" else entry.get("records_per_s_wall")
+        lossless = f"{entry['lossless_runs']}/{entry['ok_runs']}" if "lossless_runs" in entry else "-"
+        print(f"{case:<16}{_fmt(entry.get('produce_rate')):>12}{_fmt(wall):>12}{_fmt(per_cpu):>12}"
+              f"{_fmt(entry.get('drops_total')):>10}{_fmt(entry.get('unaccounted')):>8}{lossless:>10}"
+              f"{_fmt(entry.get('records_per_batch')):>10}{entry['rounds_with_foreign_bpf']:>9}")
+        for error in entry["errors"]:
+            print(f"    error: {error}")
+    decode = summary.get("drain_decode", {}).get("records_per_cpu_s")
+    lines = summary.get("drain_json", {}).get("json_lines_per_cpu_s")
+    print("\ntargets (reported, not asserted):")
+    if decode is not None:
+        verdict = "met" if decode >= TARGET_DECODE_PER_CORE else "MISSED"
+        print(f"  decode >= {TARGET_DECODE_PER_CORE:,} records/s per consumer core: {decode:,.0f} ({verdict})")
+    if lines is not None:
+        verdict = "met" if lines >= TARGET_JSON_LINES else "MISSED"
+        print(f"  JSON   >= {TARGET_JSON_LINES:,} lines/s per consumer core:   {lines:,.0f} ({verdict})")
+    print("  'foreign' = rounds during which someone else's tracing BPF program was loaded (noise).")
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build, run every case in interleaved rounds, print and save the results."""
+    args = _parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: run as root (BPF programs, network namespaces)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    load_cpu, consumer_cpu = _cpus(args.no_pin)
+    quiet = QuietWaiter(args.quiet_wait, 12 * args.quiet_wait)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="jalki-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        tools = build_tools(tmp)
+        churn_cases, drain_cases, skipped = _selected_cases(args, tools)
+        for reason in skipped:
+            print(f"bench: skipping {reason}", file=sys.stderr)
+        print(f"bench: {args.rounds} round(s); churn {args.churn_seconds:g}s, drain {args.drain_seconds:g}s per case; "
+              f"load CPU {load_cpu}, consumer CPU {consumer_cpu}; temp dir {tmp}", file=sys.stderr)
+        for round_index in range(args.rounds):
+            plan = [("churn", c) for c in _rotate(list(churn_cases), round_index)]
+            plan += [("drain", d) for d in _rotate(list(drain_cases), round_index)]
+            for kind, name in plan:
+                tag = f"r{round_index}-{kind}-{name}"
+                waited, _ = quiet.wait()
+                case_started = time.monotonic()
+                try:
+                    if kind == "churn":
+                        result = run_churn_case(tools, tmp, None if name == "bare" else name, args.churn_seconds,
+                                                tag, load_cpu, keep_files=args.keep_files)
+                    else:
+                        result = run_drain_case(tools, tmp, name, args.drain_seconds, tag, load_cpu, consumer_cpu,
+                                                args.ring_mib << 20)
+                except Exception as exc:  # one broken case must not hide the others
+                    result = {"case": f"{kind}_{name}", "error": f"{type(exc).__name__}: {exc}"}
+                result.update(round=round_index, quiet_wait_s=waited,
+                              case_wall_s=round(time.monotonic() - case_started, 2))
+                results.append(result)
+                _progress(result)
+        summary = summarise(results)
+        print_table(summary, args.rounds)
+        total = round(time.monotonic() - started, 1)
+        report = {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "mode": "quick" if args.quick else "full",
+            "machine": machine_facts(),
+            "versions": versions(tools),
+            "config": {
+                "rounds": args.rounds,
+                "churn_seconds": args.churn_seconds,
+                "drain_seconds": args.drain_seconds,
+                "churn_payload_bytes": 64,
+                "drain_ring_bytes": args.ring_mib << 20,
+                "load_cpu": load_cpu,
+                "consumer_cpu": consumer_cpu,
+                "skipped": skipped,
+            },
+            "targets": {"decode_records_per_cpu_s": TARGET_DECODE_PER_CORE, "json_lines_per_cpu_s": TARGET_JSON_LINES},
+            "medians": summary,
+            "runs": results,
+            "total_wall_s": total,
+        }
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nbench: wrote {args.output} ({total} s in all)")
+    return 0
+
+
+def _progress(result: dict[str, Any]) -> None:
+    if "error" in result:
+        line = f"error: {result['error']}"
+    elif result["case"].startswith("churn"):
+        line = f"{result['rate']:,.0f} conn/s"
+        if "lost_events" in result:
+            line += f", lost {result['lost_events']}, drops {result.get('drops_total', '-')}"
+    elif "records_per_cpu_s" in result:
+        line = (f"produced {result['produced']:,}, received {result['received']:,}, drops {result['drops_total']:,}, "
+                f"{result['records_per_cpu_s']:,.0f} rec/cpu-s")
+    else:
+        line = f"{result.get('produce_rate', 0):,.0f} calls/s"
+    foreign = " [foreign BPF programs loaded]" if result.get("foreign_bpf_programs") else ""
+    print(f"  round {result['round']} {result['case']:<16} {line}{foreign} ({result['case_wall_s']} s)",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
