@@ -288,7 +288,8 @@ def run_churn_case(
             churn = subprocess.Popen(argv, stdout=subprocess.PIPE)
             assert churn.stdout is not None
             output = churn.stdout.read()
-            status, churn_cpu_s = wait_with_rusage(churn, seconds + 60)
+            status, churn_user_s, churn_sys_s = wait_with_rusage(churn, seconds + 60)
+            churn_cpu_s = churn_user_s + churn_sys_s
             cpu_after = cpu_times()
             foreign_end = tracing_programs(exclude)
             if status != 0:
@@ -311,15 +312,21 @@ def run_churn_case(
             if tracer is not None and proc is not None:
                 stop_started = time.monotonic()
                 proc.send_signal(tracer.stop_signal)
-                status, tracer_cpu_s = wait_with_rusage(proc, STOP_TIMEOUT_S)
+                status, tracer_user_s, tracer_sys_s = wait_with_rusage(proc, STOP_TIMEOUT_S)
+                tracer_cpu_s = tracer_user_s + tracer_sys_s
                 result["tracer_stop_s"] = round(time.monotonic() - stop_started, 2)
                 result["tracer_exit"] = status
                 result["tracer_cpu_s"] = round(tracer_cpu_s, 3)
+                result["tracer_user_s"] = round(tracer_user_s, 3)
+                result["tracer_sys_s"] = round(tracer_sys_s, 3)
                 result["tracer_cpu_us_per_conn"] = (
                     round(tracer_cpu_s / connections * 1e6, 2) if connections else None
                 )
                 proc = None
                 result.update(tracer.count(int(stats["port"]), connections, int(stats["client_pid"])))
+                received = result.get("received_events")
+                if received:
+                    result["tracer_cpu_us_per_event"] = round(tracer_cpu_s / received * 1e6, 2)
         return result
     finally:
         if proc is not None and proc.poll() is None:

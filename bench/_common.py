@@ -240,14 +240,14 @@ def cpu_fractions(before: tuple[int, int, int], after: tuple[int, int, int]) -> 
     }
 
 
-def wait_with_rusage(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, float]:
-    """Reap ``proc`` (SIGKILL after ``timeout``); return (exit status, user+sys CPU seconds)."""
+def wait_with_rusage(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, float, float]:
+    """Reap ``proc`` (SIGKILL after ``timeout``); return (exit status, user CPU s, system CPU s)."""
     deadline = time.monotonic() + timeout
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage.ru_utime + usage.ru_stime
+            return proc.returncode, usage.ru_utime, usage.ru_stime
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGKILL)

@@ -178,18 +178,29 @@ def run_drain_case(
         gen.stdin.write(b"go\n")
         gen.stdin.flush()
         generator_done = False
+        consume_s = sink_s = 0.0  # wall time inside consume() and inside decoding/writing
+        clock = time.perf_counter
         while not generator_done:
             for fd, _events in epoll.poll(0.25):
                 if fd == gen.stdout.fileno():
                     generator_done = True
-            while batch := reader.consume():
+            while True:
+                t0 = clock()
+                batch = reader.consume()
+                t1 = clock()
+                consume_s += t1 - t0
+                if not batch:
+                    break
                 sink(batch)
+                sink_s += clock() - t1
                 batches += 1
         link.destroy()  # nothing more can arrive; take what is left
         while batch := reader.consume():
             sink(batch)
             batches += 1
+        t0 = clock()
         extra = sink.close()
+        sink_s += clock() - t0
         wall = time.perf_counter() - wall_before
         consumer_cpu_s = time.process_time() - proc_before
         ru_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -220,6 +231,11 @@ def run_drain_case(
             consumer_sys_s=round(ru_after.ru_stime - ru_before.ru_stime, 3),
             records_per_s_wall=round(received / wall, 1) if wall else None,
             records_per_cpu_s=round(received / consumer_cpu_s, 1) if consumer_cpu_s else None,
+            consume_ns_per_record=round(consume_s / received * 1e9, 1) if received else None,
+            sink_ns_per_record=round(sink_s / received * 1e9, 1) if received else None,
+            other_ns_per_record=(
+                round((consumer_cpu_s - consume_s - sink_s) / received * 1e9, 1) if received else None
+            ),
             ring_bytes=ring_bytes,
             foreign_bpf_programs=foreign,
             **cpu_fractions(cpu_before, cpu_after),

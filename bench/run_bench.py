@@ -2,7 +2,7 @@
 
 Run as root from the repository root::
 
-    .venv/bin/python bench/run_bench.py            # full run (3 rounds, a few minutes)
+    .venv/bin/python bench/run_bench.py            # full run (5 rounds, about 4-6 minutes)
     .venv/bin/python bench/run_bench.py --quick    # smoke run (1 round, short cases)
 
 Cases (see bench/README.md for what each measures):
@@ -43,9 +43,9 @@ DRAIN_CASES = ("gen_bare", "decode", "json")
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="1 round, 2 s cases (smoke run, < 90 s)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
-    parser.add_argument("--churn-seconds", type=float, help="churn duration per case (default 6, quick 2)")
-    parser.add_argument("--drain-seconds", type=float, help="generator duration per drain case (default 5, quick 2)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 1)")
+    parser.add_argument("--churn-seconds", type=float, help="churn duration per case (default 5, quick 2)")
+    parser.add_argument("--drain-seconds", type=float, help="generator duration per drain case (default 4, quick 2)")
     parser.add_argument("--ring-mib", type=int, default=1, help="drain ring size in MiB (default 1 = jalki's default)")
     parser.add_argument("--cases", help="comma-separated subset, e.g. churn_bare,churn_jalki,drain_decode")
     parser.add_argument("--quiet-wait", type=float, help="per case, wait up to N s for other people's tracing "
@@ -54,9 +54,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results" / "latest.json")
     parser.add_argument("--keep-files", action="store_true", help="keep the tracers' output files in the temp dir")
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    args.churn_seconds = args.churn_seconds or (2.0 if args.quick else 6.0)
-    args.drain_seconds = args.drain_seconds or (2.0 if args.quick else 5.0)
+    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.churn_seconds = args.churn_seconds or (2.0 if args.quick else 5.0)
+    args.drain_seconds = args.drain_seconds or (2.0 if args.quick else 4.0)
     args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (2.0 if args.quick else 10.0)
     return args
 
@@ -105,10 +105,12 @@ def _cpus(no_pin: bool) -> tuple[int | None, int | None]:
 # Summary
 # ---------------------------------------------------------------------------
 
-CHURN_KEYS = ("rate", "churn_cpu_us_per_conn", "tracer_cpu_us_per_conn", "lost_events", "drops_total",
-              "emitter_events_dropped", "tracer_startup_s", "tracer_stop_s", "system_cpu_steal")
+CHURN_KEYS = ("rate", "connections", "churn_cpu_us_per_conn", "tracer_cpu_us_per_conn", "tracer_cpu_us_per_event",
+              "lost_events", "drops_total", "emitter_events_dropped", "wrong_owner_events", "bpf_ns_per_run",
+              "tracer_startup_s", "tracer_stop_s", "system_cpu_busy", "system_cpu_steal")
 DRAIN_KEYS = ("produce_rate", "received", "drops_total", "unaccounted", "records_per_s_wall",
               "records_per_cpu_s", "json_lines_per_s_wall", "json_lines_per_cpu_s", "records_per_batch",
+              "consume_ns_per_record", "sink_ns_per_record", "other_ns_per_record", "consumer_cpu_s",
               "system_cpu_steal")
 
 

@@ -6,10 +6,10 @@ import errno
 import os
 import re
 import sys
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from jalki_core._libbpf import _check
+from jalki_core._libbpf._closeable import Closeable
 from jalki_core._libbpf._ffi import ffi, lib
 from jalki_core._libbpf.log import capture_libbpf_log
 from jalki_core._libbpf.maps import BpfMap
@@ -33,7 +33,7 @@ def _verifier_reason(log: str) -> str | None:
     return None
 
 
-class BpfObject:
+class BpfObject(Closeable):
     """An opened BPF object: its programs and maps, loaded with :meth:`load`.
 
     Use :meth:`open_file` or :meth:`open_memory`; :meth:`close` (idempotent,
@@ -102,23 +102,6 @@ class BpfObject:
     def __repr__(self) -> str:
         state = "closed" if self._ptr is None else ("loaded" if self._loaded else "open")
         return f"<BpfObject {self._name!r} ({state})>"
-
-    def __enter__(self) -> BpfObject:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except BaseException:  # never raise from a finalizer
-            pass
 
     def _handle(self, operation: str) -> Any:
         if self._ptr is None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import errno
 import threading
-from types import TracebackType
 from typing import Any
 
 from jalki_core._libbpf import _check
+from jalki_core._libbpf._closeable import Closeable
 from jalki_core._libbpf._ffi import ffi, lib
 from jalki_core._libbpf.maps import BpfMap, MapType
 from jalki_core.errors import RingBufferError
@@ -23,7 +23,7 @@ from jalki_core.errors import RingBufferError
 MIN_DEFAULT_BATCH = 64 * 1024
 
 
-class RingBufferReader:
+class RingBufferReader(Closeable):
     """Reads fixed-size records from a loaded ``RINGBUF`` map in batches.
 
     ``poll``/``consume`` return the records gathered by one call as one
@@ -73,23 +73,6 @@ class RingBufferReader:
     def __repr__(self) -> str:
         state = "closed" if self._rb is None else "open"
         return f"<RingBufferReader {self._map.name} record_size={self._record_size} ({state})>"
-
-    def __enter__(self) -> RingBufferReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except BaseException:  # never raise from a finalizer
-            pass
 
     def _handle(self, operation: str) -> Any:
         if self._rb is None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from types import TracebackType
 
 from jalki_core._libbpf import _check
+from jalki_core._libbpf._closeable import Closeable
 from jalki_core._libbpf._ffi import lib
 from jalki_core.errors import LibbpfError
 
 
-class StatsHandle:
+class StatsHandle(Closeable):
     """Keeps ``bpf_enable_stats(BPF_STATS_RUN_TIME)`` on until :meth:`close`.
 
     While any such handle is open the kernel counts ``run_time_ns`` and
@@ -23,23 +23,6 @@ class StatsHandle:
 
     def __repr__(self) -> str:
         return f"<StatsHandle fd={self._fd}>"
-
-    def __enter__(self) -> StatsHandle:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except BaseException:  # never raise from a finalizer
-            pass
 
     @property
     def fd(self) -> int:
