@@ -57,7 +57,7 @@ def _has_bpf_link(proc: subprocess.Popen[bytes]) -> bool:
     with contextlib.suppress(OSError):
         for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
             with contextlib.suppress(OSError):
-                if "bpf_link" in os.readlink(fd):
+                if "bpf_link" in str(fd.readlink()):
                     return True
     return False
 
@@ -86,8 +86,9 @@ def jalki_tracer(tools: Tools, tmp: Path, tag: str) -> Tracer:
     def count(port: int, connections: int, client_pid: int) -> dict[str, Any]:
         return count_jalki(events, summary, port, connections, client_pid)
 
-    return Tracer("jalki", argv, signal.SIGTERM, ready, count, stdout=None, stderr=stderr,
-                  files=[events, summary, stderr])
+    return Tracer(
+        "jalki", argv, signal.SIGTERM, ready, count, stdout=None, stderr=stderr, files=[events, summary, stderr]
+    )
 
 
 def count_jalki(events: Path, summary: Path, port: int, connections: int, client_pid: int) -> dict[str, Any]:
@@ -141,8 +142,9 @@ def count_jalki(events: Path, summary: Path, port: int, connections: int, client
             run_count += int(probe.get("run_count") or 0)
         result["kernel_drops"] = drops
         result["drops_total"] = sum(drops.values())
-        result["emitter_events_dropped"] = sum(int(e.get("events_dropped", 0)) for e in data.get("emitters", {}).values())
-        result["emitter_errors"] = sum(int(e.get("errors", 0)) for e in data.get("emitters", {}).values())
+        emitters = data.get("emitters", {}).values()
+        result["emitter_events_dropped"] = sum(int(e.get("events_dropped", 0)) for e in emitters)
+        result["emitter_errors"] = sum(int(e.get("errors", 0)) for e in emitters)
         result["attach"] = {p["probe"]: p.get("attach") for p in data.get("probes", [])}
         result["bpf_run_time_s"] = round(run_ns / 1e9, 4)
         result["bpf_ns_per_run"] = round(run_ns / run_count, 1) if run_count else None
@@ -183,8 +185,9 @@ def tcplife_tracer(tools: Tools, tmp: Path, tag: str) -> Tracer:
             "lost_events": 2 * connections - client - server,
         }
 
-    return Tracer("tcplife", [tools.tcplife], signal.SIGINT, _has_bpf_link, count, stdout=out, stderr=stderr,
-                  files=[out, stderr])
+    return Tracer(
+        "tcplife", [tools.tcplife], signal.SIGINT, _has_bpf_link, count, stdout=out, stderr=stderr, files=[out, stderr]
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -231,8 +234,9 @@ def bpftrace_tracer(tools: Tools, tmp: Path, tag: str) -> Tracer:
             "lost_reported_by_bpftrace": lost_reported,
         }
 
-    return Tracer("bpftrace", argv, signal.SIGINT, ready, count, stdout=None, stderr=stderr,
-                  files=[out, ready_file, stderr])
+    return Tracer(
+        "bpftrace", argv, signal.SIGINT, ready, count, stdout=None, stderr=stderr, files=[out, ready_file, stderr]
+    )
 
 
 TRACERS: dict[str, Callable[[Tools, Path, str], Tracer]] = {
@@ -255,7 +259,12 @@ def _start(tracer: Tracer) -> subprocess.Popen[bytes]:
 
 
 def run_churn_case(
-    tools: Tools, tmp: Path, tracer_name: str | None, seconds: float, tag: str, churn_cpu: int | None,
+    tools: Tools,
+    tmp: Path,
+    tracer_name: str | None,
+    seconds: float,
+    tag: str,
+    churn_cpu: int | None,
     keep_files: bool = False,
 ) -> dict[str, Any]:
     """Run churn for ``seconds`` bare (``tracer_name`` None) or under a tracer; return its numbers."""
@@ -319,9 +328,7 @@ def run_churn_case(
                 result["tracer_cpu_s"] = round(tracer_cpu_s, 3)
                 result["tracer_user_s"] = round(tracer_user_s, 3)
                 result["tracer_sys_s"] = round(tracer_sys_s, 3)
-                result["tracer_cpu_us_per_conn"] = (
-                    round(tracer_cpu_s / connections * 1e6, 2) if connections else None
-                )
+                result["tracer_cpu_us_per_conn"] = round(tracer_cpu_s / connections * 1e6, 2) if connections else None
                 proc = None
                 result.update(tracer.count(int(stats["port"]), connections, int(stats["client_pid"])))
                 received = result.get("received_events")

@@ -262,8 +262,7 @@ def private_netns(name: str) -> Iterator[str]:
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         # See README "Why a private namespace without TIME_WAIT".
-        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"],
-                       check=True)
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"], check=True)
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)

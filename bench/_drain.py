@@ -128,7 +128,13 @@ class _JsonWriter:
 
 
 def run_drain_case(
-    tools: Tools, tmp: Path, mode: str, seconds: float, tag: str, gen_cpu: int | None, consumer_cpu: int | None,
+    tools: Tools,
+    tmp: Path,
+    mode: str,
+    seconds: float,
+    tag: str,
+    gen_cpu: int | None,
+    consumer_cpu: int | None,
     ring_bytes: int,
 ) -> dict[str, Any]:
     """Run one drain case (``gen_bare``, ``decode`` or ``json``); return its numbers."""
@@ -138,7 +144,8 @@ def run_drain_case(
         argv = ["taskset", "-c", str(gen_cpu), *argv]
     gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert gen.stdin is not None and gen.stdout is not None
-    obj = link = None
+    obj: Any = None
+    link: Any = None
     old_affinity = os.sched_getaffinity(0)
     json_path = tmp / f"{tag}.ndjson"
     try:

@@ -29,9 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _churn import run_churn_case  # noqa: E402
-from _common import BENCH_DIR, QuietWaiter, Tools, build_tools, machine_facts, median_of, spread_of, versions  # noqa: E402
-from _drain import run_drain_case  # noqa: E402
+from _churn import run_churn_case
+from _common import BENCH_DIR, QuietWaiter, Tools, build_tools, machine_facts, median_of, spread_of, versions
+from _drain import run_drain_case
 
 TARGET_DECODE_PER_CORE = 1_000_000
 TARGET_JSON_LINES = 300_000
@@ -48,8 +48,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--drain-seconds", type=float, help="generator duration per drain case (default 4, quick 2)")
     parser.add_argument("--ring-mib", type=int, default=1, help="drain ring size in MiB (default 1 = jalki's default)")
     parser.add_argument("--cases", help="comma-separated subset, e.g. churn_bare,churn_jalki,drain_decode")
-    parser.add_argument("--quiet-wait", type=float, help="per case, wait up to N s for other people's tracing "
-                        "BPF programs to go away (default 10, quick 2)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="per case, wait up to N s for other people's tracing BPF programs to go away (default 10, quick 2)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin churn / generator and consumer to CPUs")
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results" / "latest.json")
     parser.add_argument("--keep-files", action="store_true", help="keep the tracers' output files in the temp dir")
@@ -105,13 +108,38 @@ def _cpus(no_pin: bool) -> tuple[int | None, int | None]:
 # Summary
 # ---------------------------------------------------------------------------
 
-CHURN_KEYS = ("rate", "connections", "churn_cpu_us_per_conn", "tracer_cpu_us_per_conn", "tracer_cpu_us_per_event",
-              "lost_events", "drops_total", "emitter_events_dropped", "wrong_owner_events", "bpf_ns_per_run",
-              "tracer_startup_s", "tracer_stop_s", "system_cpu_busy", "system_cpu_steal")
-DRAIN_KEYS = ("produce_rate", "received", "drops_total", "unaccounted", "records_per_s_wall",
-              "records_per_cpu_s", "json_lines_per_s_wall", "json_lines_per_cpu_s", "records_per_batch",
-              "consume_ns_per_record", "sink_ns_per_record", "other_ns_per_record", "consumer_cpu_s",
-              "system_cpu_steal")
+CHURN_KEYS = (
+    "rate",
+    "connections",
+    "churn_cpu_us_per_conn",
+    "tracer_cpu_us_per_conn",
+    "tracer_cpu_us_per_event",
+    "lost_events",
+    "drops_total",
+    "emitter_events_dropped",
+    "wrong_owner_events",
+    "bpf_ns_per_run",
+    "tracer_startup_s",
+    "tracer_stop_s",
+    "system_cpu_busy",
+    "system_cpu_steal",
+)
+DRAIN_KEYS = (
+    "produce_rate",
+    "received",
+    "drops_total",
+    "unaccounted",
+    "records_per_s_wall",
+    "records_per_cpu_s",
+    "json_lines_per_s_wall",
+    "json_lines_per_cpu_s",
+    "records_per_batch",
+    "consume_ns_per_record",
+    "sink_ns_per_record",
+    "other_ns_per_record",
+    "consumer_cpu_s",
+    "system_cpu_steal",
+)
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -158,8 +186,10 @@ def _fmt(value: Any, digits: int = 0) -> str:
 def print_table(summary: dict[str, dict[str, Any]], rounds: int) -> None:
     """The human summary: one block for churn, one for drain."""
     print(f"\nchurn: loopback connect -> write 64 B -> close, medians of {rounds} round(s)")
-    header = f"{'case':<16}{'conn/s':>10}{'vs bare':>9}{'churn µs/conn':>15}{'tracer µs/conn':>16}" \
-             f"{'lost':>8}{'drops':>7}{'lossless':>10}{'foreign':>9}"
+    header = (
+        f"{'case':<16}{'conn/s':>10}{'vs bare':>9}{'churn µs/conn':>15}{'tracer µs/conn':>16}"
+        f"{'lost':>8}{'drops':>7}{'lossless':>10}{'foreign':>9}"
+    )
     print(header)
     print("-" * len(header))
     for case in (f"churn_{c}" for c in CHURN_CASES):
@@ -168,16 +198,20 @@ def print_table(summary: dict[str, dict[str, Any]], rounds: int) -> None:
             continue
         lossless = f"{entry['lossless_runs']}/{entry['ok_runs']}" if "lossless_runs" in entry else "-"
         drops = entry.get("drops_total", 0) + entry.get("emitter_events_dropped", 0) if case == "churn_jalki" else None
-        print(f"{case:<16}{_fmt(entry.get('rate')):>10}{_fmt(entry.get('ratio_to_bare'), 3):>9}"
-              f"{_fmt(entry.get('churn_cpu_us_per_conn'), 1):>15}{_fmt(entry.get('tracer_cpu_us_per_conn'), 1):>16}"
-              f"{_fmt(entry.get('lost_events')):>8}{_fmt(drops):>7}{lossless:>10}"
-              f"{entry['rounds_with_foreign_bpf']:>9}")
+        print(
+            f"{case:<16}{_fmt(entry.get('rate')):>10}{_fmt(entry.get('ratio_to_bare'), 3):>9}"
+            f"{_fmt(entry.get('churn_cpu_us_per_conn'), 1):>15}{_fmt(entry.get('tracer_cpu_us_per_conn'), 1):>16}"
+            f"{_fmt(entry.get('lost_events')):>8}{_fmt(drops):>7}{lossless:>10}"
+            f"{entry['rounds_with_foreign_bpf']:>9}"
+        )
         for error in entry["errors"]:
             print(f"    error: {error}")
 
     print(f"\ndrain: getppid() generator -> 40-byte records -> consumer, medians of {rounds} round(s)")
-    header = f"{'case':<16}{'produced/s':>12}{'received/s':>12}{'per cpu-s':>12}{'drops':>10}" \
-             f"{'unacc.':>8}{'lossless':>10}{'rec/batch':>10}{'foreign':>9}"
+    header = (
+        f"{'case':<16}{'produced/s':>12}{'received/s':>12}{'per cpu-s':>12}{'drops':>10}"
+        f"{'unacc.':>8}{'lossless':>10}{'rec/batch':>10}{'foreign':>9}"
+    )
     print(header)
     print("-" * len(header))
     for case in (f"drain_{c}" for c in DRAIN_CASES):
@@ -187,9 +221,11 @@ def print_table(summary: dict[str, dict[str, Any]], rounds: int) -> None:
         per_cpu = entry.get("json_lines_per_cpu_s") if case == "drain_json" else entry.get("records_per_cpu_s")
         wall = entry.get("json_lines_per_s_wall") if case == "drain_json" else entry.get("records_per_s_wall")
         lossless = f"{entry['lossless_runs']}/{entry['ok_runs']}" if "lossless_runs" in entry else "-"
-        print(f"{case:<16}{_fmt(entry.get('produce_rate')):>12}{_fmt(wall):>12}{_fmt(per_cpu):>12}"
-              f"{_fmt(entry.get('drops_total')):>10}{_fmt(entry.get('unaccounted')):>8}{lossless:>10}"
-              f"{_fmt(entry.get('records_per_batch')):>10}{entry['rounds_with_foreign_bpf']:>9}")
+        print(
+            f"{case:<16}{_fmt(entry.get('produce_rate')):>12}{_fmt(wall):>12}{_fmt(per_cpu):>12}"
+            f"{_fmt(entry.get('drops_total')):>10}{_fmt(entry.get('unaccounted')):>8}{lossless:>10}"
+            f"{_fmt(entry.get('records_per_batch')):>10}{entry['rounds_with_foreign_bpf']:>9}"
+        )
         for error in entry["errors"]:
             print(f"    error: {error}")
     decode = summary.get("drain_decode", {}).get("records_per_cpu_s")
@@ -225,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         churn_cases, drain_cases, skipped = _selected_cases(args, tools)
         for reason in skipped:
             print(f"bench: skipping {reason}", file=sys.stderr)
-        print(f"bench: {args.rounds} round(s); churn {args.churn_seconds:g}s, drain {args.drain_seconds:g}s per case; "
-              f"load CPU {load_cpu}, consumer CPU {consumer_cpu}; temp dir {tmp}", file=sys.stderr)
+        print(
+            f"bench: {args.rounds} round(s); churn {args.churn_seconds:g}s, drain {args.drain_seconds:g}s per case; "
+            f"load CPU {load_cpu}, consumer CPU {consumer_cpu}; temp dir {tmp}",
+            file=sys.stderr,
+        )
         for round_index in range(args.rounds):
             plan = [("churn", c) for c in _rotate(list(churn_cases), round_index)]
             plan += [("drain", d) for d in _rotate(list(drain_cases), round_index)]
@@ -236,15 +275,24 @@ def main(argv: list[str] | None = None) -> int:
                 case_started = time.monotonic()
                 try:
                     if kind == "churn":
-                        result = run_churn_case(tools, tmp, None if name == "bare" else name, args.churn_seconds,
-                                                tag, load_cpu, keep_files=args.keep_files)
+                        result = run_churn_case(
+                            tools,
+                            tmp,
+                            None if name == "bare" else name,
+                            args.churn_seconds,
+                            tag,
+                            load_cpu,
+                            keep_files=args.keep_files,
+                        )
                     else:
-                        result = run_drain_case(tools, tmp, name, args.drain_seconds, tag, load_cpu, consumer_cpu,
-                                                args.ring_mib << 20)
+                        result = run_drain_case(
+                            tools, tmp, name, args.drain_seconds, tag, load_cpu, consumer_cpu, args.ring_mib << 20
+                        )
                 except Exception as exc:  # one broken case must not hide the others
                     result = {"case": f"{kind}_{name}", "error": f"{type(exc).__name__}: {exc}"}
-                result.update(round=round_index, quiet_wait_s=waited,
-                              case_wall_s=round(time.monotonic() - case_started, 2))
+                result.update(
+                    round=round_index, quiet_wait_s=waited, case_wall_s=round(time.monotonic() - case_started, 2)
+                )
                 results.append(result)
                 _progress(result)
         summary = summarise(results)
@@ -284,13 +332,16 @@ def _progress(result: dict[str, Any]) -> None:
         if "lost_events" in result:
             line += f", lost {result['lost_events']}, drops {result.get('drops_total', '-')}"
     elif "records_per_cpu_s" in result:
-        line = (f"produced {result['produced']:,}, received {result['received']:,}, drops {result['drops_total']:,}, "
-                f"{result['records_per_cpu_s']:,.0f} rec/cpu-s")
+        line = (
+            f"produced {result['produced']:,}, received {result['received']:,}, drops {result['drops_total']:,}, "
+            f"{result['records_per_cpu_s']:,.0f} rec/cpu-s"
+        )
     else:
         line = f"{result.get('produce_rate', 0):,.0f} calls/s"
     foreign = " [foreign BPF programs loaded]" if result.get("foreign_bpf_programs") else ""
-    print(f"  round {result['round']} {result['case']:<16} {line}{foreign} ({result['case_wall_s']} s)",
-          file=sys.stderr)
+    print(
+        f"  round {result['round']} {result['case']:<16} {line}{foreign} ({result['case_wall_s']} s)", file=sys.stderr
+    )
 
 
 if __name__ == "__main__":

@@ -213,21 +213,8 @@ static __always_inline int handle_state(void *ctx, const struct sock *sk, int ol
 
 /* ---- rung "tp_btf" ---- */
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tpbtf_close_state, const struct sock *sk, const int oldstate, const int newstate)
-{
-	if (jalki_sk_protocol(sk) != JALKI_IPPROTO_TCP)
-		return 0;
-	return handle_state(ctx, sk, oldstate, newstate, true);
-}
+JALKI_TCP_STATE_PROGRAM_BTF(tpbtf_close_state, handle_state)
 
 /* ---- rung "tracepoint" ---- */
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int tp_close_state(struct trace_event_raw_inet_sock_set_state *ctx)
-{
-	if (ctx->protocol != JALKI_IPPROTO_TCP)
-		return 0;
-	return handle_state(ctx, (const struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate,
-			    false);
-}
+JALKI_TCP_STATE_PROGRAM_TP(tp_close_state, handle_state)

@@ -261,31 +261,12 @@ int BPF_PROG(fexit_tcp_connect, struct sock *sk, int ret)
 	return 0;
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(fexit_connect_state, const struct sock *sk, const int oldstate, const int newstate)
-{
-	if (jalki_sk_protocol(sk) != JALKI_IPPROTO_TCP)
-		return 0;
-	return handle_state(ctx, sk, oldstate, newstate, true);
-}
+JALKI_TCP_STATE_PROGRAM_BTF(fexit_connect_state, handle_state)
 
 /* ---- rung "tp_btf" ---- */
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tpbtf_connect_state, const struct sock *sk, const int oldstate, const int newstate)
-{
-	if (jalki_sk_protocol(sk) != JALKI_IPPROTO_TCP)
-		return 0;
-	return handle_state(ctx, sk, oldstate, newstate, true);
-}
+JALKI_TCP_STATE_PROGRAM_BTF(tpbtf_connect_state, handle_state)
 
 /* ---- rung "tracepoint" ---- */
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int tp_connect_state(struct trace_event_raw_inet_sock_set_state *ctx)
-{
-	if (ctx->protocol != JALKI_IPPROTO_TCP)
-		return 0;
-	return handle_state(ctx, (const struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate,
-			    false);
-}
+JALKI_TCP_STATE_PROGRAM_TP(tp_connect_state, handle_state)

@@ -53,4 +53,29 @@ struct tcp_retransmit_event {
 };
 _Static_assert(sizeof(struct tcp_retransmit_event) == 88, "tcp_retransmit_event layout");
 
+/*
+ * Programs on sock:inet_sock_set_state that pass TCP sockets to
+ * `handler(void *ctx, const struct sock *sk, int oldstate, int newstate, bool btf)`:
+ * the tp_btf flavour (direct BTF reads, btf = true) and the classic
+ * tracepoint flavour (the tracepoint record, btf = false).
+ */
+#define JALKI_TCP_STATE_PROGRAM_BTF(name, handler)                                              \
+	SEC("tp_btf/inet_sock_set_state")                                                        \
+	int BPF_PROG(name, const struct sock *sk, const int oldstate, const int newstate)       \
+	{                                                                                        \
+		if (jalki_sk_protocol(sk) != JALKI_IPPROTO_TCP)                                  \
+			return 0;                                                                \
+		return handler(ctx, sk, oldstate, newstate, true);                               \
+	}
+
+#define JALKI_TCP_STATE_PROGRAM_TP(name, handler)                                               \
+	SEC("tracepoint/sock/inet_sock_set_state")                                               \
+	int name(struct trace_event_raw_inet_sock_set_state *ctx)                                \
+	{                                                                                        \
+		if (ctx->protocol != JALKI_IPPROTO_TCP)                                          \
+			return 0;                                                                \
+		return handler(ctx, (const struct sock *)ctx->skaddr, ctx->oldstate,             \
+			       ctx->newstate, false);                                            \
+	}
+
 #endif /* JALKI_TCP_EVENTS_H */

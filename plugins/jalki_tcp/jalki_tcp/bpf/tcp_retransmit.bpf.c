@@ -55,7 +55,8 @@ struct trace_event_raw_tcp_event_sk_skb___jalki {
 	int state;
 } __attribute__((preserve_access_index));
 
-static __always_inline int handle_state(const struct sock *sk, int oldstate, int newstate)
+static __always_inline int handle_state(void *ctx, const struct sock *sk, int oldstate, int newstate,
+					bool btf)
 {
 	if (newstate == ST_CLOSE)
 		jalki_owner_forget(sk);
@@ -102,13 +103,7 @@ static __always_inline int handle_retransmit(const struct sock *sk, bool btf)
 
 /* ---- rung "tp_btf" ---- */
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tpbtf_retrans_state, const struct sock *sk, const int oldstate, const int newstate)
-{
-	if (jalki_sk_protocol(sk) != JALKI_IPPROTO_TCP)
-		return 0;
-	return handle_state(sk, oldstate, newstate);
-}
+JALKI_TCP_STATE_PROGRAM_BTF(tpbtf_retrans_state, handle_state)
 
 /* Arguments (sk, skb) and, since the tracepoint gained it, (..., int err):
  * ctx[2] is read only when the kernel's record type has err. */
@@ -140,13 +135,7 @@ int BPF_PROG(tpbtf_owner_recv, const struct sock *sk)
 
 /* ---- rung "tracepoint" ---- */
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int tp_retrans_state(struct trace_event_raw_inet_sock_set_state *ctx)
-{
-	if (ctx->protocol != JALKI_IPPROTO_TCP)
-		return 0;
-	return handle_state((const struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
-}
+JALKI_TCP_STATE_PROGRAM_TP(tp_retrans_state, handle_state)
 
 SEC("tracepoint/tcp/tcp_retransmit_skb")
 int tp_retransmit_skb(void *ctx)
