@@ -98,3 +98,24 @@ def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_plugins_table(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "plugins")
     assert code == 0 and "jalki-tcp" in out and "tcp_connect" in out
+
+
+def test_broken_installed_plugin_is_one_warning_and_the_rest_work(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jalki_core import plugins as plugins_module
+    from jalki_core.registry import PluginIdentity
+
+    real = plugins_module.discover_entry_points()
+
+    def broken_import() -> None:
+        raise ImportError("cannot import name 'gone' from 'jalki_oops'")
+
+    monkeypatch.setattr(plugins_module, "discover_entry_points", lambda: [
+        *real, plugins_module.PluginSource(PluginIdentity("oops", "jalki-oops", "0.3.1"), broken_import)])
+    code, out, err = run_cli(capsys, "plugins", "--json")
+    assert code == 0
+    [warning] = error_lines(err)
+    assert warning.startswith("warning: plugin 'oops' (jalki-oops 0.3.1) is broken: import failed")
+    rows = {row["plugin"]: row for row in orjson.loads(out)}
+    assert rows["oops"]["status"] == "broken" and rows["tcp"]["status"] == "ok"
