@@ -8,6 +8,7 @@ the kernel's CLOCK_MONOTONIC time), ``source``, ``cluster``, ``attach``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import secrets
@@ -111,11 +112,15 @@ class EventContext:
         return event
 
 
+# Decoders see the same few commands and addresses over and over: caching their
+# text form takes them off the per-record cost (bounded, so memory stays flat).
+@functools.lru_cache(maxsize=4096)
 def kernel_comm(raw: bytes) -> str:
     """A task's ``comm`` (NUL-padded, at most 16 bytes) as text."""
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+@functools.lru_cache(maxsize=65536)
 def format_ip(family: int, raw: bytes) -> str:
     """An address in network byte order (IPv4 in the first 4 bytes) as text."""
     if family == socket.AF_INET:

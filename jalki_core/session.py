@@ -110,7 +110,14 @@ class TraceSession:
     :param strict: raise when any probe fails to attach instead of skipping it.
     :param cluster: value of every event's ``cluster`` field.
     :param on_events: optional in-process callback receiving each decoded batch.
+    :param drain_interval: after a drain that found little, wait this long before
+        the next one so records accumulate into bigger batches (one wake-up, one
+        decode call and one write per batch instead of per record). Set 0 for
+        the lowest latency.
     """
+
+    BUSY_BATCH_RECORDS = 4096
+    """A drain that returns this many records means the rings are busy: drain again at once."""
 
     def __init__(
         self,
@@ -121,6 +128,7 @@ class TraceSession:
         strict: bool = False,
         cluster: str | None = None,
         on_events: Callable[[list[dict[str, Any]]], None] | None = None,
+        drain_interval: float = 0.02,
     ) -> None:
         self.probes = list(probes)
         self.workers = [EmitterWorker(emitter) for emitter in emitters]
@@ -128,6 +136,7 @@ class TraceSession:
         self.strict = strict
         self.cluster = cluster
         self.on_events = on_events
+        self.drain_interval = drain_interval
         self.stats: dict[str, ProbeRunStats] = {p.name: ProbeRunStats(p.name) for p in self.probes}
         self._active: list[_ActiveProbe] = []
         self._epoll: select.epoll | None = None
@@ -220,8 +229,9 @@ class TraceSession:
                 ready = self._epoll.poll(timeout)
             except InterruptedError:
                 continue
-            if ready:
-                self.drain_once()
+            if ready and self.drain_once() < self.BUSY_BATCH_RECORDS and self.drain_interval > 0:
+                # Let records accumulate; wake at once if a stop is requested.
+                select.select([self._wake_r], [], [], self.drain_interval)
 
     def drain_once(self) -> int:
         """Consume every probe's ring buffer once; return records decoded."""
