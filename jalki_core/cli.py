@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from jalki_core.errors import JalkiError, UnknownEmitterError, UsageError
+from jalki_core.errors import EmitterError, JalkiError, UnknownEmitterError, UsageError
 
 if TYPE_CHECKING:
     from jalki_core.emitters.base import Emitter
@@ -100,6 +100,7 @@ def run(
     from jalki_core.session import TraceSession
 
     _validate_run_options(pid, port, sample, seconds)
+    _check_summary_path(summary_json)
     plugins = _load_plugins()
     selected = plugins.probes_for(plugin)
     emitters = _build_emitters(plugins, emit or ["stdout"])
@@ -111,31 +112,52 @@ def run(
     def _on_signal(signum: int, _frame: object) -> None:
         session.request_stop()
 
+    # Handlers stay installed until everything is flushed: a second Ctrl-C
+    # during the final drain must not kill the process with events queued.
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        session.start()
-        if not session.attached:
+        try:
+            session.start()
+            if session.attached:
+                _stderr_console().print(
+                    f"[green]tracing[/] {', '.join(session.attached)} "
+                    + ("until Ctrl-C" if seconds is None else f"for {seconds:g}s"),
+                    soft_wrap=True,
+                )
+                session.run(seconds)
+        finally:
             summary = session.stop()
-            _print_summary(summary)
-            raise JalkiError(
-                "no probe could be attached",
-                hint="see the failed rungs above and run 'jalki doctor'",
-            )
-        _stderr_console().print(
-            f"[green]tracing[/] {', '.join(session.attached)} "
-            + ("until Ctrl-C" if seconds is None else f"for {seconds:g}s"),
-            soft_wrap=True,
-        )
-        session.run(seconds)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    summary = session.stop()
     _print_summary(summary)
     if summary_json is not None:
         import orjson
 
-        summary_json.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
+        try:
+            summary_json.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            raise EmitterError(f"cannot write the summary to {summary_json}: {exc.strerror}") from exc
+    if not any(probe.rung for probe in summary.probes):
+        raise JalkiError("no probe could be attached", hint="see the failed rungs above and run 'jalki doctor'")
+    lost = {name: stats for name, stats in summary.emitters.items() if stats["events_dropped"] or stats["errors"]}
+    if lost:
+        raise EmitterError(
+            "; ".join(
+                f"emitter {name} lost {stats['events_dropped']} events ({stats['last_error'] or 'queue full'})"
+                for name, stats in lost.items()
+            ),
+            hint="see the summary above",
+        )
+
+
+def _check_summary_path(path: Path | None) -> None:
+    """Fail before tracing, not after, when the summary file cannot be written."""
+    if path is None:
+        return
+    parent = path.parent if str(path.parent) else Path()
+    if path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write the summary to {path}", hint="give --summary-json a writable file path")
 
 
 def _print_summary(summary: SessionSummary) -> None:

@@ -17,6 +17,7 @@ code raises them; only the CLI turns them into a red line and an exit code
     │   ├── LayoutMismatchError    the Python record layout disagrees with the C header
     │   └── AttachLadderExhausted  every rung of a probe's attach ladder failed
     ├── EmitterError               an emitter could not open or write its sink
+    │   └── EmitterClosedError     the sink went away for good (reader closed the pipe)
     ├── BpfBuildError              clang failed to compile a BPF source
     └── LibbpfError                a libbpf call failed (errno, object, program, hint)
         ├── BpfOpenError
@@ -100,6 +101,10 @@ class AttachLadderExhausted(ProbeError):
 
 class EmitterError(JalkiError):
     """An emitter could not open or write its sink."""
+
+
+class EmitterClosedError(EmitterError):
+    """The emitter's sink went away for good (e.g. the reader of stdout exited)."""
 
 
 class BpfBuildError(JalkiError):

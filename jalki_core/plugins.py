@@ -147,29 +147,47 @@ class JalkiPlugins:
                 "hooks are named in jalki_core.hookspecs",
             )
             return
-        info = self.loaded.setdefault(identity.plugin, PluginInfo(identity))
-        self._call_registration(module, identity, info)
-
-    def _call_registration(self, module: ModuleType, identity: PluginIdentity, info: PluginInfo) -> None:
-        probe_names_before = {entry.probe.name for entry in self.probes}
-        emitter_names_before = {entry.name for entry in self.emitters}
         try:
-            register_probes = getattr(module, "jalki_register_probes", None)
-            if register_probes is not None:
-                register_probes(registry=self.probes.bound_to(identity))
-            register_emitters = getattr(module, "jalki_register_emitters", None)
-            if register_emitters is not None:
-                register_emitters(registry=self.emitters.bound_to(identity))
+            probes, emitters = self._collect_registrations(module, identity)
+            self._commit(identity, probes, emitters)
         except JalkiError as exc:
+            self.pm.unregister(module)
             self._mark_broken(identity, exc.one_line())
         except Exception as exc:  # a plugin's own bug must not stop the others
+            self.pm.unregister(module)
             self._mark_broken(identity, f"registration hook raised {type(exc).__name__}: {exc}")
-        info.probes.extend(
-            entry.probe.name for entry in self.probes if entry.probe.name not in probe_names_before
-        )
-        info.emitters.extend(
-            entry.name for entry in self.emitters if entry.name not in emitter_names_before
-        )
+
+    @staticmethod
+    def _collect_registrations(
+        module: ModuleType, identity: PluginIdentity
+    ) -> tuple[ProbeRegistry, EmitterRegistry]:
+        """Run the plugin's registration hooks into staging registries.
+
+        Nothing a plugin registers becomes visible unless all of its hooks
+        succeed, so a plugin that fails half-way is not half-loaded.
+        """
+        probes, emitters = ProbeRegistry(), EmitterRegistry()
+        register_probes = getattr(module, "jalki_register_probes", None)
+        if register_probes is not None:
+            register_probes(registry=probes.bound_to(identity))
+        register_emitters = getattr(module, "jalki_register_emitters", None)
+        if register_emitters is not None:
+            register_emitters(registry=emitters.bound_to(identity))
+        return probes, emitters
+
+    def _commit(self, identity: PluginIdentity, probes: ProbeRegistry, emitters: EmitterRegistry) -> None:
+        """Add a plugin's registrations, all or none (duplicates name both distributions)."""
+        for entry in probes:
+            self.probes.ensure_unique(entry.probe.name, identity)
+        for emitter in emitters:
+            self.emitters.ensure_unique(emitter.name, identity)
+        for entry in probes:
+            self.probes.add(entry.probe, identity)
+        for emitter in emitters:
+            self.emitters.add(emitter.name, emitter.factory, emitter.description, identity)
+        info = self.loaded.setdefault(identity.plugin, PluginInfo(identity))
+        info.probes.extend(entry.probe.name for entry in probes)
+        info.emitters.extend(emitter.name for emitter in emitters)
 
     def _mark_broken(self, identity: PluginIdentity, reason: str) -> None:
         broken = BrokenPlugin(identity, reason)

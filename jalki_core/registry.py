@@ -65,13 +65,17 @@ class ProbeRegistry:
             check_probe_contract(probe)
         except ProbeError as exc:
             raise PluginError(f"{owner}: {exc.message}") from exc
-        existing = self._probes.get(probe.name)
+        self.ensure_unique(probe.name, owner)
+        self._probes[probe.name] = RegisteredProbe(probe, owner)
+
+    def ensure_unique(self, name: str, owner: PluginIdentity) -> None:
+        """Raise :class:`PluginError` naming both distributions if ``name`` is taken."""
+        existing = self._probes.get(name)
         if existing is not None:
             raise PluginError(
-                f"probe {probe.name!r} from {owner} duplicates the one from {existing.owner}",
+                f"probe {name!r} from {owner} duplicates the one from {existing.owner}",
                 hint="uninstall one of the two distributions or disable one with JALKI_DISABLE_PLUGINS",
             )
-        self._probes[probe.name] = RegisteredProbe(probe, owner)
 
     def get(self, name: str) -> RegisteredProbe | None:
         """The probe registered under ``name``, if any."""
@@ -112,13 +116,17 @@ class EmitterRegistry:
 
     def add(self, name: str, factory: EmitterFactory, description: str, owner: PluginIdentity) -> None:
         """Add an emitter; a duplicate name raises :class:`PluginError` naming both owners."""
+        self.ensure_unique(name, owner)
+        self._emitters[name] = RegisteredEmitter(name, factory, description, owner)
+
+    def ensure_unique(self, name: str, owner: PluginIdentity) -> None:
+        """Raise :class:`PluginError` naming both distributions if ``name`` is taken."""
         existing = self._emitters.get(name)
         if existing is not None:
             raise PluginError(
                 f"emitter {name!r} from {owner} duplicates the one from {existing.owner}",
                 hint="uninstall one of the two distributions or disable one with JALKI_DISABLE_PLUGINS",
             )
-        self._emitters[name] = RegisteredEmitter(name, factory, description, owner)
 
     def get(self, name: str) -> RegisteredEmitter | None:
         """The emitter registered under ``name``, if any."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jalki_core.emitters.base import Emitter, EmitterWorker, EventBatch
-from jalki_core.errors import AttachLadderExhausted, JalkiError, ProbeError
+from jalki_core.errors import AttachLadderExhausted, JalkiError, LibbpfError, ProbeError
 from jalki_core.events import EventContext, monotonic_to_realtime_offset
 from jalki_core.loader import LoadedProbe, ProbeLoader, ProbeOptions, RungFailure
 from jalki_core.privileges import ensure_tracefs, require_bpf_privileges, require_btf
@@ -156,12 +156,6 @@ class TraceSession:
         from jalki_core._libbpf import RingBufferReader, enable_stats
 
         self._started_at = time.monotonic()
-        for worker in self.workers:
-            worker.start()
-        try:
-            self._stats_handle = enable_stats()
-        except JalkiError as exc:
-            log.info("program run-time statistics unavailable: %s", exc.one_line())
         loader = ProbeLoader(self.options)
         offset = monotonic_to_realtime_offset()
         self._epoll = select.epoll()
@@ -169,6 +163,12 @@ class TraceSession:
         self._epoll.register(self._wake_r, select.EPOLLIN)
         run_id = os.urandom(4).hex()
         try:
+            for worker in self.workers:
+                worker.start()
+            try:
+                self._stats_handle = enable_stats()
+            except JalkiError as exc:
+                log.info("program run-time statistics unavailable: %s", exc.one_line())
             for probe in self.probes:
                 stats = self.stats[probe.name]
                 try:
@@ -188,7 +188,15 @@ class TraceSession:
                     continue
                 stats.rung = loaded.rung.name
                 stats.failed_rungs = loaded.failures
-                reader = RingBufferReader(loaded.obj.maps[probe.ring_buffer], probe.layout.size)
+                try:
+                    reader = RingBufferReader(loaded.obj.maps[probe.ring_buffer], probe.layout.size)
+                except LibbpfError as exc:
+                    loaded.close()
+                    stats.rung, stats.error = None, exc.one_line()
+                    log.warning("probe %s skipped: %s", probe.name, exc.one_line())
+                    if self.strict:
+                        raise
+                    continue
                 context = EventContext(probe.name, loaded.rung.name, cluster=self.cluster,
                                        clock_offset_ns=offset, run_id=run_id)
                 active = _ActiveProbe(loaded, reader, context, stats)
@@ -205,6 +213,11 @@ class TraceSession:
         """Names of the probes attached in this session."""
         return [a.loaded.probe.name for a in self._active]
 
+    @property
+    def sinks_gone(self) -> bool:
+        """True when every emitter's sink went away for good (nothing left to write to)."""
+        return bool(self.workers) and all(worker.stats.closed for worker in self.workers)
+
     def request_stop(self) -> None:
         """Ask a running :meth:`run` to return soon (safe from signal handlers)."""
         self._stop_requested = True
@@ -218,7 +231,7 @@ class TraceSession:
         """Drain until :meth:`request_stop` or until ``seconds`` have passed."""
         assert self._epoll is not None, "start() first"
         deadline = None if seconds is None else time.monotonic() + seconds
-        while not self._stop_requested:
+        while not self._stop_requested and not self.sinks_gone:
             timeout = 0.25
             if deadline is not None:
                 remaining = deadline - time.monotonic()

@@ -17,6 +17,7 @@ from types import TracebackType
 
 import orjson
 
+from jalki_core.errors import EmitterClosedError
 from jalki_core.events import Event
 
 log = logging.getLogger("jalki.emitters")
@@ -77,14 +78,25 @@ class Emitter(ABC):
 
 @dataclass
 class EmitterStats:
-    """Counters of one emitter worker."""
+    """Counters of one emitter worker.
+
+    Each counter has one writer thread: ``queue_dropped`` and
+    ``batches_dropped`` the draining thread, the others the worker thread.
+    """
 
     events_emitted: int = 0
-    events_dropped: int = 0
+    queue_dropped: int = 0
+    sink_dropped: int = 0
     batches_dropped: int = 0
     errors: int = 0
     last_error: str | None = None
+    closed: bool = False
     extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def events_dropped(self) -> int:
+        """Events lost: the queue was full, or the sink failed to take them."""
+        return self.queue_dropped + self.sink_dropped
 
 
 _STOP = object()
@@ -117,7 +129,7 @@ class EmitterWorker:
         try:
             self._queue.put_nowait(batch)
         except queue.Full:
-            self.stats.events_dropped += len(batch)
+            self.stats.queue_dropped += len(batch)
             self.stats.batches_dropped += 1
 
     def _run(self) -> None:
@@ -126,14 +138,20 @@ class EmitterWorker:
             if item is _STOP:
                 return
             assert isinstance(item, EventBatch)
+            if self.stats.closed:
+                self.stats.sink_dropped += len(item)
+                continue
             try:
                 self.emitter.emit(item)
                 self.stats.events_emitted += len(item)
             except Exception as exc:  # isolate a failing sink; count and report it
                 self.stats.errors += 1
-                self.stats.events_dropped += len(item)
+                self.stats.sink_dropped += len(item)
+                if self.stats.errors == 1:  # the summary carries the count; log the first
+                    log.error("emitter %s failed: %s: %s", self.emitter.name, type(exc).__name__, exc)
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("emitter %s failed: %s", self.emitter.name, self.stats.last_error)
+                if isinstance(exc, EmitterClosedError):
+                    self.stats.closed = True
 
     def stop(self) -> None:
         """Deliver everything queued, then flush and close the sink."""

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from jalki_core import hookimpl
 from jalki_core.emitters.base import Emitter, EventBatch
-from jalki_core.errors import EmitterError, UsageError
+from jalki_core.errors import EmitterClosedError, EmitterError, UsageError
 from jalki_core.registry import BoundEmitterRegistry
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -38,14 +38,23 @@ class StdoutEmitter(Emitter):
         try:
             self._stream.write(batch.ndjson)
         except BrokenPipeError as exc:
-            raise EmitterError("stdout was closed by the reader") from exc
+            self._detach_stdout()
+            raise EmitterClosedError("stdout was closed by its reader") from exc
+
+    def _detach_stdout(self) -> None:
+        # Point fd 1 at /dev/null so the interpreter's own flush at exit does
+        # not fail again on the closed pipe.
+        if self._stream is sys.stdout.buffer:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
 
     def flush(self) -> None:
         if self._stream is not None:
             try:
                 self._stream.flush()
             except BrokenPipeError:
-                pass
+                self._detach_stdout()
 
     def close(self) -> None:
         self.flush()
@@ -138,6 +147,17 @@ def parse_file_argument(argument: str | None) -> FileEmitter:
             )
         settings[key] = int(value)
     target = Path(path)
+    try:
+        _check_writable(target)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot use {target}: {exc.strerror}", hint="choose a writable path with --emit file:PATH"
+        ) from exc
+    return FileEmitter(target, max_bytes=settings["max_bytes"], backups=settings["backups"])
+
+
+def _check_writable(target: Path) -> None:
+    """Raise :class:`UsageError` unless ``target`` can be created or appended to."""
     parent = target.parent if str(target.parent) else Path()
     if target.is_dir():
         raise UsageError(f"{target} is a directory", hint="give a file path to --emit file:PATH")
@@ -145,7 +165,6 @@ def parse_file_argument(argument: str | None) -> FileEmitter:
         raise UsageError(f"directory {parent} does not exist", hint="create it or choose another path")
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise UsageError(f"{target} is not writable", hint="choose a writable path with --emit file:PATH")
-    return FileEmitter(target, max_bytes=settings["max_bytes"], backups=settings["backups"])
 
 
 def _stdout_factory(argument: str | None) -> Emitter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import sys
@@ -24,6 +25,10 @@ def start_jalki(*args: str) -> subprocess.Popen[str]:
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        # Never block past the deadline if jalki hangs without a word.
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
         line = proc.stderr.readline()
         if "tracing" in line:
             return proc
@@ -77,3 +82,21 @@ def test_run_seconds_stops_by_itself_and_prints_json_to_stdout(netns: NetNs) -> 
     mine = [e for e in events if e["network_data"]["src_port"] in ports]
     assert len(mine) == 3 and all(e["error"]["code"] == "ECONNREFUSED" for e in mine)
     assert all(e["network_data"]["dst_port"] == 9 for e in events)  # --port filtered in the kernel
+
+
+def test_reader_closing_stdout_stops_jalki_with_the_loss_reported(netns: NetNs) -> None:
+    proc = start_jalki("--plugin", "tcp_connect", "--port", "9")
+    assert proc.stdout is not None
+    netns.traffic("connect", "--port", "9")
+    first = json.loads(proc.stdout.readline())  # like `jalki run | head -1`
+    assert first["error"]["code"] == "ECONNREFUSED"
+    proc.stdout.close()
+    netns.traffic("connect", "--port", "9", "--count", "3")
+    try:
+        _, stderr = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("jalki kept running after its only sink went away") from None
+    assert proc.returncode == 1
+    assert "emitter stdout lost 3 events" in stderr and "stdout was closed by its reader" in stderr
+    assert "Traceback" not in stderr

@@ -119,3 +119,10 @@ def test_broken_installed_plugin_is_one_warning_and_the_rest_work(
     assert warning.startswith("warning: plugin 'oops' (jalki-oops 0.3.1) is broken: import failed")
     rows = {row["plugin"]: row for row in orjson.loads(out)}
     assert rows["oops"]["status"] == "broken" and rows["tcp"]["status"] == "ok"
+
+
+def test_unwritable_summary_path_fails_before_tracing(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "run", "--plugin", "tcp", "--summary-json", "/nonexistent-dir/s.json")
+    assert code == 2
+    [line] = error_lines(err)
+    assert "cannot write the summary to /nonexistent-dir/s.json" in line

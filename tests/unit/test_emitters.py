@@ -106,3 +106,19 @@ def test_worker_isolates_and_counts_emitter_errors() -> None:
     worker.stop()
     assert worker.stats.errors == 1 and worker.stats.events_dropped == 4
     assert "disk on fire" in (worker.stats.last_error or "")
+
+
+def test_stdout_closed_by_reader_stops_the_sink_and_counts_the_rest() -> None:
+    class ClosedPipe(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            raise BrokenPipeError(32, "Broken pipe")
+
+    worker = EmitterWorker(StdoutEmitter(ClosedPipe()))
+    worker.start()
+    for start in range(0, 30, 10):
+        worker.submit(EventBatch(events(10, start)))
+    worker.stop()
+    assert worker.stats.closed
+    assert worker.stats.events_dropped == 30 and worker.stats.events_emitted == 0
+    assert worker.stats.errors == 1  # later batches are counted, not retried
+    assert "stdout was closed" in (worker.stats.last_error or "")

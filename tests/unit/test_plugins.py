@@ -171,3 +171,28 @@ def test_installed_tcp_plugin_is_discovered_through_entry_points() -> None:
     assert names == {"tcp_connect", "tcp_close", "tcp_retransmit_skb"}
     owner = plugins.probes_for(["tcp"])[0].owner
     assert owner.distribution == "jalki-tcp"
+
+
+def test_plugin_failing_half_way_registers_nothing() -> None:
+    @hookimpl
+    def jalki_register_probes(registry: Any) -> None:
+        registry.register(make_probe("half_a"))
+        raise RuntimeError("second probe import failed")
+
+    plugins = JalkiPlugins([
+        source("half", "jalki-half", "1.0", lambda: module_with("half", jalki_register_probes=jalki_register_probes)),
+    ])
+    assert plugins.probes.get("half_a") is None
+    assert "half" not in plugins.loaded
+    assert [b.identity.plugin for b in plugins.broken] == ["half"]
+    with pytest.raises(UnknownPluginError, match="installed but broken"):
+        plugins.probes_for(["half"])
+
+
+def test_duplicate_rejects_the_whole_second_plugin() -> None:
+    plugins = JalkiPlugins([
+        source("first", "jalki-first", "1.0", lambda: probes_plugin("same")),
+        source("second", "jalki-second", "2.0", lambda: probes_plugin("own", "same")),
+    ])
+    assert plugins.probes.get("own") is None
+    assert "second" not in plugins.loaded
