@@ -1,7 +1,9 @@
 """The churn cases: loopback connect/close throughput, bare and under each tracer.
 
-Every case runs ``churn`` in a fresh private network namespace, pinned to one
-CPU (the tracer's user-space side gets the other CPU), for a fixed time. A
+Every case runs ``churn`` in a fresh private network namespace for a fixed
+time, either pinned to one CPU (the tracer's user space can use the other) or
+left to the scheduler (client and server threads then use both CPUs and
+compete with the tracer). A
 tracer is started first and churn only begins once the tracer is attached;
 after churn exits (it waits until the server side has closed everything) the
 tracer is stopped with the signal it flushes on, and its output is counted.
@@ -15,6 +17,7 @@ import os
 import signal
 import subprocess
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +202,8 @@ def bpftrace_tracer(tools: Tools, tmp: Path, tag: str) -> Tracer:
     """bpftrace on ``sock:inet_sock_set_state`` printing connects and closes to a file."""
     assert tools.bpftrace is not None
     out = tmp / f"{tag}.txt"
-    ready_file = tmp / f"{tag}.ready"
+    # bpftrace strings are at most 64 bytes: keep the touch command short.
+    ready_file = tmp / f"{zlib.crc32(tag.encode()):08x}.rdy"
     stderr = tmp / f"{tag}.stderr"
     script = BPFTRACE_SCRIPT % {"ready": ready_file}
     argv = [tools.bpftrace, "--unsafe", "-o", str(out), "-e", script]
@@ -261,14 +265,17 @@ def _start(tracer: Tracer) -> subprocess.Popen[bytes]:
 def run_churn_case(
     tools: Tools,
     tmp: Path,
+    case: str,
     tracer_name: str | None,
     seconds: float,
     tag: str,
     churn_cpu: int | None,
     keep_files: bool = False,
 ) -> dict[str, Any]:
-    """Run churn for ``seconds`` bare (``tracer_name`` None) or under a tracer; return its numbers."""
-    case = f"churn_{tracer_name or 'bare'}"
+    """Run churn for ``seconds`` bare (``tracer_name`` None) or under a tracer; return its numbers.
+
+    ``churn_cpu``: pin churn to this CPU, or None to leave it to the scheduler.
+    """
     result: dict[str, Any] = {"case": case}
     tracer = TRACERS[tracer_name](tools, tmp, tag) if tracer_name else None
     proc: subprocess.Popen[bytes] | None = None

@@ -154,6 +154,7 @@ def versions(tools: Tools) -> dict[str, Any]:
             return None
 
     return {
+        "jalki_tree": _tree_state(),
         "python": platform.python_version(),
         "jalki": dist("jalki"),
         "jalki-tcp": dist("jalki-tcp"),
@@ -164,6 +165,29 @@ def versions(tools: Tools) -> dict[str, Any]:
         "clang": _first_line(["clang", "--version"]),
         "gcc": _first_line(["gcc", "--version"]),
     }
+
+
+def _tree_state() -> dict[str, Any]:
+    """The commit measured, whether jalki's sources differ from it, and the BPF objects' digests.
+
+    Other people edit jalki while benchmarks run: this says which code was measured.
+    """
+    import hashlib
+
+    def git(*args: str) -> str | None:
+        return _first_line(["git", "-C", str(REPO_DIR), *args])
+
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--", "jalki_core", "plugins", "bpf_src"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    objects = {
+        str(path.relative_to(REPO_DIR)): hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        for path in sorted((REPO_DIR / "plugins").glob("*/*/bpf/*.bpf.o"))
+    }
+    return {"commit": git("rev-parse", "--short", "HEAD"), "sources_modified": bool(dirty), "bpf_objects": objects}
 
 
 # ---------------------------------------------------------------------------

@@ -13,6 +13,11 @@ Modes:
   gen_bare  the generator alone, nothing loaded (the producer's ceiling)
   decode    every record unpacked with ``struct.iter_unpack`` into Python values,
             its pid checked
+  decode_batched
+            the same decoding, but the consumer does not wait on the ring's
+            epoll fd: it sleeps 2 ms between drains, so each consume() returns
+            a large batch and the kernel sends few wake-ups (what a
+            timer-driven drain, or BPF_RB_NO_WAKEUP, would give)
   json      every record turned into an event dict (``EventContext.new_event``
             plus process_data, like jalki-tcp's decoders), serialised with
             orjson through ``EventBatch`` and written with ``FileEmitter``
@@ -35,6 +40,7 @@ from typing import Any
 from _common import Tools, cpu_fractions, cpu_times, tracing_programs, wait_with_rusage
 
 RECORD = struct.Struct("<QQII16s")  # struct drain_event = struct jalki_event_header (40 bytes)
+BATCH_INTERVAL_S = 0.002  # decode_batched: drain every 2 ms instead of on every ring wake-up
 DROP_CAUSES = ("ringbuf_full", "sampled", "tracking_full")
 
 
@@ -137,7 +143,7 @@ def run_drain_case(
     consumer_cpu: int | None,
     ring_bytes: int,
 ) -> dict[str, Any]:
-    """Run one drain case (``gen_bare``, ``decode`` or ``json``); return its numbers."""
+    """Run one drain case (``gen_bare``, ``decode``, ``decode_batched`` or ``json``); return its numbers."""
     result: dict[str, Any] = {"case": f"drain_{mode}"}
     argv = [str(tools.syscall_gen), str(seconds)]
     if gen_cpu is not None:
@@ -171,9 +177,12 @@ def run_drain_case(
         from jalki_core._libbpf import RingBufferReader
 
         reader = RingBufferReader(obj.maps["events"], RECORD.size)
-        sink: _Decoder | _JsonWriter = _Decoder(tgid) if mode == "decode" else _JsonWriter(tgid, json_path)
+        sink: _Decoder | _JsonWriter = _JsonWriter(tgid, json_path) if mode == "json" else _Decoder(tgid)
         epoll = select.epoll()
-        epoll.register(reader.epoll_fd, select.EPOLLIN)
+        # decode_batched does not wait on the ring: it sleeps BATCH_INTERVAL_S between drains.
+        timeout = BATCH_INTERVAL_S if mode == "decode_batched" else 0.25
+        if mode != "decode_batched":
+            epoll.register(reader.epoll_fd, select.EPOLLIN)
         epoll.register(gen.stdout.fileno(), select.EPOLLIN | select.EPOLLHUP)
         batches = 0
         if consumer_cpu is not None:
@@ -188,7 +197,7 @@ def run_drain_case(
         consume_s = sink_s = 0.0  # wall time inside consume() and inside decoding/writing
         clock = time.perf_counter
         while not generator_done:
-            for fd, _events in epoll.poll(0.25):
+            for fd, _events in epoll.poll(timeout):
                 if fd == gen.stdout.fileno():
                     generator_done = True
             while True:

@@ -7,7 +7,7 @@ Run as root from the repository root::
 
 Cases (see bench/README.md for what each measures):
   churn_bare, churn_jalki, churn_tcplife, churn_bpftrace
-  drain_gen_bare, drain_decode, drain_json
+  drain_gen_bare, drain_decode, drain_decode_batched, drain_json, drain_session
 
 Rounds are interleaved (every case once per round, the order rotated each
 round) so slow drifts of a shared VM hit every case alike; medians are
@@ -32,12 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _churn import run_churn_case
 from _common import BENCH_DIR, QuietWaiter, Tools, build_tools, machine_facts, median_of, spread_of, versions
 from _drain import run_drain_case
+from _session_drain import run_session_case
 
 TARGET_DECODE_PER_CORE = 1_000_000
 TARGET_JSON_LINES = 300_000
 
-CHURN_CASES = ("bare", "jalki", "tcplife", "bpftrace")
-DRAIN_CASES = ("gen_bare", "decode", "json")
+CHURN_TRACERS = ("bare", "jalki", "tcplife", "bpftrace")
+CHURN_MODES = ("pinned", "unpinned")
+DRAIN_CASES = ("gen_bare", "decode", "decode_batched", "json", "session")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,9 +55,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="per case, wait up to N s for other people's tracing BPF programs to go away (default 10, quick 2)",
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin churn / generator and consumer to CPUs")
+    parser.add_argument(
+        "--churn-modes",
+        default="pinned,unpinned",
+        help="pinned (churn on one CPU, the tracer's user space free to use the other), unpinned, or both (default)",
+    )
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results" / "latest.json")
     parser.add_argument("--keep-files", action="store_true", help="keep the tracers' output files in the temp dir")
+    parser.add_argument("--report", type=Path, help="only re-print the tables of a saved results JSON")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.churn_seconds = args.churn_seconds or (2.0 if args.quick else 5.0)
@@ -66,18 +73,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _selected_cases(args: argparse.Namespace, tools: Tools) -> tuple[list[str], list[str], list[str]]:
     wanted = set(args.cases.split(",")) if args.cases else None
+    modes = [m for m in args.churn_modes.split(",") if m]
+    unknown = set(modes) - set(CHURN_MODES)
+    if unknown:
+        raise SystemExit(f"bench: unknown churn mode(s) {sorted(unknown)}; choose from {CHURN_MODES}")
     skipped: list[str] = []
     churn = []
-    for name in CHURN_CASES:
-        if wanted is not None and f"churn_{name}" not in wanted:
+    for mode in CHURN_MODES:
+        if mode not in modes:
             continue
-        if name == "tcplife" and tools.tcplife is None:
-            skipped.append("churn_tcplife (tcplife not found; apt install libbpf-tools)")
-            continue
-        if name == "bpftrace" and tools.bpftrace is None:
-            skipped.append("churn_bpftrace (bpftrace not found)")
-            continue
-        churn.append(name)
+        for name in CHURN_TRACERS:
+            case = churn_case_name(name, mode)
+            if wanted is not None and case not in wanted:
+                continue
+            if name == "tcplife" and tools.tcplife is None:
+                skipped.append(f"{case} (tcplife not found; apt install libbpf-tools)")
+                continue
+            if name == "bpftrace" and tools.bpftrace is None:
+                skipped.append(f"{case} (bpftrace not found)")
+                continue
+            churn.append(case)
     drain = []
     for name in DRAIN_CASES:
         if wanted is not None and f"drain_{name}" not in wanted:
@@ -89,6 +104,20 @@ def _selected_cases(args: argparse.Namespace, tools: Tools) -> tuple[list[str], 
     return churn, drain, skipped
 
 
+def churn_case_name(tracer: str, mode: str) -> str:
+    """``churn_<tracer>`` when pinned, ``churn_<tracer>_unpinned`` otherwise."""
+    return f"churn_{tracer}" if mode == "pinned" else f"churn_{tracer}_{mode}"
+
+
+def _split_churn_case(case: str) -> tuple[str, str]:
+    """(tracer, mode) of a churn case name."""
+    name = case.removeprefix("churn_")
+    for mode in CHURN_MODES[1:]:
+        if name.endswith(f"_{mode}"):
+            return name.removesuffix(f"_{mode}"), mode
+    return name, CHURN_MODES[0]
+
+
 def _rotate(items: list[str], by: int) -> list[str]:
     if not items:
         return items
@@ -96,10 +125,10 @@ def _rotate(items: list[str], by: int) -> list[str]:
     return items[by:] + items[:by]
 
 
-def _cpus(no_pin: bool) -> tuple[int | None, int | None]:
+def _cpus() -> tuple[int | None, int | None]:
     """(load CPU, consumer CPU): the workload on the last CPU, the consumer on the first."""
     cpus = sorted(os.sched_getaffinity(0))
-    if no_pin or len(cpus) < 2:
+    if len(cpus) < 2:
         return None, None
     return cpus[-1], cpus[0]
 
@@ -138,34 +167,52 @@ DRAIN_KEYS = (
     "sink_ns_per_record",
     "other_ns_per_record",
     "consumer_cpu_s",
+    "emitter_events_dropped",
     "system_cpu_steal",
 )
 
 
+def _usable(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs medians are taken over: without error, and without foreign BPF programs when any such run exists."""
+    ok = [r for r in runs if "error" not in r]
+    clean = [r for r in ok if not r.get("foreign_bpf_programs")]
+    return clean or ok
+
+
 def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per case: medians and (min, max) of its numbers, rounds with foreign BPF programs, errors."""
+    """Per case: medians and (min, max) of its numbers, rounds with foreign BPF programs, errors.
+
+    Medians skip the runs during which someone else's tracing BPF program was
+    loaded, unless every run of the case had one (``median_runs`` says how many
+    runs the medians are over).
+    """
     by_case: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         by_case.setdefault(result["case"], []).append(result)
-    bare_rate = median_of([r for r in by_case.get("churn_bare", []) if "error" not in r], "rate")
-    gen_rate = median_of([r for r in by_case.get("drain_gen_bare", []) if "error" not in r], "produce_rate")
+    bare_rate = {
+        mode: median_of(_usable(by_case.get(churn_case_name("bare", mode), [])), "rate") for mode in CHURN_MODES
+    }
+    gen_rate = median_of(_usable(by_case.get("drain_gen_bare", [])), "produce_rate")
     summary: dict[str, dict[str, Any]] = {}
     for case, runs in by_case.items():
         ok = [r for r in runs if "error" not in r]
+        usable = _usable(runs)
         keys = CHURN_KEYS if case.startswith("churn") else DRAIN_KEYS
-        entry: dict[str, Any] = {"runs": len(runs), "ok_runs": len(ok)}
+        entry: dict[str, Any] = {"runs": len(runs), "ok_runs": len(ok), "median_runs": len(usable)}
         for key in keys:
-            median = median_of(ok, key)
+            median = median_of(usable, key)
             if median is not None:
                 entry[key] = median
-                entry[f"{key}_range"] = spread_of(ok, key)
-        if case.startswith("churn") and bare_rate and entry.get("rate"):
-            entry["ratio_to_bare"] = round(entry["rate"] / bare_rate, 3)
+                entry[f"{key}_range"] = spread_of(usable, key)
+        if case.startswith("churn") and entry.get("rate"):
+            bare = bare_rate[_split_churn_case(case)[1]]
+            if bare:
+                entry["ratio_to_bare"] = round(entry["rate"] / bare, 3)
         if case.startswith("drain") and case != "drain_gen_bare" and gen_rate and entry.get("produce_rate"):
             entry["producer_ratio_to_bare"] = round(entry["produce_rate"] / gen_rate, 3)
         if "lossless" in (ok[0] if ok else {}):
             entry["lossless_runs"] = sum(1 for r in ok if r.get("lossless"))
-        if case.startswith("churn") and case != "churn_bare" and ok:
+        if case.startswith("churn") and _split_churn_case(case)[0] != "bare" and ok:
             entry["lossless_runs"] = sum(1 for r in ok if r.get("lost_events") == 0 and not r.get("drops_total"))
         entry["rounds_with_foreign_bpf"] = sum(1 for r in runs if r.get("foreign_bpf_programs"))
         entry["errors"] = [r["error"] for r in runs if "error" in r]
@@ -185,21 +232,29 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def print_table(summary: dict[str, dict[str, Any]], rounds: int) -> None:
     """The human summary: one block for churn, one for drain."""
+    if any(case.startswith("churn") for case in summary):
+        _print_churn(summary, rounds)
+    if any(case.startswith("drain") for case in summary):
+        _print_drain(summary, rounds)
+
+
+def _print_churn(summary: dict[str, dict[str, Any]], rounds: int) -> None:
     print(f"\nchurn: loopback connect -> write 64 B -> close, medians of {rounds} round(s)")
     header = (
-        f"{'case':<16}{'conn/s':>10}{'vs bare':>9}{'churn µs/conn':>15}{'tracer µs/conn':>16}"
+        f"{'case':<25}{'conn/s':>10}{'vs bare':>9}{'churn µs/conn':>15}{'tracer µs/conn':>16}"
         f"{'lost':>8}{'drops':>7}{'lossless':>10}{'foreign':>9}"
     )
     print(header)
     print("-" * len(header))
-    for case in (f"churn_{c}" for c in CHURN_CASES):
+    for case in (churn_case_name(t, m) for m in CHURN_MODES for t in CHURN_TRACERS):
         entry = summary.get(case)
         if entry is None:
             continue
         lossless = f"{entry['lossless_runs']}/{entry['ok_runs']}" if "lossless_runs" in entry else "-"
-        drops = entry.get("drops_total", 0) + entry.get("emitter_events_dropped", 0) if case == "churn_jalki" else None
+        is_jalki = _split_churn_case(case)[0] == "jalki"
+        drops = entry.get("drops_total", 0) + entry.get("emitter_events_dropped", 0) if is_jalki else None
         print(
-            f"{case:<16}{_fmt(entry.get('rate')):>10}{_fmt(entry.get('ratio_to_bare'), 3):>9}"
+            f"{case:<25}{_fmt(entry.get('rate')):>10}{_fmt(entry.get('ratio_to_bare'), 3):>9}"
             f"{_fmt(entry.get('churn_cpu_us_per_conn'), 1):>15}{_fmt(entry.get('tracer_cpu_us_per_conn'), 1):>16}"
             f"{_fmt(entry.get('lost_events')):>8}{_fmt(drops):>7}{lossless:>10}"
             f"{entry['rounds_with_foreign_bpf']:>9}"
@@ -207,9 +262,11 @@ def print_table(summary: dict[str, dict[str, Any]], rounds: int) -> None:
         for error in entry["errors"]:
             print(f"    error: {error}")
 
+
+def _print_drain(summary: dict[str, dict[str, Any]], rounds: int) -> None:
     print(f"\ndrain: getppid() generator -> 40-byte records -> consumer, medians of {rounds} round(s)")
     header = (
-        f"{'case':<16}{'produced/s':>12}{'received/s':>12}{'per cpu-s':>12}{'drops':>10}"
+        f"{'case':<22}{'produced/s':>12}{'received/s':>12}{'per cpu-s':>12}{'drops':>12}"
         f"{'unacc.':>8}{'lossless':>10}{'rec/batch':>10}{'foreign':>9}"
     )
     print(header)
@@ -218,26 +275,38 @@ def print_table(summary: dict[str, dict[str, Any]], rounds: int) -> None:
         entry = summary.get(case)
         if entry is None:
             continue
-        per_cpu = entry.get("json_lines_per_cpu_s") if case == "drain_json" else entry.get("records_per_cpu_s")
-        wall = entry.get("json_lines_per_s_wall") if case == "drain_json" else entry.get("records_per_s_wall")
+        writes_json = case in ("drain_json", "drain_session")
+        per_cpu = entry.get("json_lines_per_cpu_s") if writes_json else entry.get("records_per_cpu_s")
+        wall = entry.get("json_lines_per_s_wall") if writes_json else entry.get("records_per_s_wall")
         lossless = f"{entry['lossless_runs']}/{entry['ok_runs']}" if "lossless_runs" in entry else "-"
         print(
-            f"{case:<16}{_fmt(entry.get('produce_rate')):>12}{_fmt(wall):>12}{_fmt(per_cpu):>12}"
-            f"{_fmt(entry.get('drops_total')):>10}{_fmt(entry.get('unaccounted')):>8}{lossless:>10}"
+            f"{case:<22}{_fmt(entry.get('produce_rate')):>12}{_fmt(wall):>12}{_fmt(per_cpu):>12}"
+            f"{_fmt(entry.get('drops_total')):>12}{_fmt(entry.get('unaccounted')):>8}{lossless:>10}"
             f"{_fmt(entry.get('records_per_batch')):>10}{entry['rounds_with_foreign_bpf']:>9}"
         )
         for error in entry["errors"]:
             print(f"    error: {error}")
+    batched = summary.get("drain_decode_batched", {}).get("records_per_cpu_s")
     decode = summary.get("drain_decode", {}).get("records_per_cpu_s")
     lines = summary.get("drain_json", {}).get("json_lines_per_cpu_s")
+    session_lines = summary.get("drain_session", {}).get("json_lines_per_cpu_s")
     print("\ntargets (reported, not asserted):")
     if decode is not None:
         verdict = "met" if decode >= TARGET_DECODE_PER_CORE else "MISSED"
         print(f"  decode >= {TARGET_DECODE_PER_CORE:,} records/s per consumer core: {decode:,.0f} ({verdict})")
+    if batched is not None:
+        verdict = "met" if batched >= TARGET_DECODE_PER_CORE else "MISSED"
+        print(f"    (drained every 2 ms instead of per wake-up: {batched:,.0f} ({verdict}))")
     if lines is not None:
         verdict = "met" if lines >= TARGET_JSON_LINES else "MISSED"
         print(f"  JSON   >= {TARGET_JSON_LINES:,} lines/s per consumer core:   {lines:,.0f} ({verdict})")
-    print("  'foreign' = rounds during which someone else's tracing BPF program was loaded (noise).")
+    if session_lines is not None:
+        verdict = "met" if session_lines >= TARGET_JSON_LINES else "MISSED"
+        print(f"    (through jalki's TraceSession + FileEmitter: {session_lines:,.0f} ({verdict}))")
+    print(
+        "  'foreign' = rounds during which someone else's tracing BPF program was loaded (noise);"
+        " medians leave them out when the case has clean rounds."
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -248,11 +317,15 @@ def print_table(summary: dict[str, dict[str, Any]], rounds: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Build, run every case in interleaved rounds, print and save the results."""
     args = _parse_args(argv)
+    if args.report is not None:
+        saved = json.loads(args.report.read_text())
+        print_table(summarise(saved["runs"]), saved["config"]["rounds"])
+        return 0
     if os.geteuid() != 0:
         print("bench: run as root (BPF programs, network namespaces)", file=sys.stderr)
         return 2
     started = time.monotonic()
-    load_cpu, consumer_cpu = _cpus(args.no_pin)
+    load_cpu, consumer_cpu = _cpus()
     quiet = QuietWaiter(args.quiet_wait, 12 * args.quiet_wait)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="jalki-bench-") as tmp_name:
@@ -267,29 +340,34 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         for round_index in range(args.rounds):
-            plan = [("churn", c) for c in _rotate(list(churn_cases), round_index)]
+            plan = [("churn", c) for c in _rotate(churn_cases, round_index)]
             plan += [("drain", d) for d in _rotate(list(drain_cases), round_index)]
             for kind, name in plan:
-                tag = f"r{round_index}-{kind}-{name}"
+                tag = f"r{round_index}-{name}"
                 waited, _ = quiet.wait()
                 case_started = time.monotonic()
                 try:
                     if kind == "churn":
+                        tracer, mode = _split_churn_case(name)
                         result = run_churn_case(
                             tools,
                             tmp,
-                            None if name == "bare" else name,
+                            name,
+                            None if tracer == "bare" else tracer,
                             args.churn_seconds,
                             tag,
-                            load_cpu,
+                            load_cpu if mode == "pinned" else None,
                             keep_files=args.keep_files,
                         )
+                    elif name == "session":
+                        result = run_session_case(tools, tmp, args.drain_seconds, tag, load_cpu, consumer_cpu)
                     else:
                         result = run_drain_case(
                             tools, tmp, name, args.drain_seconds, tag, load_cpu, consumer_cpu, args.ring_mib << 20
                         )
                 except Exception as exc:  # one broken case must not hide the others
-                    result = {"case": f"{kind}_{name}", "error": f"{type(exc).__name__}: {exc}"}
+                    case = name if kind == "churn" else f"drain_{name}"
+                    result = {"case": case, "error": f"{type(exc).__name__}: {exc}"}
                 result.update(
                     round=round_index, quiet_wait_s=waited, case_wall_s=round(time.monotonic() - case_started, 2)
                 )
@@ -309,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 "drain_seconds": args.drain_seconds,
                 "churn_payload_bytes": 64,
                 "drain_ring_bytes": args.ring_mib << 20,
+                "churn_modes": args.churn_modes,
                 "load_cpu": load_cpu,
                 "consumer_cpu": consumer_cpu,
                 "skipped": skipped,
@@ -340,7 +419,7 @@ def _progress(result: dict[str, Any]) -> None:
         line = f"{result.get('produce_rate', 0):,.0f} calls/s"
     foreign = " [foreign BPF programs loaded]" if result.get("foreign_bpf_programs") else ""
     print(
-        f"  round {result['round']} {result['case']:<16} {line}{foreign} ({result['case_wall_s']} s)", file=sys.stderr
+        f"  round {result['round']} {result['case']:<25} {line}{foreign} ({result['case_wall_s']} s)", file=sys.stderr
     )
 
 
