@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 from jalki_core import hookspec
 
 if TYPE_CHECKING:
-    from jalki_core.registry import EmitterRegistry, ProbeRegistry
+    from jalki_core.registry import BoundEmitterRegistry, BoundProbeRegistry
 
 
 @hookspec
-def jalki_register_probes(registry: ProbeRegistry) -> None:
+def jalki_register_probes(registry: BoundProbeRegistry) -> None:
     """Register the probes this plugin provides.
 
     Called once per process, when the plugin manager loads plugins.
@@ -32,7 +32,7 @@ def jalki_register_probes(registry: ProbeRegistry) -> None:
 
 
 @hookspec
-def jalki_register_emitters(registry: EmitterRegistry) -> None:
+def jalki_register_emitters(registry: BoundEmitterRegistry) -> None:
     """Register the event emitters (sinks) this plugin provides.
 
     Called once per process, when the plugin manager loads plugins. The core's
