@@ -86,11 +86,12 @@ def decode_all(probe: Probe, ring: FakeRingBuffer, ctx: EventContext | None = No
 
 
 def load_event_schema() -> dict[str, Any]:
-    """The event JSON Schema (installed copy, else the repository's specs/)."""
-    try:
+    """The event JSON Schema: the source checkout's specs/ when present, else the installed copy."""
+    checkout = Path(__file__).resolve().parents[1] / "specs" / "event.schema.json"
+    if checkout.is_file():
+        text = checkout.read_text()
+    else:
         text = resources.files("jalki_core").joinpath("schemas/event.schema.json").read_text()
-    except FileNotFoundError:
-        text = (Path(__file__).resolve().parents[1] / "specs" / "event.schema.json").read_text()
     schema: dict[str, Any] = json.loads(text)
     return schema
 

@@ -68,6 +68,10 @@
 #define JALKI_ETIMEDOUT 110
 #define JALKI_ECONNREFUSED 111
 
+/* socket states (include/net/tcp_states.h) the shared helpers test */
+#define JALKI_TCP_CLOSE 7
+#define JALKI_TCP_LISTEN 10
+
 /* struct jalki_config.flags */
 #define JALKI_CFG_SAMPLING 1u
 
@@ -251,12 +255,21 @@ static __always_inline void jalki_owner_record(const void *sk)
  * Record the current task as sk's owner unless one is already known: for hot
  * task-context paths (send/receive) where a lookup is much cheaper than an
  * update, and the first owner seen stays until connect/close re-record it.
+ *
+ * `state` is sk's skc_state (jalki_sk_state() or jalki_sk_state_probed()).
+ * Nothing is recorded for a socket in CLOSE or LISTEN: the owner entry is
+ * deleted when a socket moves to CLOSE, and an entry added after that (a
+ * process reading what was left after the connection ended) would outlive
+ * the socket and be inherited by the next socket allocated at the same
+ * address, which this function never overwrites.
  */
-static __always_inline void jalki_owner_record_if_absent(const void *sk)
+static __always_inline void jalki_owner_record_if_absent(const void *sk, int state)
 {
 	__u64 key = (__u64)(unsigned long)sk;
 	struct jalki_owner owner;
 
+	if (state == JALKI_TCP_CLOSE || state == JALKI_TCP_LISTEN)
+		return;
 	if (bpf_map_lookup_elem(&jalki_sock_owner, &key))
 		return;
 	jalki_owner_current(&owner);
@@ -364,6 +377,17 @@ static __always_inline void jalki_sk_addrs_probed(const struct sock *sk, __u8 *s
 		jalki_put_addr4(saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
 		jalki_put_addr4(daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
 	}
+}
+
+/* skc_state (TCP: include/net/tcp_states.h numbering). */
+static __always_inline int jalki_sk_state(const struct sock *sk)
+{
+	return sk->__sk_common.skc_state;
+}
+
+static __always_inline int jalki_sk_state_probed(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_state);
 }
 
 /* Network namespace inode of sk. */

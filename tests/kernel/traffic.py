@@ -121,6 +121,149 @@ def lossy_sender(args: argparse.Namespace) -> None:
     conn.close()
 
 
+def _wait_for(path: str, limit: float = 20) -> None:
+    go = Path(path)
+    deadline = time.monotonic() + limit
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _recv_to_eof(conn: socket.socket) -> int:
+    received = 0
+    while chunk := conn.recv(65536):
+        received += len(chunk)
+    return received
+
+
+def preopen_client(args: argparse.Namespace) -> None:
+    """Connect and send --before bytes; report; wait for --go-file; send --after bytes, half-close,
+    read the reply to EOF, close; report again."""
+    conn = socket.create_connection((args.host, args.port), timeout=10)
+    sport = conn.getsockname()[1]
+    conn.sendall(b"b" * args.before)
+    report(sport=sport, connected=True)
+    _wait_for(args.go_file)
+    conn.sendall(b"a" * args.after)
+    conn.shutdown(socket.SHUT_WR)
+    received = _recv_to_eof(conn)
+    conn.close()
+    report(sport=sport, sent=args.before + args.after, received=received)
+
+
+def heal_client(args: argparse.Namespace) -> None:
+    """Connect; report; wait for --go-file, send --send bytes (the test drops them for a while);
+    wait for --heal-file, half-close, read the reply to EOF, close; report again."""
+    conn = socket.create_connection((args.host, args.port), timeout=10)
+    sport = conn.getsockname()[1]
+    report(sport=sport, connected=True)
+    _wait_for(args.go_file)
+    conn.sendall(b"h" * args.send)
+    _wait_for(args.heal_file)
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(30)
+    received = _recv_to_eof(conn)
+    conn.close()
+    report(sport=sport, sent=args.send, received=received)
+
+
+def close_unread_server(args: argparse.Namespace) -> None:
+    """Accept one connection, read exactly --request bytes, wait until more has arrived, and
+    close with that data unread (the kernel answers with a RST)."""
+    with socket.socket(_family(args.host), socket.SOCK_STREAM) as listener:
+        listener.bind((args.host, 0))
+        listener.listen(1)
+        report(ready=True, port=listener.getsockname()[1])
+        conn, _ = listener.accept()
+        got = 0
+        while got < args.request:
+            got += len(conn.recv(args.request - got))
+        conn.settimeout(10)
+        conn.recv(1, socket.MSG_PEEK)  # more has arrived; it stays unread
+        conn.close()
+
+
+def send_until_reset(args: argparse.Namespace) -> None:
+    """Connect, send --send bytes, read until the peer resets (or closes); report."""
+    conn = socket.create_connection((args.host, args.port), timeout=10)
+    sport = conn.getsockname()[1]
+    conn.sendall(b"u" * args.send)
+    outcome = "eof"
+    try:
+        _recv_to_eof(conn)
+    except ConnectionResetError:
+        outcome = "reset"
+    conn.close()
+    report(sport=sport, outcome=outcome)
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+def simultaneous_open(args: argparse.Namespace) -> None:
+    """Two bound sockets A and B; report their ports; wait for --go-file (the test then drops
+    every packet from A); A connects to B, B to A: B's SYN moves A from SYN_SENT to SYN_RECV and
+    A's SYN-ACK is lost. Both are closed before any retransmission; report A's state before."""
+    a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    a.bind((args.host, 0))
+    b.bind((args.host, 0))
+    a_port, b_port = a.getsockname()[1], b.getsockname()[1]
+    report(a_port=a_port, b_port=b_port)
+    _wait_for(args.go_file)
+    a.setblocking(False)
+    b.setblocking(False)
+    a.connect_ex((args.host, b_port))
+    b.connect_ex((args.host, a_port))
+    deadline = time.monotonic() + 0.5
+    while _tcp_state(a) != 3 and time.monotonic() < deadline:  # TCP_SYN_RECV
+        time.sleep(0.005)
+    a_state, b_state = _tcp_state(a), _tcp_state(b)
+    a.close()
+    b.close()
+    report(a_port=a_port, b_port=b_port, a_state=a_state, b_state=b_state)
+
+
+def stale_owner(args: argparse.Namespace) -> None:
+    """Socket memory reuse (one CPU): a child process reads from its socket after the connection
+    ended (its state is CLOSE), then closes it; the next accepted socket, likely at the same
+    address, is owned by this process. Report; wait for --go-file; send on it (the test drops
+    the peer's input: retransmits), linger."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    first.bind((args.host, 0))
+    first.listen(8)
+    second = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    second.bind((args.host, 0))
+    second.listen(8)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    child = os.fork()
+    if child == 0:
+        conn = socket.create_connection((args.host, first.getsockname()[1]))
+        conn.sendall(b"hi")
+        conn.shutdown(socket.SHUT_WR)
+        time.sleep(0.5)  # the reply and the FIN arrive: FIN_WAIT2 -> CLOSE, reply unread
+        conn.recv(1000)  # a read on a socket in CLOSE
+        conn.close()
+        os._exit(0)
+    accepted, _ = first.accept()
+    while accepted.recv(100):
+        pass
+    accepted.sendall(b"r" * 100)
+    accepted.close()
+    os.waitpid(child, 0)
+    peer.connect((args.host, second.getsockname()[1]))
+    conn, _ = second.accept()
+    peer.sendall(b"hello")
+    conn.recv(100)
+    report(child=child, parent=os.getpid(), sport=second.getsockname()[1], cport=peer.getsockname()[1])
+    _wait_for(args.go_file)
+    conn.sendall(b"x" * 1000)
+    time.sleep(args.linger)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +304,38 @@ def main() -> None:
     p.add_argument("--go-file", required=True)
     p.add_argument("--linger", type=float, default=1.5)
     p.set_defaults(func=lossy_sender)
+    p = sub.add_parser("preopen-client")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--before", type=int, default=1000)
+    p.add_argument("--after", type=int, default=2000)
+    p.add_argument("--go-file", required=True)
+    p.set_defaults(func=preopen_client)
+    p = sub.add_parser("heal-client")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--send", type=int, default=3000)
+    p.add_argument("--go-file", required=True)
+    p.add_argument("--heal-file", required=True)
+    p.set_defaults(func=heal_client)
+    p = sub.add_parser("close-unread-server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--request", type=int, default=100)
+    p.set_defaults(func=close_unread_server)
+    p = sub.add_parser("send-until-reset")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--send", type=int, default=1000)
+    p.set_defaults(func=send_until_reset)
+    p = sub.add_parser("simultaneous-open")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--go-file", required=True)
+    p.set_defaults(func=simultaneous_open)
+    p = sub.add_parser("stale-owner")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--go-file", required=True)
+    p.add_argument("--linger", type=float, default=1.5)
+    p.set_defaults(func=stale_owner)
     args = parser.parse_args()
     args.func(args)
 

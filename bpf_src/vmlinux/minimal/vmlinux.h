@@ -180,14 +180,14 @@ struct inet_sock {
 
 struct inet_connection_sock {
 	struct inet_sock icsk_inet;
+	__u8 icsk_retransmits;
 };
 
 struct tcp_sock {
 	struct inet_connection_sock inet_conn;
-	u32 write_seq;
-	u32 snd_una;
 	u64 bytes_received;
-	u64 bytes_acked;
+	u64 bytes_sent;
+	u64 bytes_retrans;
 };
 
 struct sk_buff;
@@ -219,7 +219,7 @@ struct trace_event_raw_inet_sock_set_state {
 	char __data[0];
 };
 
-/* tcp:tcp_rcv_space_adjust and the other tcp_event_sk tracepoints */
+/* tcp:tcp_rcv_space_adjust, tcp:tcp_destroy_sock and the other tcp_event_sk tracepoints */
 struct trace_event_raw_tcp_event_sk {
 	struct trace_entry ent;
 	const void *skaddr;

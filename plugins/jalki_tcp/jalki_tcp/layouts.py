@@ -17,6 +17,14 @@ _TUPLE_FIELDS = ("saddr", "daddr", "sport", "dport", "family")
 OWNER_KNOWN = 1
 """``JALKI_HDR_OWNER_KNOWN``: the header's pid/comm/cgroup name the socket's owner."""
 
+BIRTH_UNSEEN = 1 << 8
+"""``JALKI_TCP_BIRTH_UNSEEN`` (close records): the socket was born before jalki saw it, so its
+duration is unknown."""
+
+ABANDONED = 1 << 9
+"""``JALKI_TCP_ABANDONED`` (connect records): the application closed the socket during the
+handshake, before the kernel gave up."""
+
 CONNECT = RecordLayout(
     c_struct="tcp_connect_event",
     fmt="<" + _HEADER_FMT + _TUPLE_FMT + "QiI",

@@ -53,7 +53,9 @@ class TcpConnectProbe(Probe):
     ``tcp_connect()`` returns 0 for attempts that are later refused or time out,
     so the outcome is decided where the kernel decides it: the socket leaving
     SYN_SENT for ESTABLISHED (success) or for CLOSE (failure, errno from
-    ``sk_err``).
+    ``sk_err``). An attempt the application closed before the kernel gave up
+    carries ``data.abandoned_by_application: true`` (ETIMEDOUT once the SYN had
+    been retransmitted, else ECONNABORTED).
     """
 
     name = "tcp_connect"
@@ -81,12 +83,20 @@ class TcpConnectProbe(Probe):
                 event["error"] = {"code": errno_name(error), "message": errno_message(error)}
             _fill_common(event, record)
             event["data"] = {"latency_ns": latency_ns}
+            if record[3] & layouts.ABANDONED:
+                event["data"]["abandoned_by_application"] = True
             events.append(event)
         return events
 
 
 class TcpCloseProbe(Probe):
-    """One event per established TCP connection that ended: duration, bytes, state at close."""
+    """One event per established TCP connection that ended: duration, bytes, state at close.
+
+    ``duration_ns`` is null for connections born before jalki saw them. Bytes are the
+    kernel's counters since the socket was created: payload sent (each byte once,
+    retransmissions not counted again) and payload received in order. Owners of accepted
+    sockets come from the optional programs on sendmsg/recvmsg.
+    """
 
     name = "tcp_close"
     observes = "sock:inet_sock_set_state (-> CLOSE) with struct tcp_sock byte counters"
@@ -94,8 +104,14 @@ class TcpCloseProbe(Probe):
     bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_close.bpf.o")
     layout = layouts.CLOSE
     ladder = (
-        AttachRung("tp_btf", ("tpbtf_close_state",), "tp_btf/inet_sock_set_state"),
-        AttachRung("tracepoint", ("tp_close_state",), "tracepoint/sock/inet_sock_set_state"),
+        AttachRung("tp_btf", ("tpbtf_close_state",),
+                   "tp_btf/inet_sock_set_state (+ owners: tcp_sendmsg_locked, tcp_rcv_space_adjust, "
+                   "tcp_destroy_sock)",
+                   optional=("tpbtf_owner_send", "tpbtf_owner_recv", "tpbtf_owner_destroy")),
+        AttachRung("tracepoint", ("tp_close_state",),
+                   "tracepoint/sock/inet_sock_set_state (+ owners: tcp/tcp_rcv_space_adjust, "
+                   "tcp/tcp_destroy_sock)",
+                   optional=("tp_owner_recv", "tp_owner_destroy")),
     )
 
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
@@ -105,7 +121,8 @@ class TcpCloseProbe(Probe):
             event = ctx.new_event("kernel.tcp.close", record[0], severity="info")
             _fill_common(event, record)
             event["data"] = {
-                "duration_ns": duration_ns,
+                # born before jalki saw it: only part of its life was timed
+                "duration_ns": None if record[3] & layouts.BIRTH_UNSEEN else duration_ns,
                 "bytes_sent": sent,
                 "bytes_received": received,
                 "tcp_state": tcp_state_name(oldstate),
@@ -130,10 +147,10 @@ class TcpRetransmitProbe(Probe):
     ladder = (
         AttachRung("tp_btf", ("tpbtf_retrans_state", "tpbtf_retransmit_skb"),
                    "tp_btf/tcp_retransmit_skb + tp_btf/inet_sock_set_state (owner)",
-                   optional=("tpbtf_owner_send", "tpbtf_owner_recv")),
+                   optional=("tpbtf_owner_send", "tpbtf_owner_recv", "tpbtf_owner_destroy")),
         AttachRung("tracepoint", ("tp_retrans_state", "tp_retransmit_skb"),
                    "tracepoint/tcp/tcp_retransmit_skb + tracepoint/sock/inet_sock_set_state",
-                   optional=("tp_owner_recv",)),
+                   optional=("tp_owner_recv", "tp_owner_destroy")),
     )
 
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:

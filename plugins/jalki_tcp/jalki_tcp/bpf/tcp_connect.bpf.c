@@ -11,16 +11,29 @@
  *                             jalki_sock_owner)
  *   SYN_SENT -> ESTABLISHED   error 0                     (softirq)
  *   SYN_SENT -> CLOSE         error = the socket's error  (softirq, timer or task)
- * (SYN_SENT -> SYN_RECV, a simultaneous open, keeps tracking; its
- * SYN_RECV -> ESTABLISHED/CLOSE ends the attempt the same way.)
+ *   SYN_SENT -> SYN_RECV      a simultaneous open: tracking continues, and
+ *                             the next transition out of SYN_RECV ends the
+ *                             attempt: -> ESTABLISHED is success, any other
+ *                             (-> CLOSE, or -> FIN_WAIT1 when the application
+ *                             closes the socket then) a failure as below
+ *   SYN_SENT -> anything else a failure as below (no such transition exists
+ *                             today; the attempt ends so that its tracking
+ *                             can never outlive the socket)
+ * Exactly one event per attempt, and its tracking entry is deleted with it.
  *
- * Error on SYN_SENT -> CLOSE, first that applies:
+ * Error of a failed attempt, first that applies:
  *   sk_err        ECONNREFUSED (RST), ETIMEDOUT (SYN retries exhausted),
  *                 EHOSTUNREACH/ENETUNREACH (ICMP); the kernel sets it before
  *                 the CLOSE transition (tcp_done_with_error)
+ *   sk_shutdown set: the application closed the socket (or exited) during the
+ *                 handshake, before the kernel gave up; JALKI_TCP_ABANDONED is
+ *                 set in hdr.flags and the error is sk_err_soft (a soft ICMP
+ *                 error seen while the handshake was retried) if any, else
+ *                 ETIMEDOUT when the SYN had been retransmitted
+ *                 (icsk_retransmits > 0: the application's own connect
+ *                 timeout), else ECONNABORTED (it gave up before any
+ *                 retransmission was due)
  *   sk_err_soft   a soft error (ICMP) seen while the handshake was retried
- *   ECONNABORTED  sk_shutdown set: the application closed the socket (or
- *                 exited) during the handshake
  *   EADDRNOTAVAIL connect() failed synchronously before a local port was
  *                 bound (inet_hash_connect: no free ephemeral port)
  *   ECONNABORTED  any other synchronous failure inside connect(); its errno
@@ -97,7 +110,20 @@ static __always_inline __u16 inet_sport_probed(const struct sock *sk)
 	return bpf_ntohs(BPF_CORE_READ((struct tcp_sock *)sk, inet_conn.icsk_inet.inet_sport));
 }
 
-static __always_inline int close_error(const struct sock *sk, bool btf)
+/* SYN (or SYN-ACK) retransmissions of the handshake so far. */
+static __always_inline __u32 syn_retransmits(const struct sock *sk, bool btf)
+{
+	if (btf) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+
+		return tp ? tp->inet_conn.icsk_retransmits : 0;
+	}
+	return BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_retransmits);
+}
+
+/* errno of a failed attempt; *hdr_flags gets JALKI_TCP_ABANDONED when the
+ * application closed the socket before the kernel gave up. */
+static __always_inline int close_error(const struct sock *sk, bool btf, __u32 *hdr_flags)
 {
 	int err, soft;
 	__u8 shutdown;
@@ -114,10 +140,14 @@ static __always_inline int close_error(const struct sock *sk, bool btf)
 	}
 	if (err)
 		return err;
+	if (shutdown) {
+		*hdr_flags |= JALKI_TCP_ABANDONED;
+		if (soft)
+			return soft;
+		return syn_retransmits(sk, btf) ? JALKI_ETIMEDOUT : JALKI_ECONNABORTED;
+	}
 	if (soft)
 		return soft;
-	if (shutdown)
-		return JALKI_ECONNABORTED;
 	sport = btf ? inet_sport_btf(sk) : inet_sport_probed(sk);
 	return sport ? JALKI_ECONNABORTED : JALKI_EADDRNOTAVAIL;
 }
@@ -148,10 +178,10 @@ static __always_inline int track_attempt(void *ctx, const struct sock *sk, bool 
 	__u16 port;
 
 	if (jalki_is_self(tgid))
-		return 0;
+		goto untracked;
 	cfg = jalki_config_get();
 	if (cfg && cfg->filter_tgid && cfg->filter_tgid != tgid)
-		return 0;
+		goto untracked;
 
 	__builtin_memset(&tr, 0, sizeof(tr));
 	if (btf) {
@@ -164,11 +194,11 @@ static __always_inline int track_attempt(void *ctx, const struct sock *sk, bool 
 	port = cfg ? cfg->filter_port : 0;
 	if (port && port != tr.tuple.dport && port != tr.tuple.sport) {
 		if (tr.tuple.sport)
-			return 0; /* local port already bound: the filter fails for good */
+			goto untracked; /* local port already bound: the filter fails for good */
 		tr.sample_at_emit = 1;
 	}
 	if (!tr.sample_at_emit && jalki_sampled_out())
-		return 0;
+		goto untracked;
 
 	jalki_owner_current(&tr.owner);
 	tr.start_ns = tr.owner.start_ns;
@@ -178,11 +208,18 @@ static __always_inline int track_attempt(void *ctx, const struct sock *sk, bool 
 	}
 	bpf_map_update_elem(&jalki_sock_owner, &key, &tr.owner, BPF_ANY);
 	return 0;
+
+untracked:
+	/* an entry left by an earlier socket at this address must not report
+	 * this attempt (normally there is none: a no-op) */
+	bpf_map_delete_elem(&connect_start, &key);
+	return 0;
 }
 
 /* Emit the outcome of the attempt tracked in *tr. The caller deletes it. */
 static __always_inline void emit_attempt(void *ctx, const struct sock *sk,
-					 const struct connect_track *tr, int error, bool btf)
+					 const struct connect_track *tr, int error, __u32 hdr_flags,
+					 bool btf)
 {
 	struct tcp_connect_event *ev;
 	struct jalki_tcp_tuple t;
@@ -208,6 +245,7 @@ static __always_inline void emit_attempt(void *ctx, const struct sock *sk,
 	if (!ev)
 		return;
 	jalki_fill_header_from_owner(&ev->hdr, &tr->owner);
+	ev->hdr.flags |= hdr_flags;
 	__builtin_memcpy(&ev->tuple, &t, sizeof(t));
 	ev->latency_ns = ev->hdr.ts_ns - tr->start_ns;
 	ev->error = error;
@@ -219,11 +257,15 @@ static __always_inline int finish_attempt(void *ctx, const struct sock *sk, int 
 {
 	__u64 key = (__u64)(unsigned long)sk;
 	struct connect_track *tr;
+	__u32 hdr_flags = 0;
+	int error = 0;
 
 	tr = bpf_map_lookup_elem(&connect_start, &key);
 	if (!tr)
 		return 0;
-	emit_attempt(ctx, sk, tr, newstate == ST_ESTABLISHED ? 0 : close_error(sk, btf), btf);
+	if (newstate != ST_ESTABLISHED)
+		error = close_error(sk, btf, &hdr_flags);
+	emit_attempt(ctx, sk, tr, error, hdr_flags, btf);
 	bpf_map_delete_elem(&connect_start, &key);
 	return 0;
 }
@@ -233,8 +275,11 @@ static __always_inline int handle_state(void *ctx, const struct sock *sk, int ol
 {
 	if (oldstate == ST_CLOSE && newstate == ST_SYN_SENT)
 		return track_attempt(ctx, sk, btf);
-	if ((oldstate == ST_SYN_SENT || oldstate == ST_SYN_RECV) &&
-	    (newstate == ST_ESTABLISHED || newstate == ST_CLOSE))
+	/* every way out of the handshake ends the attempt, except the step
+	 * SYN_SENT -> SYN_RECV of a simultaneous open (only sockets that
+	 * entered SYN_SENT are tracked, so accepted sockets leaving SYN_RECV
+	 * find no entry) */
+	if ((oldstate == ST_SYN_SENT && newstate != ST_SYN_RECV) || oldstate == ST_SYN_RECV)
 		finish_attempt(ctx, sk, newstate, btf);
 	if (newstate == ST_CLOSE)
 		jalki_owner_forget(sk);
@@ -256,7 +301,7 @@ int BPF_PROG(fexit_tcp_connect, struct sock *sk, int ret)
 	tr = bpf_map_lookup_elem(&connect_start, &key);
 	if (!tr)
 		return 0;
-	emit_attempt(ctx, sk, tr, -ret, true);
+	emit_attempt(ctx, sk, tr, -ret, 0, true);
 	bpf_map_delete_elem(&connect_start, &key);
 	return 0;
 }

@@ -9,6 +9,23 @@
 
 #include "jalki/common.bpf.h"
 
+/*
+ * struct jalki_event_header.flags bits of the TCP records (bit 0 is
+ * JALKI_HDR_OWNER_KNOWN):
+ *   JALKI_TCP_BIRTH_UNSEEN  tcp_close_event: the socket's birth (CLOSE ->
+ *                           SYN_SENT of an active open, LISTEN -> SYN_RECV or
+ *                           SYN_RECV -> ESTABLISHED of an accepted socket) was
+ *                           not seen (open before jalki started, or the
+ *                           tracking map was full then): duration_ns covers
+ *                           only part of the connection's life and is reported
+ *                           as unknown.
+ *   JALKI_TCP_ABANDONED     tcp_connect_event: the application closed the
+ *                           socket (or exited) while the handshake was still
+ *                           running; the kernel had not given up (no sk_err).
+ */
+#define JALKI_TCP_BIRTH_UNSEEN (1u << 8)
+#define JALKI_TCP_ABANDONED (1u << 9)
+
 /* Addresses are kept in network byte order, IPv4 in the first 4 bytes;
  * ports in host byte order. family is AF_INET (2) or AF_INET6 (10). */
 struct jalki_tcp_tuple {
@@ -22,7 +39,9 @@ struct jalki_tcp_tuple {
 _Static_assert(sizeof(struct jalki_tcp_tuple) == 40, "jalki_tcp_tuple layout");
 
 /* One connection attempt, emitted when its outcome is known:
- * SYN_SENT -> ESTABLISHED (error 0) or SYN_SENT -> CLOSE (error = sk_err). */
+ * SYN_SENT -> ESTABLISHED (error 0) or SYN_SENT -> CLOSE (error = sk_err),
+ * or the same from SYN_RECV after a simultaneous open. hdr.flags may carry
+ * JALKI_TCP_ABANDONED. */
 struct tcp_connect_event {
 	struct jalki_event_header hdr;
 	struct jalki_tcp_tuple tuple;
@@ -32,13 +51,18 @@ struct tcp_connect_event {
 };
 _Static_assert(sizeof(struct tcp_connect_event) == 96, "tcp_connect_event layout");
 
-/* One established connection that ended (transition to CLOSE). */
+/* One established connection that ended (transition to CLOSE). hdr.flags may
+ * carry JALKI_TCP_BIRTH_UNSEEN. */
 struct tcp_close_event {
 	struct jalki_event_header hdr;
 	struct jalki_tcp_tuple tuple;
-	__u64 duration_ns;     /* from the first state change seen to CLOSE */
-	__u64 bytes_sent;      /* payload acked by the peer: bytes_acked less our SYN and FIN */
-	__u64 bytes_received;  /* payload received in order: bytes_received less the peer FIN */
+	__u64 duration_ns;     /* from the birth to CLOSE; only from the first state change
+				* seen when hdr.flags has JALKI_TCP_BIRTH_UNSEEN */
+	__u64 bytes_sent;      /* payload transmitted, each byte once, since the socket was
+				* created: tcp_sock.bytes_sent - bytes_retrans (SYN and FIN
+				* carry no payload; retransmissions are not counted again) */
+	__u64 bytes_received;  /* payload received in order since the socket was created:
+				* tcp_sock.bytes_received less the peer's FIN */
 	__u32 oldstate;        /* state the socket left for CLOSE (tcp_states.h numbering) */
 	__u32 netns;
 };
@@ -76,6 +100,53 @@ _Static_assert(sizeof(struct tcp_retransmit_event) == 88, "tcp_retransmit_event 
 			return 0;                                                                \
 		return handler(ctx, (const struct sock *)ctx->skaddr, ctx->oldstate,             \
 			       ctx->newstate, false);                                            \
+	}
+
+/*
+ * Optional owner programs (task context): record the process that sends on
+ * or reads from a socket as its owner when none is known yet, which is what
+ * names the owner of an accepted (server-side) socket; and forget the owner
+ * when the kernel destroys the socket, so that an entry can never pass to
+ * the next socket allocated at the same address. No owner is recorded for a
+ * socket in CLOSE or LISTEN (see jalki_owner_record_if_absent()).
+ *   tp_btf:     tcp_sendmsg_locked, tcp_rcv_space_adjust, tcp_destroy_sock
+ *   tracepoint: tcp/tcp_rcv_space_adjust, tcp/tcp_destroy_sock (the classic
+ *               tcp_sendmsg_locked record carries no socket pointer)
+ */
+#define JALKI_TCP_OWNER_PROGRAMS_BTF(send_name, recv_name, destroy_name)                        \
+	SEC("tp_btf/tcp_sendmsg_locked")                                                         \
+	int BPF_PROG(send_name, const struct sock *sk)                                           \
+	{                                                                                        \
+		jalki_owner_record_if_absent(sk, jalki_sk_state(sk));                            \
+		return 0;                                                                        \
+	}                                                                                        \
+	SEC("tp_btf/tcp_rcv_space_adjust")                                                       \
+	int BPF_PROG(recv_name, const struct sock *sk)                                           \
+	{                                                                                        \
+		jalki_owner_record_if_absent(sk, jalki_sk_state(sk));                            \
+		return 0;                                                                        \
+	}                                                                                        \
+	SEC("tp_btf/tcp_destroy_sock")                                                           \
+	int BPF_PROG(destroy_name, const struct sock *sk)                                        \
+	{                                                                                        \
+		jalki_owner_forget(sk);                                                          \
+		return 0;                                                                        \
+	}
+
+#define JALKI_TCP_OWNER_PROGRAMS_TP(recv_name, destroy_name)                                    \
+	SEC("tracepoint/tcp/tcp_rcv_space_adjust")                                               \
+	int recv_name(struct trace_event_raw_tcp_event_sk *ctx)                                  \
+	{                                                                                        \
+		const struct sock *sk = ctx->skaddr;                                             \
+                                                                                                 \
+		jalki_owner_record_if_absent(sk, jalki_sk_state_probed(sk));                     \
+		return 0;                                                                        \
+	}                                                                                        \
+	SEC("tracepoint/tcp/tcp_destroy_sock")                                                   \
+	int destroy_name(struct trace_event_raw_tcp_event_sk *ctx)                               \
+	{                                                                                        \
+		jalki_owner_forget(ctx->skaddr);                                                 \
+		return 0;                                                                        \
 	}
 
 #endif /* JALKI_TCP_EVENTS_H */

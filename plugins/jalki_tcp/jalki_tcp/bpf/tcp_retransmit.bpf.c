@@ -9,16 +9,19 @@
  * program in task context (CLOSE -> SYN_SENT inside connect(); -> FIN_WAIT1
  * and -> LAST_ACK inside close()/shutdown()) into jalki_sock_owner, looked up
  * by socket pointer when the retransmit fires, and deleted on -> CLOSE.
- * Accepted sockets get their owner from the optional programs on
- * tcp_sendmsg_locked / tcp_rcv_space_adjust (sendmsg/recvmsg, task context),
- * where the kernel has those tracepoints. Sockets whose owner was never
- * recorded are reported with pid 0 and JALKI_HDR_OWNER_KNOWN clear. Self filter and the tgid filter apply to the owner; sampling is per
- * event. Failed retransmit attempts (the tracepoint's err != 0, on kernels
- * whose tracepoint has it) are not reported.
+ * Accepted sockets get their owner from the optional owner programs
+ * (JALKI_TCP_OWNER_PROGRAMS_*: sendmsg/recvmsg in task context, never for a
+ * socket in CLOSE or LISTEN; the entry is also deleted when the socket is
+ * destroyed), where the kernel has those tracepoints. Sockets whose owner was
+ * never recorded are reported with pid 0 and JALKI_HDR_OWNER_KNOWN clear.
+ * Self filter and the tgid filter apply to the owner; sampling is per event.
+ * Failed retransmit attempts (the tracepoint's err != 0, on kernels whose
+ * tracepoint has it) are not reported.
  *
  * Rungs: tp_btf: tpbtf_retrans_state + tpbtf_retransmit_skb
- *                (optional: tpbtf_owner_send, tpbtf_owner_recv);
- *        tracepoint: tp_retrans_state + tp_retransmit_skb (optional: tp_owner_recv).
+ *                (optional: tpbtf_owner_send, tpbtf_owner_recv, tpbtf_owner_destroy);
+ *        tracepoint: tp_retrans_state + tp_retransmit_skb
+ *                (optional: tp_owner_recv, tp_owner_destroy).
  */
 #include "tcp_events.h"
 
@@ -119,19 +122,7 @@ int tpbtf_retransmit_skb(__u64 *ctx)
 }
 
 /* Optional owner recording for accepted sockets (task context). */
-SEC("tp_btf/tcp_sendmsg_locked")
-int BPF_PROG(tpbtf_owner_send, const struct sock *sk)
-{
-	jalki_owner_record_if_absent(sk);
-	return 0;
-}
-
-SEC("tp_btf/tcp_rcv_space_adjust")
-int BPF_PROG(tpbtf_owner_recv, const struct sock *sk)
-{
-	jalki_owner_record_if_absent(sk);
-	return 0;
-}
+JALKI_TCP_OWNER_PROGRAMS_BTF(tpbtf_owner_send, tpbtf_owner_recv, tpbtf_owner_destroy)
 
 /* ---- rung "tracepoint" ---- */
 
@@ -160,9 +151,4 @@ int tp_retransmit_skb(void *ctx)
 	return handle_retransmit(sk, false);
 }
 
-SEC("tracepoint/tcp/tcp_rcv_space_adjust")
-int tp_owner_recv(struct trace_event_raw_tcp_event_sk *ctx)
-{
-	jalki_owner_record_if_absent(ctx->skaddr);
-	return 0;
-}
+JALKI_TCP_OWNER_PROGRAMS_TP(tp_owner_recv, tp_owner_destroy)
