@@ -44,6 +44,11 @@ class BuildPyWithBpf(build_py):  # type: ignore[misc]
         schemas = ROOT / "jalki_core" / "schemas"
         schemas.mkdir(exist_ok=True)
         shutil.copyfile(ROOT / "specs" / "event.schema.json", schemas / "event.schema.json")
+        shutil.copyfile(ROOT / "specs" / "kb.schema.json", schemas / "kb.schema.json")
+        kb_data = ROOT / "jalki_core" / "kb" / "data"
+        kb_data.mkdir(exist_ok=True)
+        for source in (ROOT / "kb").glob("*.json"):
+            shutil.copyfile(source, kb_data / source.name)
         super().run()
 
 

@@ -32,6 +32,17 @@ app = typer.Typer(
 )
 
 
+def _register_kb_commands() -> None:
+    from jalki_core import cli_kb
+
+    app.command("find")(cli_kb.find_command)
+    app.command("list")(cli_kb.list_command)
+    app.command("explain")(cli_kb.explain_command)
+
+
+_register_kb_commands()
+
+
 def _stderr_console() -> Any:
     from rich.console import Console
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from jalki_core import hookspec
 
 if TYPE_CHECKING:
+    from jalki_core.kb.contrib import BoundKbRegistry
     from jalki_core.registry import BoundEmitterRegistry, BoundProbeRegistry
 
 
@@ -43,5 +44,23 @@ def jalki_register_emitters(registry: BoundEmitterRegistry) -> None:
         where ``factory(argument)`` builds a :class:`jalki_core.emitters.base.Emitter`
         from the text after ``name:`` in ``--emit name:argument`` (``None`` when
         absent) and raises :class:`jalki_core.errors.UsageError` on a bad argument.
+    :return: nothing; results are ignored.
+    """
+
+
+@hookspec
+def jalki_register_kb(registry: BoundKbRegistry) -> None:
+    """Register the knowledge-base documents this plugin ships.
+
+    Called when the knowledge base is loaded (find, list, explain,
+    :func:`jalki_core.kb.default_kb`).
+
+    :param registry: call ``registry.register_file(path)`` with a KB JSON file
+        (a path or an ``importlib.resources`` file of the plugin's package
+        data), or ``registry.register_document(data, name)`` with a parsed
+        document (``specs/kb.schema.json``). A malformed document, an
+        unreadable file or an exception in this hook becomes a problem naming
+        the plugin, file, entry and field; it never stops other documents or
+        plugins.
     :return: nothing; results are ignored.
     """

@@ -1,0 +1,198 @@
+"""Load KB documents from files, the user's path and plugins; never raise for a bad one.
+
+Order and precedence: the built-in ``kb/`` directory, then ``JALKI_KB_PATH``
+(files or directories separated by ``os.pathsep``), then plugin documents. When
+two documents define the same entry id (or interpretation id) the first wins
+and the second is reported. Vocabulary documents (``value_sets``) are merged
+first, so any layer document may use any value set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from jalki_core.kb.model import KbDocument, KbEntry, KbProblem, KnowledgeBase, ValueSet, Vocabulary
+from jalki_core.kb.validate import check_entry, check_layer_header, check_vocabulary, is_vocabulary_document
+from jalki_core.kb.witness import satisfiable
+
+KB_PATH_ENV = "JALKI_KB_PATH"
+"""Extra KB files or directories (``os.pathsep``-separated), loaded after the built-in ones."""
+
+
+def builtin_kb_dir() -> Path | None:
+    """The built-in ``kb/`` directory: the source checkout's, else the copy shipped as package data."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "kb", here / "data"):
+        if (candidate / "vocabulary.json").is_file():
+            return candidate
+    return None
+
+
+def user_kb_paths() -> list[Path]:
+    """The paths named by ``JALKI_KB_PATH``."""
+    return [Path(part) for part in os.environ.get(KB_PATH_ENV, "").split(os.pathsep) if part.strip()]
+
+
+def _expand(paths: Iterable[str | os.PathLike[str]], problems: list[KbProblem]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.json")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(KbProblem(str(path), None, "", "no such KB file or directory"))
+    return files
+
+
+def _read(path: Path) -> KbDocument:
+    try:
+        return KbDocument(str(path), text=path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return KbDocument(str(path), error=f"cannot read: {exc}")
+
+
+def _parse(document: KbDocument, problems: list[KbProblem]) -> Any:
+    if document.error is not None:
+        problems.append(KbProblem(document.origin, None, "", document.error))
+        return None
+    if document.text is None:
+        return document.data
+    try:
+        return json.loads(document.text)
+    except json.JSONDecodeError as exc:
+        problems.append(KbProblem(document.origin, None, "", f"invalid JSON at line {exc.lineno} column "
+                                                             f"{exc.colno}: {exc.msg}"))
+    except RecursionError:
+        problems.append(KbProblem(document.origin, None, "", "invalid JSON: nested too deeply"))
+    return None
+
+
+def _merge_vocabulary(base: Vocabulary | None, extra: Vocabulary, source: str,
+                      problems: list[KbProblem]) -> Vocabulary:
+    if base is None:
+        return extra
+    value_sets: dict[str, ValueSet] = dict(base.value_sets)
+    for name, value_set in extra.value_sets.items():
+        if name in value_sets and value_sets[name] != value_set:
+            problems.append(KbProblem(source, None, f"value_sets.{name}", "already defined differently; ignored"))
+        else:
+            value_sets[name] = value_set
+    envelope = dict(base.envelope_fields)
+    for path, field_type in extra.envelope_fields.items():
+        if envelope.get(path, field_type) != field_type:
+            problems.append(KbProblem(source, None, f"envelope_fields.{path}", "already defined differently; ignored"))
+        else:
+            envelope[path] = field_type
+    attach = base.attach_kinds + tuple(kind for kind in extra.attach_kinds if kind not in base.attach_kinds)
+    return Vocabulary(value_sets, attach, envelope)
+
+
+def _cross_check(entries: dict[str, KbEntry], vocabulary: Vocabulary, problems: list[KbProblem]) -> None:
+    """Drop dangling combine_with references and unreachable rules, reporting each."""
+    for entry_id, entry in list(entries.items()):
+        keep = []
+        for i, other in enumerate(entry.combine_with):
+            if other == entry_id or other not in entries:
+                why = "an entry cannot combine with itself" if other == entry_id else f"no entry {other!r}"
+                problems.append(KbProblem(entry.source, entry_id, f"combine_with[{i}]", why))
+            else:
+                keep.append(other)
+        field_types = {spec.name: spec.type for spec in entry.fields}
+        reachable = []
+        for i, interpretation in enumerate(entry.interpretations):
+            try:
+                ok = satisfiable(interpretation.rule, field_types, vocabulary)
+            except RecursionError:
+                ok = False
+            if ok:
+                reachable.append(interpretation)
+            else:
+                problems.append(KbProblem(entry.source, entry_id, f"interpretations[{i}].condition",
+                                          f"no event can satisfy {interpretation.id!r}: an unreachable rule"))
+        entries[entry_id] = dataclasses.replace(entry, combine_with=tuple(keep), interpretations=tuple(reachable))
+
+
+def load_kb(paths: Iterable[str | os.PathLike[str]] | None = None,
+            extra_entries: Iterable[KbDocument] = ()) -> KnowledgeBase:
+    """Load KB documents; every problem is returned in ``KnowledgeBase.problems``, none is raised.
+
+    :param paths: KB files or directories (``*.json``); default: the built-in
+        directory and ``JALKI_KB_PATH``.
+    :param extra_entries: further documents (from plugins), loaded last.
+    """
+    problems: list[KbProblem] = []
+    if paths is None:
+        builtin = builtin_kb_dir()
+        if builtin is None:
+            problems.append(KbProblem("kb", None, "", "the built-in knowledge base was not found"))
+        paths = [*([builtin] if builtin else []), *user_kb_paths()]
+    documents = [_read(path) for path in _expand(paths, problems)] + list(extra_entries)
+    parsed = [(document.origin, _parse(document, problems)) for document in documents]
+    vocabulary: Vocabulary | None = None
+    for source, data in parsed:
+        if is_vocabulary_document(data):
+            found, vocabulary_problems = check_vocabulary(data, source)
+            problems.extend(vocabulary_problems)
+            if found is not None:
+                vocabulary = _merge_vocabulary(vocabulary, found, source, problems)
+    if vocabulary is None:
+        problems.append(KbProblem("kb", None, "", "no vocabulary document loaded (kb/vocabulary.json)"))
+        vocabulary = Vocabulary()
+    entries: dict[str, KbEntry] = {}
+    rule_owner: dict[str, KbEntry] = {}
+    for source, data in parsed:
+        if data is None or is_vocabulary_document(data):
+            continue
+        layer, raw_entries, header_problems = check_layer_header(data, source)
+        problems.extend(header_problems)
+        if layer is None:
+            continue
+        for index, raw in enumerate(raw_entries):
+            try:
+                entry, entry_problems = check_entry(raw, index, layer, source, vocabulary)
+            except RecursionError:  # a condition nested beyond reason must not take the tool down
+                entry, entry_problems = None, [KbProblem(source, f"#{index}", "", "nested too deeply")]
+            problems.extend(entry_problems)
+            if entry is None:
+                continue
+            if entry.id in entries:
+                problems.append(KbProblem(source, entry.id, "id", f"entry id already defined in "
+                                                                  f"{entries[entry.id].source}; ignored"))
+                continue
+            clash = next((rule.id for rule in entry.interpretations if rule.id in rule_owner), None)
+            if clash is not None:
+                problems.append(KbProblem(source, entry.id, "interpretations", f"interpretation id {clash!r} is "
+                                          f"already used by entry {rule_owner[clash].id!r}; entry ignored"))
+                continue
+            entries[entry.id] = entry
+            rule_owner.update({rule.id: entry for rule in entry.interpretations})
+    _cross_check(entries, vocabulary, problems)
+    return KnowledgeBase(entries=dict(sorted(entries.items())), vocabulary=vocabulary, problems=tuple(problems),
+                         sources=tuple(source for source, _ in parsed))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_default(kb_path: str, plugin_env: tuple[str, str], with_plugins: bool) -> KnowledgeBase:
+    extra: list[KbDocument] = []
+    if with_plugins:
+        from jalki_core.kb.contrib import plugin_documents
+
+        extra = plugin_documents()
+    return load_kb(None, extra)
+
+
+def default_kb(*, plugins: bool = True) -> KnowledgeBase:
+    """The built-in KB, ``JALKI_KB_PATH`` and (with ``plugins``) the installed plugins' documents.
+
+    Cached per value of the environment variables that select them.
+    """
+    plugin_env = (os.environ.get("JALKI_PLUGINS", ""), os.environ.get("JALKI_DISABLE_PLUGINS", ""))
+    return _cached_default(os.environ.get(KB_PATH_ENV, ""), plugin_env, plugins)

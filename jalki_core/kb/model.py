@@ -1,0 +1,214 @@
+"""The knowledge base as typed, immutable objects.
+
+A :class:`KnowledgeBase` holds the entries of every KB document that loaded
+(built-in ``kb/*.json``, the user's ``JALKI_KB_PATH``, plugins), the shared
+:class:`Vocabulary` (value sets such as TCP state names, attach kinds, the
+event envelope's fields) and the :class:`KbProblem` list of everything that
+did not load. Conditions are compiled objects from
+:mod:`jalki_core.kb.conditions`, never text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jalki_core.kb.conditions import Rule
+
+SEVERITIES: tuple[str, ...] = ("info", "warning", "error", "critical")
+"""Finding severities, least to most important."""
+
+SEVERITY_RANK: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
+"""``severity name → rank``; a higher rank is more important."""
+
+EVENT_RATES: tuple[str, ...] = ("low", "medium", "high")
+"""How often an entry's event fires on a busy machine; ``high`` means: sample or filter."""
+
+BASE_FIELD_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "ip", "errno")
+"""Field types every KB may use; further types are the vocabulary's value sets."""
+
+
+@dataclass(frozen=True)
+class KbProblem:
+    """Something in a KB document that could not be used, located precisely.
+
+    :param source: the file (or plugin origin) of the document.
+    :param entry: the entry id (``#3`` when the entry has no usable id), or
+        ``None`` for a problem with the document itself.
+    :param path: the field path inside the entry (or document), e.g.
+        ``interpretations[1].condition.all[0].eq``; empty for the whole thing.
+    :param message: what is wrong.
+    """
+
+    source: str
+    entry: str | None
+    path: str
+    message: str
+
+    def one_line(self) -> str:
+        """``kb/tcp.json: entry 'tcp_connect': interpretations[0].errno: unknown errno name 'EFOO'``."""
+        parts = [self.source]
+        if self.entry is not None:
+            parts.append(f"entry {self.entry!r}")
+        if self.path:
+            parts.append(self.path)
+        return ": ".join([*parts, self.message])
+
+
+@dataclass(frozen=True)
+class KbDocument:
+    """One KB document handed to the loader by a plugin (or a test).
+
+    Exactly one of ``data`` (parsed JSON), ``text`` (JSON text) or ``error``
+    (why the document could not even be read) is meaningful.
+    """
+
+    origin: str
+    data: Any = None
+    text: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ValueSet:
+    """A named set of symbolic values (e.g. ``tcp_state``), with optional kernel numbers."""
+
+    name: str
+    names: tuple[str, ...]
+    numbers: Mapping[str, int] = field(default_factory=dict)
+    description: str = ""
+
+    def name_of(self, number: int) -> str | None:
+        """The symbolic name of a kernel number (``7`` → ``"CLOSE"`` for ``tcp_state``)."""
+        for name, value in self.numbers.items():
+            if value == number:
+                return name
+        return None
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Data the validator needs, kept in ``kb/vocabulary.json`` rather than in code."""
+
+    value_sets: Mapping[str, ValueSet] = field(default_factory=dict)
+    attach_kinds: tuple[str, ...] = ()
+    envelope_fields: Mapping[str, str] = field(default_factory=dict)
+
+    def field_types(self) -> tuple[str, ...]:
+        """Every type a field may declare: the base types and the value-set names."""
+        return (*BASE_FIELD_TYPES, *sorted(self.value_sets))
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One event field an entry documents: a dotted path into the event."""
+
+    name: str
+    type: str
+    meaning: str
+    important: bool
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """The plugin and probe of this project that produce an entry's events."""
+
+    plugin: str
+    probe: str
+
+
+@dataclass(frozen=True)
+class Interpretation:
+    """A rule: when ``rule`` holds over an entry's events, conclude something.
+
+    ``rule`` is ``None`` when every event of the entry's type is the finding
+    (an OOM kill needs no further condition).
+    """
+
+    id: str
+    entry_id: str
+    rule: Rule | None
+    conclusion: str
+    severity: str
+    action: str
+    errno: str | None = None
+    tcp_state: str | None = None
+    raw_condition: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the rule is a windowed aggregate (needs several events)."""
+        from jalki_core.kb.conditions import Window
+
+        return isinstance(self.rule, Window)
+
+
+@dataclass(frozen=True)
+class KbEntry:
+    """One probe entry: what it observes, what it answers, how to read its events."""
+
+    id: str
+    layer: str
+    source: str
+    summary: str
+    function: str | None
+    tracepoint: str | None
+    implemented_by: Implementation | None
+    attach: tuple[str, ...]
+    event_type: str
+    event_rate: str
+    answers: tuple[str, ...]
+    keywords: tuple[str, ...]
+    fields: tuple[FieldSpec, ...]
+    use_when: str
+    not_when: str
+    combine_with: tuple[str, ...]
+    interpretations: tuple[Interpretation, ...]
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def field_spec(self, name: str) -> FieldSpec | None:
+        """The declared field ``name`` (a dotted event path), or ``None``."""
+        for spec in self.fields:
+            if spec.name == name:
+                return spec
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as written in its KB file, plus ``layer`` and ``source``."""
+        return {**dict(self.raw), "layer": self.layer, "source": self.source}
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    """Every entry that loaded, the vocabulary, and the problems of what did not."""
+
+    entries: Mapping[str, KbEntry]
+    vocabulary: Vocabulary
+    problems: tuple[KbProblem, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[KbEntry]:
+        return iter(self.entries[key] for key in sorted(self.entries))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, entry_id: str) -> KbEntry | None:
+        """The entry with this id, or ``None``."""
+        return self.entries.get(entry_id)
+
+    def layers(self) -> tuple[str, ...]:
+        """The layers that have at least one entry, sorted."""
+        return tuple(sorted({entry.layer for entry in self.entries.values()}))
+
+    def in_layer(self, layer: str) -> list[KbEntry]:
+        """The entries of one layer, sorted by id."""
+        return [entry for entry in self if entry.layer == layer]
+
+    def interpretations(self) -> Iterator[tuple[KbEntry, Interpretation]]:
+        """Every (entry, interpretation) pair, in entry-id then file order."""
+        for entry in self:
+            for interpretation in entry.interpretations:
+                yield entry, interpretation

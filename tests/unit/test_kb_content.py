@@ -1,0 +1,148 @@
+"""The built-in KB's content agrees with the real probes, events and kernel names."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jalki_tcp.probes import TcpCloseProbe, TcpConnectProbe, TcpRetransmitProbe
+from jalki_tcp.tcp_states import TCP_STATES
+
+from jalki_core.events import Event
+from jalki_core.kb import load_kb
+from jalki_core.kb.conditions import Window, get_path
+from jalki_core.plugins import JalkiPlugins
+from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
+
+REPO = Path(__file__).resolve().parents[2]
+KB = load_kb()
+EVENT_SCHEMA = json.loads((REPO / "specs" / "event.schema.json").read_text())
+
+
+def test_inventory_layers_and_counts() -> None:
+    per_layer = {layer: [entry.id for entry in KB.in_layer(layer)] for layer in KB.layers()}
+    assert {layer: len(ids) for layer, ids in per_layer.items()} == {
+        "fs": 5, "memory": 4, "net": 1, "process": 4, "sched": 4, "tcp": 9,
+    }
+    assert sum(map(len, per_layer.values())) == 27
+    assert per_layer["tcp"] == ["tcp_close", "tcp_connect", "tcp_probe", "tcp_receive_reset", "tcp_recvmsg",
+                                "tcp_retransmit_skb", "tcp_send_reset", "tcp_sendmsg", "tcp_state_change"]
+
+
+def test_implemented_entries_match_the_installed_probes() -> None:
+    plugins = JalkiPlugins()
+    implemented = {entry.id: entry for entry in KB if entry.implemented_by is not None}
+    assert sorted(implemented) == ["tcp_close", "tcp_connect", "tcp_retransmit_skb"]
+    for entry in implemented.values():
+        assert entry.implemented_by is not None
+        registered = plugins.probes.get(entry.implemented_by.probe)
+        assert registered is not None, entry.id
+        assert registered.owner.plugin == entry.implemented_by.plugin
+        assert entry.event_type in registered.probe.event_types
+        assert entry.attach == tuple(rung.name for rung in registered.probe.ladder)
+    assert [implemented[name].event_type for name in ("tcp_connect", "tcp_close", "tcp_retransmit_skb")] == [
+        "kernel.tcp.connect", "kernel.tcp.close", "kernel.tcp.retransmit"]
+
+
+def test_tcp_states_are_kernel_numbered_like_the_plugin() -> None:
+    tcp_state = KB.vocabulary.value_sets["tcp_state"]
+    assert dict(tcp_state.numbers) == {name: number for number, name in TCP_STATES.items()}
+    assert tcp_state.numbers["CLOSE"] == 7 and tcp_state.numbers["CLOSE_WAIT"] == 8
+    assert tcp_state.names == tuple(EVENT_SCHEMA["$defs"]["tcp_state"]["enum"])
+    assert KB.vocabulary.value_sets["signal"].numbers["SIGKILL"] == 9
+
+
+def _schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for name, sub in schema.get("properties", {}).items():
+        paths.add(prefix + name)
+        paths |= _schema_paths(sub, f"{prefix}{name}.")
+    return paths
+
+
+def test_envelope_fields_exist_in_the_event_schema() -> None:
+    assert set(KB.vocabulary.envelope_fields) <= _schema_paths(EVENT_SCHEMA)
+
+
+def _data_properties(event_type: str) -> set[str]:
+    for clause in EVENT_SCHEMA["allOf"]:
+        if clause["if"]["properties"].get("type", {}).get("const") == event_type:
+            return set(clause["then"]["properties"]["data"]["properties"])
+    return set()
+
+
+OWNER = {"pid": 4242, "flags": 1, "comm": b"api-server", "cgroup_id": 99}
+TUPLE = {"saddr": socket.inet_pton(socket.AF_INET, "10.42.0.5") + b"\0" * 12,
+         "daddr": socket.inet_pton(socket.AF_INET, "10.42.2.8") + b"\0" * 12,
+         "sport": 40000, "dport": 5432, "family": socket.AF_INET, "netns": 4026531840}
+
+
+def real_events() -> dict[str, Event]:
+    """One decoded event per implemented probe, through the plugin's own decoders."""
+    events = {}
+    for probe, values in (
+        (TcpConnectProbe(), {"latency_ns": 51_000, "error": 111}),
+        (TcpCloseProbe(), {"duration_ns": 9, "bytes_sent": 1, "bytes_received": 2, "oldstate": 9}),
+        (TcpRetransmitProbe(), {"state": 1}),
+    ):
+        ring = FakeRingBuffer(probe.layout)
+        ring.push_values(ts_ns=1, **OWNER, **TUPLE, **values)
+        [event] = decode_all(probe, ring, make_event_context(probe.name, "tp_btf"))
+        events[event["type"]] = event
+    return events
+
+
+OPTIONAL_FIELDS = {"data.abandoned_by_application"}
+"""Fields the decoders add only in some cases (the schema does not require them)."""
+
+
+def test_fields_of_implemented_entries_are_real_event_paths() -> None:
+    events = real_events()
+    for entry in KB:
+        if entry.implemented_by is None:
+            continue
+        event = events[entry.event_type]
+        data_fields = {spec.name.removeprefix("data.") for spec in entry.fields if spec.name.startswith("data.")}
+        assert data_fields == _data_properties(entry.event_type) | ({"tcp_state_number"} if
+                                                                      entry.id == "tcp_retransmit_skb" else set())
+        for spec in entry.fields:
+            if spec.name in OPTIONAL_FIELDS:
+                continue
+            assert get_path(event, spec.name) is not None, (entry.id, spec.name)
+    assert get_path(events["kernel.tcp.connect"], "error.code") == "ECONNREFUSED"
+
+
+def test_every_entry_is_complete_and_keywords_are_lowercase() -> None:
+    for entry in KB:
+        assert entry.function or entry.tracepoint
+        assert entry.answers and entry.keywords and entry.fields and entry.interpretations, entry.id
+        assert all(keyword == keyword.lower() for keyword in entry.keywords)
+        assert entry.event_type.split(".")[1] == entry.layer
+        assert all(other in KB.entries for other in entry.combine_with)
+        assert any(spec.important for spec in entry.fields)
+
+
+HIGH_FREQUENCY = ["kfree_skb", "mm_page_alloc", "sched_switch", "sched_wakeup", "tcp_probe", "tcp_recvmsg",
+                  "tcp_sendmsg", "vfs_read", "vfs_write"]
+
+
+def test_high_frequency_probes_carry_a_sampling_warning() -> None:
+    assert sorted(entry.id for entry in KB if entry.event_rate == "high") == HIGH_FREQUENCY
+    for entry_id in HIGH_FREQUENCY:
+        entry = KB.entries[entry_id]
+        [rule] = [r for r in entry.interpretations if isinstance(r.rule, Window) and r.rule.where is None
+                  and r.rule.group_by == () and r.rule.seconds == 1]
+        assert rule.severity == "warning"
+        assert "--sample" in rule.action and "Sample" in rule.action
+        assert rule.rule is not None and rule.rule.at_least == 5000  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("validate", ["jalki_validate_event"])
+def test_decoded_events_are_schema_valid(validate: str, request: pytest.FixtureRequest) -> None:
+    validator: Callable[[Event], None] = request.getfixturevalue(validate)
+    for event in real_events().values():
+        validator(event)
