@@ -8,57 +8,26 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from jalki_tcp.probes import TcpCloseProbe, TcpConnectProbe
 from netns_helpers import NetNs, tracing
+from tcp_helpers import CLOSED_PORT, COMMAND, Pick, check_rung, drop_input_rule, only, validate
 
-from jalki_core.events import Event
-from jalki_core.plugins import JalkiPlugins
-from jalki_core.probe import Probe
-from jalki_core.testing import FakeRingBuffer, decode_all, event_validator
+from jalki_core.testing import FakeRingBuffer, decode_all
 
-COMMAND = Path(sys.executable).name[:15]
-CLOSED_PORT = 9
-validate = event_validator()
-Pick = Callable[..., list[Probe]]
 kernel = pytest.mark.kernel
 
 
-def tcp_probes(*names: str) -> list[Probe]:
-    return [entry.probe for entry in JalkiPlugins().probes_for(names or ["tcp"])]
 
 
-def restricted_to(probe: Probe, rung_name: str) -> Probe:
-    """The same probe with a ladder of one rung (to exercise fallback rungs for real)."""
-    rungs = tuple(rung for rung in probe.ladder if rung.name == rung_name)
-    assert rungs, f"{probe.name} has no {rung_name} rung"
-    variant = type(f"{type(probe).__name__}Only{rung_name}", (type(probe),), {"ladder": rungs})
-    return variant()  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["best", "tracepoint"])
-def pick(request: pytest.FixtureRequest) -> Callable[..., list[Probe]]:
-    """Probes with their full ladder ("best") or forced onto the classic tracepoint rung."""
-
-    def choose(*names: str) -> list[Probe]:
-        probes = tcp_probes(*names)
-        if request.param == "tracepoint":
-            probes = [restricted_to(probe, "tracepoint") for probe in probes]
-        return probes
-
-    choose.rung = request.param  # type: ignore[attr-defined]
-    return choose
 
 
-def check_rung(pick: Pick, events: list[Event]) -> None:
-    expected = {"tracepoint"} if pick.rung == "tracepoint" else {"fexit", "tp_btf"}  # type: ignore[attr-defined]
-    assert events and {e["attach"] for e in events} <= expected
 
 
 def check_optional_owner_programs(trace: Any, *probe_names: str) -> None:
@@ -70,24 +39,8 @@ def check_optional_owner_programs(trace: Any, *probe_names: str) -> None:
                 stats.failed_rungs
 
 
-def only(events: list[Event], **match: Any) -> list[Event]:
-    def get(event: Event, dotted: str) -> Any:
-        value: Any = event
-        for part in dotted.split("__"):
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
-
-    return [e for e in events if all(get(e, key) == value for key, value in match.items())]
 
 
-def drop_input_rule(match: str) -> str:
-    return (
-        "table inet jalki_test {\n"
-        "  chain input { type filter hook input priority 0; policy accept;\n"
-        f"    {match} drop\n"
-        "  }\n"
-        "}\n"
-    )
 
 
 def last_report(proc: subprocess.Popen[str]) -> dict[str, Any]:

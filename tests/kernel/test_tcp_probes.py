@@ -6,78 +6,31 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from netns_helpers import NetNs, tracing
+from tcp_helpers import CLOSED_PORT, COMMAND, Pick, check_rung, drop_input_rule, only, tcp_probes, validate
 
 from jalki_core.errors import AttachLadderExhausted
 from jalki_core.events import Event, EventContext
 from jalki_core.loader import ProbeOptions
-from jalki_core.plugins import JalkiPlugins
 from jalki_core.probe import AttachRung, Probe, RecordLayout
-from jalki_core.testing import event_validator
 
 pytestmark = pytest.mark.kernel
 
-COMMAND = Path(sys.executable).name[:15]
-CLOSED_PORT = 9
-validate = event_validator()
-Pick = Callable[..., list[Probe]]
 
 
-def tcp_probes(*names: str) -> list[Probe]:
-    plugins = JalkiPlugins()
-    return [entry.probe for entry in plugins.probes_for(names or ["tcp"])]
 
 
-def restricted_to(probe: Probe, rung_name: str) -> Probe:
-    """The same probe with a ladder of one rung (to exercise fallback rungs for real)."""
-    rungs = tuple(rung for rung in probe.ladder if rung.name == rung_name)
-    assert rungs, f"{probe.name} has no {rung_name} rung"
-    variant = type(f"{type(probe).__name__}Only{rung_name}", (type(probe),), {"ladder": rungs})
-    return variant()  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["best", "tracepoint"])
-def pick(request: pytest.FixtureRequest) -> Callable[..., list[Probe]]:
-    """Probes with their full ladder ("best") or forced onto the classic tracepoint rung."""
-
-    def choose(*names: str) -> list[Probe]:
-        probes = tcp_probes(*names)
-        if request.param == "tracepoint":
-            probes = [restricted_to(probe, "tracepoint") for probe in probes]
-        return probes
-
-    choose.rung = request.param  # type: ignore[attr-defined]
-    return choose
 
 
-def check_rung(pick: Pick, events: list[Event]) -> None:
-    expected = {"tracepoint"} if pick.rung == "tracepoint" else {"fexit", "tp_btf"}  # type: ignore[attr-defined]
-    assert events and {e["attach"] for e in events} <= expected
 
 
-def only(events: list[Event], **match: Any) -> list[Event]:
-    def get(event: Event, dotted: str) -> Any:
-        value: Any = event
-        for part in dotted.split("__"):
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
-
-    return [e for e in events if all(get(e, key) == value for key, value in match.items())]
 
 
-def drop_input_rule(port: int) -> str:
-    return (
-        "table inet jalki_test {\n"
-        "  chain input { type filter hook input priority 0; policy accept;\n"
-        f"    tcp dport {port} drop\n"
-        "  }\n"
-        "}\n"
-    )
 
 
 def test_connect_send_close_bytes_and_duration(netns: NetNs, pick: Pick) -> None:
@@ -138,7 +91,7 @@ def test_refused_connect_is_one_failure_event(netns: NetNs, pick: Pick) -> None:
 
 
 def test_syn_dropped_connect_times_out_with_syn_sent_retransmits(netns: NetNs, pick: Pick) -> None:
-    netns.nft(drop_input_rule(CLOSED_PORT))
+    netns.nft(drop_input_rule(f"tcp dport {CLOSED_PORT}"))
     netns.sysctl("net.ipv4.tcp_syn_retries", "1")
     with tracing(pick()) as trace:
         report = netns.traffic("connect", "--port", str(CLOSED_PORT), "--timeout", "30")
@@ -164,7 +117,7 @@ def test_established_loss_retransmits_attributed_to_sender(netns: NetNs, pick: P
     with tracing(pick("tcp_retransmit_skb")) as trace:
         sender, hello = netns.spawn("lossy-sender", "--port", str(server["port"]), "--go-file", str(go_file),
                                     "--send", "2000", "--linger", "1.5")
-        netns.nft(drop_input_rule(server["port"]))
+        netns.nft(drop_input_rule(f"tcp dport {server['port']}"))
         go_file.touch()
         sender.wait(timeout=30)
     retransmits = only(trace.events("kernel.tcp.retransmit", netns.inode), network_data__src_port=hello["sport"])
@@ -187,7 +140,7 @@ def test_server_side_retransmits_attributed_to_the_accepting_process(
                                     "--go-file", str(go_file), "--linger", "1.5")
         client, request = netns.spawn("request-and-wait", "--port", str(hello["port"]), "--send", "100",
                                       "--linger", "3")
-        netns.nft(drop_input_rule(request["sport"]))  # the replies to the client are lost
+        netns.nft(drop_input_rule(f"tcp dport {request['sport']}"))  # the replies to the client are lost
         go_file.touch()
         server.wait(timeout=30)
         client.wait(timeout=30)

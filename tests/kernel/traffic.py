@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -264,78 +265,50 @@ def stale_owner(args: argparse.Namespace) -> None:
     conn.close()
 
 
+REQUIRED = object()
+"""Marks an option the sub-command cannot do without."""
+
+# sub-command: (function, {option: (type, default or REQUIRED)}); every one also takes --host.
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], dict[str, tuple[type, object]]]] = {
+    "serve": (serve, {"port": (int, 0), "reply": (int, 0), "hold": (float, 0)}),
+    "reply-after-go": (
+        reply_after_go,
+        {"request": (int, 100), "reply": (int, 2000), "go-file": (str, REQUIRED), "linger": (float, 1.5)},
+    ),
+    "request-and-wait": (request_and_wait, {"port": (int, REQUIRED), "send": (int, 100), "linger": (float, 3)}),
+    "client": (client, {"port": (int, REQUIRED), "send": (int, 0)}),
+    "connect": (connect, {"port": (int, REQUIRED), "count": (int, 1), "timeout": (float, 30)}),
+    "lossy-sender": (
+        lossy_sender,
+        {"port": (int, REQUIRED), "send": (int, 1000), "go-file": (str, REQUIRED), "linger": (float, 1.5)},
+    ),
+    "preopen-client": (
+        preopen_client,
+        {"port": (int, REQUIRED), "before": (int, 1000), "after": (int, 2000), "go-file": (str, REQUIRED)},
+    ),
+    "heal-client": (
+        heal_client,
+        {"port": (int, REQUIRED), "send": (int, 3000), "go-file": (str, REQUIRED), "heal-file": (str, REQUIRED)},
+    ),
+    "close-unread-server": (close_unread_server, {"request": (int, 100)}),
+    "send-until-reset": (send_until_reset, {"port": (int, REQUIRED), "send": (int, 1000)}),
+    "simultaneous-open": (simultaneous_open, {"go-file": (str, REQUIRED)}),
+    "stale-owner": (stale_owner, {"go-file": (str, REQUIRED), "linger": (float, 1.5)}),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--reply", type=int, default=0)
-    p.add_argument("--hold", type=float, default=0)
-    p.set_defaults(func=serve)
-    p = sub.add_parser("reply-after-go")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--request", type=int, default=100)
-    p.add_argument("--reply", type=int, default=2000)
-    p.add_argument("--go-file", required=True)
-    p.add_argument("--linger", type=float, default=1.5)
-    p.set_defaults(func=reply_after_go)
-    p = sub.add_parser("request-and-wait")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--send", type=int, default=100)
-    p.add_argument("--linger", type=float, default=3)
-    p.set_defaults(func=request_and_wait)
-    p = sub.add_parser("client")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--send", type=int, default=0)
-    p.set_defaults(func=client)
-    p = sub.add_parser("connect")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--count", type=int, default=1)
-    p.add_argument("--timeout", type=float, default=30)
-    p.set_defaults(func=connect)
-    p = sub.add_parser("lossy-sender")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--send", type=int, default=1000)
-    p.add_argument("--go-file", required=True)
-    p.add_argument("--linger", type=float, default=1.5)
-    p.set_defaults(func=lossy_sender)
-    p = sub.add_parser("preopen-client")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--before", type=int, default=1000)
-    p.add_argument("--after", type=int, default=2000)
-    p.add_argument("--go-file", required=True)
-    p.set_defaults(func=preopen_client)
-    p = sub.add_parser("heal-client")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--send", type=int, default=3000)
-    p.add_argument("--go-file", required=True)
-    p.add_argument("--heal-file", required=True)
-    p.set_defaults(func=heal_client)
-    p = sub.add_parser("close-unread-server")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--request", type=int, default=100)
-    p.set_defaults(func=close_unread_server)
-    p = sub.add_parser("send-until-reset")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--send", type=int, default=1000)
-    p.set_defaults(func=send_until_reset)
-    p = sub.add_parser("simultaneous-open")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--go-file", required=True)
-    p.set_defaults(func=simultaneous_open)
-    p = sub.add_parser("stale-owner")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--go-file", required=True)
-    p.add_argument("--linger", type=float, default=1.5)
-    p.set_defaults(func=stale_owner)
+    for name, (func, options) in COMMANDS.items():
+        command = sub.add_parser(name)
+        command.add_argument("--host", default="127.0.0.1")
+        for option, (kind, default) in options.items():
+            if default is REQUIRED:
+                command.add_argument(f"--{option}", type=kind, required=True)
+            else:
+                command.add_argument(f"--{option}", type=kind, default=default)
+        command.set_defaults(func=func)
     args = parser.parse_args()
     args.func(args)
 
