@@ -51,14 +51,8 @@ def reply_after_go(args: argparse.Namespace) -> None:
         listener.bind((args.host, 0))
         listener.listen(1)
         report(ready=True, port=listener.getsockname()[1])
-        conn, _ = listener.accept()
-        got = 0
-        while got < args.request:
-            got += len(conn.recv(args.request - got))
-        go = Path(args.go_file)
-        deadline = time.monotonic() + 20
-        while not go.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        conn = _accept_and_read(listener, args.request)
+        _wait_for(args.go_file)
         conn.sendall(b"r" * args.reply)
         time.sleep(args.linger)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
@@ -112,14 +106,20 @@ def lossy_sender(args: argparse.Namespace) -> None:
     """Connect, wait for --go-file, then send data that the network drops; linger for retransmits."""
     conn = socket.create_connection((args.host, args.port), timeout=10)
     report(sport=conn.getsockname()[1], connected=True)
-    go = Path(args.go_file)
-    deadline = time.monotonic() + 20
-    while not go.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_for(args.go_file)
     conn.sendall(b"x" * args.send)
     time.sleep(args.linger)
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # RST on close
     conn.close()
+
+
+def _accept_and_read(listener: socket.socket, nbytes: int) -> socket.socket:
+    """Accept one connection and read exactly ``nbytes`` from it."""
+    conn, _ = listener.accept()
+    got = 0
+    while got < nbytes:
+        got += len(conn.recv(nbytes - got))
+    return conn
 
 
 def _wait_for(path: str, limit: float = 20) -> None:
@@ -174,10 +174,7 @@ def close_unread_server(args: argparse.Namespace) -> None:
         listener.bind((args.host, 0))
         listener.listen(1)
         report(ready=True, port=listener.getsockname()[1])
-        conn, _ = listener.accept()
-        got = 0
-        while got < args.request:
-            got += len(conn.recv(args.request - got))
+        conn = _accept_and_read(listener, args.request)
         conn.settimeout(10)
         conn.recv(1, socket.MSG_PEEK)  # more has arrived; it stays unread
         conn.close()
