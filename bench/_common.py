@@ -307,3 +307,14 @@ def spread_of(results: Sequence[dict[str, Any]], key: str) -> tuple[float, float
     """(min, max) of ``key`` over the results."""
     values = [r[key] for r in results if isinstance(r.get(key), int | float) and not isinstance(r.get(key), bool)]
     return (min(values), max(values)) if values else None
+
+
+def stop_generator(gen: subprocess.Popen[bytes]) -> None:
+    """Kill a drain generator that is still running (releasing it first if it waits for "go")."""
+    if gen.poll() is None:
+        with contextlib.suppress(OSError):
+            assert gen.stdin is not None
+            gen.stdin.write(b"go\n")
+            gen.stdin.flush()
+        gen.kill()
+        gen.wait()

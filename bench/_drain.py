@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Tools, cpu_fractions, cpu_times, tracing_programs, wait_with_rusage
+from _common import Tools, cpu_fractions, cpu_times, stop_generator, tracing_programs, wait_with_rusage
 
 RECORD = struct.Struct("<QQII16s")  # struct drain_event = struct jalki_event_header (40 bytes)
 BATCH_INTERVAL_S = 0.002  # decode_batched: drain every 2 ms instead of on every ring wake-up
@@ -270,12 +270,7 @@ def run_drain_case(
         return result
     finally:
         os.sched_setaffinity(0, old_affinity)
-        if gen.poll() is None:
-            with contextlib.suppress(OSError):
-                gen.stdin.write(b"go\n")
-                gen.stdin.flush()
-            gen.kill()
-            gen.wait()
+        stop_generator(gen)
         if link is not None and not link.destroyed:
             link.destroy()
         if obj is not None:

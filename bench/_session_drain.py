@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Tools, cpu_fractions, cpu_times, tracing_programs, wait_with_rusage
+from _common import Tools, cpu_fractions, cpu_times, stop_generator, tracing_programs, wait_with_rusage
 
 SHT_SYMTAB = 2
 
@@ -183,11 +183,6 @@ def run_session_case(
         if session is not None:
             with contextlib.suppress(Exception):
                 session.stop()
-        if gen.poll() is None:
-            with contextlib.suppress(OSError):
-                gen.stdin.write(b"go\n")
-                gen.stdin.flush()
-            gen.kill()
-            gen.wait()
+        stop_generator(gen)
         with contextlib.suppress(OSError):
             out_path.unlink()
