@@ -123,19 +123,19 @@ def _zero_for(code: str) -> Any:
 
 @dataclass(frozen=True)
 class ProbeResource:
-    """Where a probe's compiled BPF object lives: a package and a file name."""
+    """A file shipped in a plugin's package (its compiled BPF object, its event schema)."""
 
     package: str
     filename: str
 
     def read_bytes(self) -> bytes:
-        """The object file's bytes, from the installed package."""
+        """The file's bytes, from the installed package."""
         try:
             return resources.files(self.package).joinpath(self.filename).read_bytes()
         except (FileNotFoundError, ModuleNotFoundError) as exc:
             raise ProbeError(
-                f"BPF object {self.filename} is missing from package {self.package}",
-                hint="reinstall the plugin with pip so its BPF sources are compiled",
+                f"{self.filename} is missing from package {self.package}",
+                hint="reinstall the plugin with pip so its package data (BPF objects, schemas) is installed",
             ) from exc
 
 
@@ -152,6 +152,11 @@ class Probe(ABC):
     - ``ring_buffer_bytes``: ring size the loader sets before load (power of two).
     - ``layout``: the :class:`RecordLayout` of its records.
     - ``ladder``: the ordered :class:`AttachRung` variants, best first.
+    - ``event_schema``: optional :class:`ProbeResource` naming a JSON Schema
+      (draft 2020-12) file in the plugin's package that every event of this
+      probe must also satisfy, usually ``if type == … then …`` blocks for its
+      ``event_types``. The core's ``specs/event.schema.json`` covers only the
+      envelope every probe shares; see :func:`jalki_core.testing.event_validator`.
     """
 
     name: ClassVar[str]
@@ -162,6 +167,7 @@ class Probe(ABC):
     ring_buffer_bytes: ClassVar[int] = 1 << 20
     layout: ClassVar[RecordLayout]
     ladder: ClassVar[tuple[AttachRung, ...]]
+    event_schema: ClassVar[ProbeResource | None] = None
 
     @abstractmethod
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:

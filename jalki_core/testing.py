@@ -96,16 +96,40 @@ def load_event_schema() -> dict[str, Any]:
     return schema
 
 
-def event_validator() -> Callable[[Event], None]:
-    """A function that raises ``jsonschema.ValidationError`` for an event that breaks the schema."""
+def probe_event_schemas(probes: Iterable[Probe] | None = None) -> list[dict[str, Any]]:
+    """The event-schema fragments of ``probes`` (default: every installed plugin's probes).
+
+    Each probe names its fragment with ``Probe.event_schema``; a probe without
+    one contributes nothing, a fragment that cannot be read or parsed raises.
+    """
+    if probes is None:
+        from jalki_core.plugins import JalkiPlugins
+
+        probes = [registered.probe for registered in JalkiPlugins().probes]
+    fragments = []
+    for probe in probes:
+        if probe.event_schema is not None:
+            fragment: dict[str, Any] = json.loads(probe.event_schema.read_bytes())
+            fragments.append(fragment)
+    return fragments
+
+
+def event_validator(probes: Iterable[Probe] | None = None) -> Callable[[Event], None]:
+    """A function that raises ``jsonschema.ValidationError`` for an event that breaks the schema.
+
+    An event must satisfy the core envelope (``specs/event.schema.json``) and
+    the schema fragment of every probe in ``probes`` (default: the installed
+    plugins' probes), so a plugin's event types are checked by its own schema.
+    """
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(
-        load_event_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    )
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    validators = [jsonschema.Draft202012Validator(schema, format_checker=checker)
+                  for schema in (load_event_schema(), *probe_event_schemas(probes))]
 
     def validate(event: Event) -> None:
-        validator.validate(event)
+        for validator in validators:
+            validator.validate(event)
 
     return validate
 

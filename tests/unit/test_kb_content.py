@@ -16,11 +16,12 @@ from jalki_core.events import Event
 from jalki_core.kb import load_kb
 from jalki_core.kb.conditions import Window, get_path
 from jalki_core.plugins import JalkiPlugins
-from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
+from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context, probe_event_schemas
 
 REPO = Path(__file__).resolve().parents[2]
 KB = load_kb()
 EVENT_SCHEMA = json.loads((REPO / "specs" / "event.schema.json").read_text())
+TCP_EVENT_SCHEMA = json.loads((REPO / "plugins" / "jalki_tcp" / "jalki_tcp" / "events.schema.json").read_text())
 
 
 def test_inventory_layers_and_counts() -> None:
@@ -52,7 +53,7 @@ def test_tcp_states_are_kernel_numbered_like_the_plugin() -> None:
     tcp_state = KB.vocabulary.value_sets["tcp_state"]
     assert dict(tcp_state.numbers) == {name: number for number, name in TCP_STATES.items()}
     assert tcp_state.numbers["CLOSE"] == 7 and tcp_state.numbers["CLOSE_WAIT"] == 8
-    assert tcp_state.names == tuple(EVENT_SCHEMA["$defs"]["tcp_state"]["enum"])
+    assert tcp_state.names == tuple(TCP_EVENT_SCHEMA["$defs"]["tcp_state"]["enum"])
     assert KB.vocabulary.value_sets["signal"].numbers["SIGKILL"] == 9
 
 
@@ -69,7 +70,7 @@ def test_envelope_fields_exist_in_the_event_schema() -> None:
 
 
 def _data_properties(event_type: str) -> set[str]:
-    for clause in EVENT_SCHEMA["allOf"]:
+    for clause in [clause for schema in (EVENT_SCHEMA, *probe_event_schemas()) for clause in schema["allOf"]]:
         if clause["if"]["properties"].get("type", {}).get("const") == event_type:
             return set(clause["then"]["properties"]["data"]["properties"])
     return set()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
+import pytest
 from jalki_tcp.probes import TcpCloseProbe, TcpConnectProbe, TcpRetransmitProbe
 
 from jalki_core.events import Event
-from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
+from jalki_core.testing import FakeRingBuffer, decode_all, event_validator, make_event_context
 
 V4_SRC = socket.inet_pton(socket.AF_INET, "10.42.0.5") + b"\0" * 12
 V4_DST = socket.inet_pton(socket.AF_INET, "10.42.2.8") + b"\0" * 12
@@ -108,3 +109,17 @@ def test_fake_ring_buffer_batches_and_counts_wrong_sizes() -> None:
     while batch := ring.consume():
         sizes.append(len(batch) // probe.layout.size)
     assert sizes == [3, 3, 1]
+
+
+def test_tcp_events_are_checked_by_the_plugins_own_schema(jalki_validate_event: Callable[[Event], None]) -> None:
+    """The core envelope knows nothing of TCP; the plugin's fragment is what rejects a bad close event."""
+    import jsonschema
+
+    probe = TcpCloseProbe()
+    ring = FakeRingBuffer(probe.layout)
+    ring.push_values(ts_ns=9, duration_ns=1, bytes_sent=1, bytes_received=1, oldstate=1, **OWNER, **tuple_v4())
+    [event] = decode_all(probe, ring)
+    del event["data"]["tcp_state"]
+    with pytest.raises(jsonschema.ValidationError, match="tcp_state"):
+        jalki_validate_event(event)
+    event_validator(probes=())(event)  # the envelope alone accepts it

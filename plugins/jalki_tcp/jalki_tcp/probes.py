@@ -12,6 +12,8 @@ from jalki_tcp import layouts
 from jalki_tcp.tcp_states import tcp_state_name
 
 _BPF_PACKAGE = "jalki_tcp.bpf"
+_EVENT_SCHEMA = ProbeResource("jalki_tcp", "events.schema.json")
+"""The JSON Schema of the tcp events, beyond the core envelope."""
 _FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
 
@@ -62,6 +64,7 @@ class TcpConnectProbe(Probe):
     observes = "tcp_connect + sock:inet_sock_set_state (SYN_SENT -> ESTABLISHED | CLOSE)"
     event_types = ("kernel.tcp.connect",)
     bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_connect.bpf.o")
+    event_schema = _EVENT_SCHEMA
     layout = layouts.CONNECT
     ladder = (
         AttachRung("fexit", ("fexit_tcp_connect", "fexit_connect_state"),
@@ -102,6 +105,7 @@ class TcpCloseProbe(Probe):
     observes = "sock:inet_sock_set_state (-> CLOSE) with struct tcp_sock byte counters"
     event_types = ("kernel.tcp.close",)
     bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_close.bpf.o")
+    event_schema = _EVENT_SCHEMA
     layout = layouts.CLOSE
     ladder = (
         AttachRung("tp_btf", ("tpbtf_close_state",),
@@ -143,6 +147,7 @@ class TcpRetransmitProbe(Probe):
     observes = "tcp:tcp_retransmit_skb"
     event_types = ("kernel.tcp.retransmit",)
     bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_retransmit.bpf.o")
+    event_schema = _EVENT_SCHEMA
     layout = layouts.RETRANSMIT
     ladder = (
         AttachRung("tp_btf", ("tpbtf_retrans_state", "tpbtf_retransmit_skb"),
