@@ -33,11 +33,12 @@ app = typer.Typer(
 
 
 def _register_kb_commands() -> None:
-    from jalki_core import cli_kb
+    from jalki_core import cli_ask, cli_kb
 
     app.command("find")(cli_kb.find_command)
     app.command("list")(cli_kb.list_command)
     app.command("explain")(cli_kb.explain_command)
+    app.command("ask")(cli_ask.ask_command)
 
 
 _register_kb_commands()

@@ -1,0 +1,176 @@
+"""``jalki ask``: the command-line face of :func:`jalki_core.ask_engine.ask`.
+
+The answer goes to stdout (a rich report, or with ``--json`` the object of
+``specs/ask.schema.json``); progress and warnings go to stderr. Ctrl-C or
+SIGTERM while collecting stops early and still answers from what was seen.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from jalki_core.ask_engine import DEFAULT_SECONDS, first_sentence
+from jalki_core.errors import UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from jalki_core.answer import AskResult
+    from jalki_core.kb import Finding
+
+MAX_WORDS_SHOWN = 30
+"""Understood words listed when a question matches nothing."""
+
+MAX_CAUSES_SHOWN = 8
+"""Possible causes listed in a KB-only answer (all of them with --json)."""
+
+_SEVERITY_STYLE = {"critical": "bold red", "error": "red", "warning": "yellow", "info": "cyan"}
+
+
+class _Progress:
+    """A rich progress bar on a terminal; one plain line otherwise."""
+
+    def __init__(self, seconds: float, console: Console) -> None:
+        self.seconds = seconds
+        self.console = console
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, elapsed: float, events: int) -> None:
+        if self._bar is None:
+            self._start()
+        if self._task is not None:
+            self._bar.update(self._task, completed=elapsed, events=events)
+
+    def _start(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if not self.console.is_terminal:
+            self.console.print(f"observing the kernel for {self.seconds:g} s …")
+            self._bar = False
+            return
+        self._bar = Progress(TextColumn("observing"), BarColumn(), TextColumn("{task.fields[events]} events"),
+                             TimeRemainingColumn(), console=self.console, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task("observing", total=self.seconds, events=0)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._bar.stop()
+
+
+def _evidence_lines(finding: Finding) -> list[str]:
+    from rich.markup import escape
+
+    lines = []
+    for group in finding.evidence[:3]:
+        parts = [f"{group.events} event{'s' if group.events != 1 else ''}"]
+        if group.group:
+            parts[0] += " for " + ", ".join(f"{escape(str(value))}" for _, value in group.group)
+        if group.peak_in_window:
+            parts.append(f"peak {group.peak_in_window} within the window")
+        if group.destinations:
+            parts.append("to " + ", ".join(f"{d.address} ×{d.events}" for d in group.destinations[:3]))
+        if group.processes:
+            parts.append("from " + ", ".join(f"{escape(p.command or '?')} (pid {p.pid}) ×{p.events}"
+                                             for p in group.processes[:3]))
+        if group.unattributed:
+            parts.append(f"{group.unattributed} in kernel context (process unknown)")
+        lines.append("; ".join(parts))
+    if len(finding.evidence) > 3:
+        lines.append(f"… and {len(finding.evidence) - 3} more groups (see --json)")
+    return lines
+
+
+def _print_result(result: AskResult, console: Console) -> None:
+    from rich.markup import escape
+
+    mode_note = {"observed": "observed", "kb_only": "[yellow]knowledge base only[/]", "no_match": "no match"}
+    console.print(f"[bold]jalki ask[/]: {escape(result.question)}  [dim]({mode_note[result.mode]})[/]")
+    top_style = _SEVERITY_STYLE.get(result.top.severity, "") if result.top else "green"
+    console.print(f"[{top_style}]{escape(result.answer)}[/]" if top_style else escape(result.answer))
+    if result.findings:
+        console.print("\n[bold]Findings[/], most important first:")
+    for rank, finding in enumerate(result.findings, 1):
+        style = _SEVERITY_STYLE.get(finding.severity, "")
+        kernel = " ".join(value for value in (finding.errno, finding.tcp_state) if value)
+        console.print(f"{rank}. [{style}]{finding.severity.upper()}[/] {finding.interpretation_id} "
+                      f"[dim]({finding.entry_id}{', ' + kernel if kernel else ''})[/]")
+        console.print(f"   {escape(finding.conclusion)}")
+        for line in _evidence_lines(finding):
+            console.print(f"   [bold]evidence:[/] {line}")
+        console.print(f"   [bold]do:[/] {escape(finding.action)}")
+    if result.possible_causes:
+        console.print("\n[bold]What these probes' events would mean[/] (nothing was observed):")
+        for cause in result.possible_causes[:MAX_CAUSES_SHOWN]:
+            style = _SEVERITY_STYLE.get(cause.severity, "")
+            console.print(f"- [{style}]{cause.severity.upper()}[/] {cause.interpretation} [dim]({cause.entry})[/]: "
+                          f"{escape(first_sentence(cause.conclusion))}")
+        if len(result.possible_causes) > MAX_CAUSES_SHOWN:
+            console.print(f"… and {len(result.possible_causes) - MAX_CAUSES_SHOWN} more (see --json)")
+    if result.probes:
+        console.print("\n[bold]Probes[/]:")
+    for probe in result.probes:
+        drops = f", [red]{probe.dropped} dropped[/]" if probe.dropped else ", 0 dropped"
+        where = f"on {probe.attach}" if probe.attach else f"[red]not attached[/]: {escape(probe.error or '')}"
+        console.print(f"- {probe.probe} {where}: {probe.events} events{drops}")
+    if result.unobserved:
+        console.print("\n[bold]Could not observe[/]:")
+    by_reason: dict[str, list[str]] = {}
+    for item in result.unobserved:
+        by_reason.setdefault(item.reason, []).append(item.entry)
+    for reason, entries in by_reason.items():
+        console.print(f"- {', '.join(entries)}: {escape(reason)}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+
+
+def ask_command(
+    question: Annotated[list[str], typer.Argument(help="The question, in plain words (quoted or not).")],
+    seconds: Annotated[float, typer.Option(help="How long to observe the kernel.")] = DEFAULT_SECONDS,
+    pid: Annotated[int | None, typer.Option(help="Only events of this process id.")] = None,
+    port: Annotated[int | None, typer.Option(help="Only events with this source or destination port.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON (specs/ask.schema.json).")]
+    = False,
+) -> None:
+    """Ask the kernel a question: attach the probes that answer it, observe, and explain what they saw."""
+    from rich.console import Console
+
+    from jalki_core.ask_engine import ask
+
+    text = " ".join(question).strip()
+    if not text:
+        raise UsageError("the question is empty", hint='e.g. jalki ask "why are connections to my database failing"')
+    if not seconds > 0:
+        raise UsageError(f"--seconds must be positive, not {seconds:g}")
+    stderr = Console(stderr=True, highlight=False)
+    progress = _Progress(seconds, stderr)
+    cancel = threading.Event()
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        cancel.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = ask(text, seconds=seconds, pid=pid, port=port, progress=progress, cancel=cancel)
+    finally:
+        progress.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if as_json:
+        import orjson
+
+        sys.stdout.buffer.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+        return
+    if result.mode == "no_match":
+        words = result.understood_words
+        shown = ", ".join(words[:MAX_WORDS_SHOWN])
+        more = f" and {len(words) - MAX_WORDS_SHOWN} more (see --json)" if len(words) > MAX_WORDS_SHOWN else ""
+        raise UsageError(f"no knowledge-base entry matches {text!r}", hint=f"words understood: {shown}{more}")
+    _print_result(result, Console(highlight=False))
