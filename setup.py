@@ -43,8 +43,8 @@ class BuildPyWithBpf(build_py):  # type: ignore[misc]
         bpf_build.copy_headers_into(ROOT / "jalki_core" / "bpf_include")
         schemas = ROOT / "jalki_core" / "schemas"
         schemas.mkdir(exist_ok=True)
-        shutil.copyfile(ROOT / "specs" / "event.schema.json", schemas / "event.schema.json")
-        shutil.copyfile(ROOT / "specs" / "kb.schema.json", schemas / "kb.schema.json")
+        for name in ("event.schema.json", "kb.schema.json", "ask.schema.json"):
+            shutil.copyfile(ROOT / "specs" / name, schemas / name)
         kb_data = ROOT / "jalki_core" / "kb" / "data"
         kb_data.mkdir(exist_ok=True)
         for source in (ROOT / "kb").glob("*.json"):

@@ -88,7 +88,8 @@ def _why_not_installed(entry: KbEntry) -> Unobserved:
         return Unobserved(entry.id, _kernel_name(entry), "not_implemented",
                           "no jalki plugin implements this probe yet")
     return Unobserved(entry.id, _kernel_name(entry), "plugin_not_installed",
-                      f"plugin {impl.plugin!r} (probe {impl.probe}) is not installed: pip install jalki-{impl.plugin}")
+                      f"plugin {impl.plugin!r} (probe {impl.probe}) is not loaded: pip install jalki-{impl.plugin} "
+                      f"(or check JALKI_PLUGINS / JALKI_DISABLE_PLUGINS)")
 
 
 def _select(relevant: list[Match], kb: KnowledgeBase, plugins: JalkiPlugins

@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from jalki_core.answer import AskResult
     from jalki_core.kb import Finding
 
-MAX_WORDS_SHOWN = 30
-"""Understood words listed when a question matches nothing."""
-
 MAX_CAUSES_SHOWN = 8
 """Possible causes listed in a KB-only answer (all of them with --json)."""
 
@@ -169,8 +166,8 @@ def ask_command(
         sys.stdout.flush()
         return
     if result.mode == "no_match":
-        words = result.understood_words
-        shown = ", ".join(words[:MAX_WORDS_SHOWN])
-        more = f" and {len(words) - MAX_WORDS_SHOWN} more (see --json)" if len(words) > MAX_WORDS_SHOWN else ""
-        raise UsageError(f"no knowledge-base entry matches {text!r}", hint=f"words understood: {shown}{more}")
+        from jalki_core.cli_kb import no_match_error
+        from jalki_core.kb import default_kb
+
+        raise no_match_error(text, default_kb())
     _print_result(result, Console(highlight=False))

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 MAX_WORDS_SHOWN = 30
 """Understood words listed in the one-line error when a question matches nothing."""
 
+MAX_EXAMPLES_SHOWN = 3
+"""Example questions (one per layer) in that error."""
+
 
 def _load_kb() -> KnowledgeBase:
     """The default KB; its problems become yellow warning lines on stderr (they never stop the command)."""
@@ -36,6 +39,20 @@ def _load_kb() -> KnowledgeBase:
         for problem in kb.problems:
             console.print(f"[yellow]warning:[/] {escape(problem.one_line())}", soft_wrap=True)
     return kb
+
+
+def no_match_error(question: str, kb: KnowledgeBase) -> UsageError:
+    """The one-line error for a question no entry matches: example questions and the words understood."""
+    from jalki_core.kb import understood_words
+
+    words = understood_words(kb)
+    shown = ", ".join(words[:MAX_WORDS_SHOWN])
+    more = f" and {len(words) - MAX_WORDS_SHOWN} more (see --json)" if len(words) > MAX_WORDS_SHOWN else ""
+    examples = [entries[0].answers[0] for layer in kb.layers() if (entries := kb.in_layer(layer))
+                and entries[0].answers][:MAX_EXAMPLES_SHOWN]
+    example_text = f"try e.g. {' / '.join(repr(example) for example in examples)}; " if examples else ""
+    return UsageError(f"no knowledge-base entry matches {question!r}",
+                      hint=f"{example_text}words understood: {shown}{more}")
 
 
 def _print_json(value: Any) -> None:
@@ -74,10 +91,7 @@ def find_command(
         _print_json(result)
         return
     if not matches:
-        words = understood_words(kb)
-        shown = ", ".join(words[:MAX_WORDS_SHOWN])
-        more = f" and {len(words) - MAX_WORDS_SHOWN} more (see --json)" if len(words) > MAX_WORDS_SHOWN else ""
-        raise UsageError(f"no knowledge-base entry matches {text!r}", hint=f"words understood: {shown}{more}")
+        raise no_match_error(text, kb)
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

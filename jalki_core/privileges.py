@@ -14,15 +14,19 @@ CAP_BPF = 39
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 
 
-def effective_capabilities() -> int:
-    """The effective capability mask of this process (0 when unreadable)."""
+def _read_effective_capabilities() -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
-    except OSError:
+    except (OSError, ValueError):
         pass
-    return 0
+    return None
+
+
+def effective_capabilities() -> int:
+    """The effective capability mask of this process (0 when unreadable)."""
+    return _read_effective_capabilities() or 0
 
 
 def has_capability(cap: int) -> bool:
@@ -31,10 +35,19 @@ def has_capability(cap: int) -> bool:
 
 
 def can_load_bpf() -> bool:
-    """Root, CAP_SYS_ADMIN, or CAP_BPF together with CAP_PERFMON."""
-    if os.geteuid() == 0:
-        return True
-    return has_capability(CAP_SYS_ADMIN) or (has_capability(CAP_BPF) and has_capability(CAP_PERFMON))
+    """CAP_SYS_ADMIN, or CAP_BPF together with CAP_PERFMON, in the effective set.
+
+    Being uid 0 is not enough: a root process in a container or under
+    ``setpriv`` may have dropped them. Only when the capability set cannot be
+    read at all is uid 0 taken as privileged.
+    """
+    caps = _read_effective_capabilities()
+    if caps is None:
+        return os.geteuid() == 0
+    def has(cap: int) -> bool:
+        return bool(caps >> cap & 1)
+
+    return has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
 
 
 def require_bpf_privileges() -> None:

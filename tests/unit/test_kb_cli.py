@@ -66,7 +66,8 @@ def test_find_without_match_is_one_line_listing_understood_words(capsys: pytest.
     code, out, err = run(capsys, "find", "xyzzy plugh")
     assert (code, out) == (2, "")
     [line] = err.splitlines()
-    assert line.startswith("error: no knowledge-base entry matches 'xyzzy plugh' (words understood: 137, abort,")
+    assert line.startswith("error: no knowledge-base entry matches 'xyzzy plugh' (try e.g. ")
+    assert "words understood: 137, abort," in line
     assert line.endswith("more (see --json))")
 
 
