@@ -68,7 +68,8 @@ def _evidence_lines(finding: Finding) -> list[str]:
     for group in finding.evidence[:3]:
         parts = [f"{group.events} event{'s' if group.events != 1 else ''}"]
         if group.group:
-            parts[0] += " for " + ", ".join(f"{escape(str(value))}" for _, value in group.group)
+            parts[0] += " with " + ", ".join(f"{name.rsplit('.', 1)[-1]}={escape(str(value))}"
+                                             for name, value in group.group)
         if group.peak_in_window:
             parts.append(f"peak {group.peak_in_window} within the window")
         if group.destinations:
