@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("jalki.loader")
 
 DROP_CAUSES = ("ringbuf_full", "sampled", "tracking_full")
-"""Kernel-side drop counters, in the order of ``enum jalki_drop_cause``."""
+"""Kernel-side drop counters every probe has, in the order of ``enum jalki_drop_cause``."""
+
+MAX_EXTRA_DROP_CAUSES = 5
+"""Probe-specific causes after the shared ones (``JALKI_DROP__MAX - JALKI_DROP_PROBE_BASE``)."""
 
 CONFIG_STRUCT = struct.Struct("<IHHII")  # struct jalki_config: 16 bytes
 CONFIG_FLAG_SAMPLING = 1
@@ -100,10 +103,11 @@ class LoadedProbe:
     def kernel_drops(self) -> dict[str, int]:
         """Kernel-side drop counters by cause, summed over CPUs."""
         drops_map = self.obj.maps.get("jalki_drops")
-        result = dict.fromkeys(DROP_CAUSES, 0)
+        causes = (*DROP_CAUSES, *self.probe.extra_drop_causes)
+        result = dict.fromkeys(causes, 0)
         if drops_map is None:
             return result
-        for index, cause in enumerate(DROP_CAUSES):
+        for index, cause in enumerate(causes):
             try:
                 values = drops_map.lookup_per_cpu(struct.pack("<I", index))
             except LibbpfError:

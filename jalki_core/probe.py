@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -157,6 +157,14 @@ class Probe(ABC):
       probe must also satisfy, usually ``if type == … then …`` blocks for its
       ``event_types``. The core's ``specs/event.schema.json`` covers only the
       envelope every probe shares; see :func:`jalki_core.testing.event_validator`.
+    - ``extra_drop_causes``: names of probe-specific kernel drop causes (at
+      most five), counted in C with ``jalki_count_drop(JALKI_DROP_PROBE_BASE + i)``
+      and reported with the shared ones (``ringbuf_full``, ``sampled``,
+      ``tracking_full``), e.g. ``("issue_unseen",)``.
+
+    Optional hooks: :meth:`derive` (events computed from this probe's own
+    events, e.g. windowed anomalies) and :meth:`final_events` (events read
+    from the probe's maps when the session stops, e.g. a histogram).
     """
 
     name: ClassVar[str]
@@ -168,6 +176,7 @@ class Probe(ABC):
     layout: ClassVar[RecordLayout]
     ladder: ClassVar[tuple[AttachRung, ...]]
     event_schema: ClassVar[ProbeResource | None] = None
+    extra_drop_causes: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
@@ -176,6 +185,26 @@ class Probe(ABC):
         Called with every batch the ring buffer reader drains. ``ctx`` builds
         the common event fields (id, timestamp, source, attach rung…).
         """
+
+    def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
+        """Events computed from a batch of this probe's decoded events (default: none).
+
+        Called by the session right after :meth:`decode`, in order, on the
+        drain thread; keep state on ``self`` (one probe instance per session).
+        Use event timestamps, not the wall clock, for windows, so replayed
+        events give the same result. An exception is logged and counted
+        (``derive_errors``); the batch's own events are still emitted.
+        """
+        return []
+
+    def final_events(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
+        """Events read from the probe's BPF maps when the session stops (default: none).
+
+        Called once after the programs are detached and the ring buffer is
+        drained. ``maps`` are the loaded object's maps by name (see
+        :class:`jalki_core._libbpf.Map`: ``lookup``, ``lookup_per_cpu``, ``keys``).
+        """
+        return []
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly description for ``jalki plugins``."""
@@ -198,6 +227,8 @@ def check_probe_contract(probe: Probe) -> None:
         raise ProbeError(f"probe {type(probe).__name__} lacks {', '.join(missing)}")
     if not probe.ladder:
         raise ProbeError(f"probe {probe.name} has an empty attach ladder")
+    if len(probe.extra_drop_causes) > 5:
+        raise ProbeError(f"probe {probe.name}: at most 5 extra_drop_causes")
     if probe.ring_buffer_bytes & (probe.ring_buffer_bytes - 1):
         raise ProbeError(f"probe {probe.name}: ring_buffer_bytes must be a power of two")
 

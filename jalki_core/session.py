@@ -39,6 +39,7 @@ class ProbeRunStats:
     records: int = 0
     events: int = 0
     decode_errors: int = 0
+    derive_errors: int = 0
     size_mismatches: int = 0
     kernel_drops: dict[str, int] = field(default_factory=dict)
     failed_rungs: list[RungFailure] = field(default_factory=list)
@@ -66,6 +67,7 @@ class ProbeRunStats:
                 for f in self.failed_rungs
             ],
             "error": self.error,
+            "derive_errors": self.derive_errors,
             "run_time_ns": self.run_time_ns,
             "run_count": self.run_count,
         }
@@ -268,13 +270,23 @@ class TraceSession:
                       f"{type(exc).__name__}: {exc}")
             return count
         if events:
-            stats.events += len(events)
-            if self.on_events is not None:
-                self.on_events(events)
-            event_batch = EventBatch(events)
-            for worker in self.workers:
-                worker.submit(event_batch)
+            try:
+                events.extend(active.loaded.probe.derive(events, active.context))
+            except Exception as exc:  # a derivation bug must not cost the batch's own events
+                stats.derive_errors += 1
+                log.error("probe %s: derive failed: %s", stats.name, f"{type(exc).__name__}: {exc}")
+        self._deliver(active, events)
         return count
+
+    def _deliver(self, active: _ActiveProbe, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        active.stats.events += len(events)
+        if self.on_events is not None:
+            self.on_events(events)
+        event_batch = EventBatch(events)
+        for worker in self.workers:
+            worker.submit(event_batch)
 
     def stop(self) -> SessionSummary:
         """Detach, drain what is left, flush emitters, free everything; return the summary."""
@@ -284,6 +296,11 @@ class TraceSession:
         for active in self._active:
             while self._drain_probe(active):
                 pass
+            try:
+                self._deliver(active, active.loaded.probe.final_events(active.loaded.obj.maps, active.context))
+            except Exception as exc:  # e.g. a histogram map that could not be read
+                active.stats.derive_errors += 1
+                log.error("probe %s: final events failed: %s", active.stats.name, f"{type(exc).__name__}: {exc}")
             active.stats.size_mismatches = active.reader.size_mismatches
             active.stats.kernel_drops = active.loaded.kernel_drops()
             run_time = run_count = 0

@@ -102,7 +102,10 @@ enum jalki_drop_cause {
 	JALKI_DROP_RINGBUF_FULL = 0,
 	JALKI_DROP_SAMPLED = 1,
 	JALKI_DROP_TRACKING_FULL = 2,
-	JALKI_DROP__MAX = 3,
+	/* Causes a probe names itself (Probe.extra_drop_causes, in order):
+	 * jalki_count_drop(JALKI_DROP_PROBE_BASE + i). */
+	JALKI_DROP_PROBE_BASE = 3,
+	JALKI_DROP__MAX = 8,
 };
 
 struct jalki_owner {

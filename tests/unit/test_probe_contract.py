@@ -42,3 +42,30 @@ def test_tcp_layouts_match_c_header_asserts() -> None:
     header = (Path(__file__).resolve().parents[2] / "plugins/jalki_tcp/jalki_tcp/bpf/tcp_events.h").read_text()
     for layout in (layouts.CONNECT, layouts.CLOSE, layouts.RETRANSMIT):
         assert f"sizeof(struct {layout.c_struct}) == {layout.size}" in header
+
+
+def test_extra_drop_causes_are_limited_to_the_kernel_slots() -> None:
+    from jalki_tcp.probes import TcpRetransmitProbe
+
+    from jalki_core.probe import check_probe_contract
+
+    class TooManyCauses(TcpRetransmitProbe):
+        extra_drop_causes = ("a", "b", "c", "d", "e", "f")
+
+    class FiveCauses(TcpRetransmitProbe):
+        extra_drop_causes = ("a", "b", "c", "d", "e")
+
+    check_probe_contract(FiveCauses())
+    with pytest.raises(ProbeError, match="at most 5 extra_drop_causes"):
+        check_probe_contract(TooManyCauses())
+
+
+def test_hooks_default_to_no_extra_events() -> None:
+    from jalki_tcp.probes import TcpRetransmitProbe
+
+    from jalki_core.testing import make_event_context
+
+    probe = TcpRetransmitProbe()
+    assert probe.derive([{"type": "kernel.tcp.retransmit"}], make_event_context()) == []
+    assert probe.final_events({}, make_event_context()) == []
+    assert probe.extra_drop_causes == ()
