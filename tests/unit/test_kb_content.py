@@ -13,13 +13,13 @@ from jalki_tcp.probes import TcpCloseProbe, TcpConnectProbe, TcpRetransmitProbe
 from jalki_tcp.tcp_states import TCP_STATES
 
 from jalki_core.events import Event
-from jalki_core.kb import load_kb
+from jalki_core.kb import default_kb
 from jalki_core.kb.conditions import Window, get_path
 from jalki_core.plugins import JalkiPlugins
 from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context, probe_event_schemas
 
 REPO = Path(__file__).resolve().parents[2]
-KB = load_kb()
+KB = default_kb()  # the built-in KB plus every installed plugin's documents
 EVENT_SCHEMA = json.loads((REPO / "specs" / "event.schema.json").read_text())
 TCP_EVENT_SCHEMA = json.loads((REPO / "plugins" / "jalki_tcp" / "jalki_tcp" / "events.schema.json").read_text())
 

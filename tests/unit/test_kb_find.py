@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from jalki_core.kb import KnowledgeBase, find, load_kb, understood_words
+from jalki_core.kb import KnowledgeBase, default_kb, find, understood_words
 from jalki_core.kb.find import STOP_WORDS, content_words, stem, tokenize
 
-KB = load_kb()
+KB = default_kb()  # the built-in KB plus every installed plugin's documents
 
 
 def top(question: str, kb: KnowledgeBase = KB, n: int = 3) -> list[tuple[str, int]]:

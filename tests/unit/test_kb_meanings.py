@@ -9,11 +9,11 @@ import pytest
 from jalki_tcp.probes import TcpCloseProbe, TcpConnectProbe, TcpRetransmitProbe
 
 from jalki_core.events import Event, Rfc3339Formatter
-from jalki_core.kb import Destination, Finding, ProcessRef, evaluate, load_kb, parse_timestamp
+from jalki_core.kb import Destination, Finding, ProcessRef, default_kb, evaluate, parse_timestamp
 from jalki_core.probe import Probe
 from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
 
-KB = load_kb()
+KB = default_kb()  # the built-in KB plus every installed plugin's documents
 SECOND = 1_000_000_000
 OWNER = {"pid": 4242, "flags": 1, "comm": b"api-server", "cgroup_id": 99}
 NO_OWNER = {"pid": 0, "flags": 0, "comm": b"", "cgroup_id": 0}

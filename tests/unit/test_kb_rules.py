@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from jalki_core.kb import evaluate, load_kb
+from jalki_core.kb import default_kb, evaluate
 from jalki_core.kb.conditions import AllOf, FieldTest, Window
 from jalki_core.kb.model import Interpretation
 from jalki_core.kb.witness import Scenario, UnsatisfiableRule, satisfiable, scenarios
 
-KB = load_kb()
+KB = default_kb()  # the built-in KB plus every installed plugin's documents
 RULES = [(entry, rule) for entry, rule in KB.interpretations()]
 KB_DIR = Path(__file__).resolve().parents[2] / "kb"
 
