@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import select
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jalki_core.emitters.base import Emitter, EmitterWorker, EventBatch
-from jalki_core.errors import AttachLadderExhausted, JalkiError, LibbpfError, ProbeError
+from jalki_core.errors import JalkiError, LibbpfError, ProbeError
 from jalki_core.events import EventContext, monotonic_to_realtime_offset
 from jalki_core.loader import LoadedProbe, ProbeLoader, ProbeOptions, RungFailure
 from jalki_core.privileges import ensure_tracefs, require_bpf_privileges, require_btf
@@ -101,6 +103,7 @@ class _ActiveProbe:
     reader: RingBufferReader
     context: EventContext
     stats: ProbeRunStats
+    options: ProbeOptions
 
 
 class TraceSession:
@@ -146,6 +149,10 @@ class TraceSession:
         self._stats_handle: StatsHandle | None = None
         self._started_at = 0.0
         self._stop_requested = False
+        self._clock_offset = 0
+        self._run_id = ""
+        self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
+        self._calls_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -155,15 +162,14 @@ class TraceSession:
         require_btf()
         if not ensure_tracefs():
             log.warning("tracefs is not mounted: classic tracepoint rungs will fail")
-        from jalki_core._libbpf import RingBufferReader, enable_stats
+        from jalki_core._libbpf import enable_stats
 
         self._started_at = time.monotonic()
-        loader = ProbeLoader(self.options)
-        offset = monotonic_to_realtime_offset()
+        self._clock_offset = monotonic_to_realtime_offset()
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._epoll.register(self._wake_r, select.EPOLLIN)
-        run_id = os.urandom(4).hex()
+        self._run_id = os.urandom(4).hex()
         try:
             for worker in self.workers:
                 worker.start()
@@ -172,43 +178,111 @@ class TraceSession:
             except JalkiError as exc:
                 log.info("program run-time statistics unavailable: %s", exc.one_line())
             for probe in self.probes:
-                stats = self.stats[probe.name]
-                try:
-                    loaded = loader.load(probe)
-                except AttachLadderExhausted as exc:
-                    stats.failed_rungs = list(getattr(exc, "failures", []))
-                    stats.error = exc.one_line()
-                    log.warning("%s", exc.message)
-                    if self.strict:
-                        raise
-                    continue
-                except ProbeError as exc:
-                    stats.error = exc.one_line()
-                    log.warning("probe %s skipped: %s", probe.name, exc.one_line())
-                    if self.strict:
-                        raise
-                    continue
-                stats.rung = loaded.rung.name
-                stats.failed_rungs = loaded.failures
-                try:
-                    reader = RingBufferReader(loaded.obj.maps[probe.ring_buffer], probe.layout.size)
-                except LibbpfError as exc:
-                    loaded.close()
-                    stats.rung, stats.error = None, exc.one_line()
-                    log.warning("probe %s skipped: %s", probe.name, exc.one_line())
-                    if self.strict:
-                        raise
-                    continue
-                context = EventContext(probe.name, loaded.rung.name, cluster=self.cluster,
-                                       clock_offset_ns=offset, run_id=run_id)
-                active = _ActiveProbe(loaded, reader, context, stats)
-                self._epoll.register(reader.epoll_fd, select.EPOLLIN)
-                self._active.append(active)
+                self._attach(probe, self.options)
         except BaseException:
             self.stop()
             raise
         if not self._active and self.probes:
             log.warning("no probe could be attached")
+
+    def _attach(self, probe: Probe, options: ProbeOptions) -> ProbeRunStats:
+        """Load and attach one probe on the best rung; record a failure in its stats instead of raising.
+
+        With ``strict`` a failure raises. Runs on the drain thread (or before :meth:`run`).
+        """
+        assert self._epoll is not None, "start() first"
+        stats = self.stats[probe.name] = ProbeRunStats(probe.name)
+        try:
+            loaded = ProbeLoader(options).load(probe)
+        except ProbeError as exc:
+            stats.failed_rungs = list(getattr(exc, "failures", []))
+            stats.error = exc.one_line()
+            log.warning("probe %s skipped: %s", probe.name, exc.one_line())
+            if self.strict:
+                raise
+            return stats
+        stats.rung = loaded.rung.name
+        stats.failed_rungs = loaded.failures
+        from jalki_core._libbpf import RingBufferReader
+
+        try:
+            reader = RingBufferReader(loaded.obj.maps[probe.ring_buffer], probe.layout.size)
+        except LibbpfError as exc:
+            loaded.close()
+            stats.rung, stats.error = None, exc.one_line()
+            log.warning("probe %s skipped: %s", probe.name, exc.one_line())
+            if self.strict:
+                raise
+            return stats
+        context = EventContext(probe.name, loaded.rung.name, cluster=self.cluster,
+                               clock_offset_ns=self._clock_offset, run_id=self._run_id)
+        self._epoll.register(reader.epoll_fd, select.EPOLLIN)
+        self._active.append(_ActiveProbe(loaded, reader, context, stats, options))
+        return stats
+
+    def attach_probe(self, probe: Probe, options: ProbeOptions | None = None) -> ProbeRunStats:
+        """Attach one more probe while the session runs (call on the drain thread: see :meth:`call_soon`).
+
+        :raises ProbeError: a probe of that name is already attached.
+        """
+        if probe.name in self.attached:
+            raise ProbeError(f"probe {probe.name} is already attached")
+        if probe not in self.probes:
+            self.probes.append(probe)
+        return self._attach(probe, options or self.options)
+
+    def detach_probe(self, name: str) -> ProbeRunStats:
+        """Detach one probe, drain what it left, and free it; return its final stats (drain thread).
+
+        :raises ProbeError: no probe of that name is attached.
+        """
+        active = next((a for a in self._active if a.loaded.probe.name == name), None)
+        if active is None:
+            raise ProbeError(f"probe {name} is not attached")
+        active.loaded.detach()
+        self._finish(active)
+        self._active.remove(active)
+        self.probes = [probe for probe in self.probes if probe.name != name]
+        return active.stats
+
+    def options_of(self, name: str) -> ProbeOptions | None:
+        """The options an attached probe was loaded with."""
+        return next((a.options for a in self._active if a.loaded.probe.name == name), None)
+
+    def call_soon(self, func: Callable[[], Any]) -> Future[Any]:
+        """Run ``func`` on the drain thread at its next wake-up; thread-safe.
+
+        Attaching, detaching and reading probe state must happen there, never
+        concurrently with a drain.
+        """
+        future: Future[Any] = Future()
+        with self._calls_lock:
+            self._calls.append((func, future))
+        self._wake()
+        return future
+
+    def _run_calls(self) -> None:
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for func, future in calls:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(func())
+                except BaseException as exc:  # handed to the caller, never lost
+                    future.set_exception(exc)
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    def live_stats(self) -> list[ProbeRunStats]:
+        """Current stats of the attached probes, with kernel drop and run-time counters read now (drain thread)."""
+        for active in self._active:
+            self._read_counters(active)
+        return [active.stats for active in self._active]
 
     @property
     def attached(self) -> list[str]:
@@ -223,14 +297,14 @@ class TraceSession:
     def request_stop(self) -> None:
         """Ask a running :meth:`run` to return soon (safe from signal handlers)."""
         self._stop_requested = True
-        if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
+        self._wake()
 
-    def run(self, seconds: float | None = None) -> None:
-        """Drain until :meth:`request_stop` or until ``seconds`` have passed."""
+    def run(self, seconds: float | None = None, *, tick: Callable[[], None] | None = None) -> None:
+        """Drain until :meth:`request_stop` or until ``seconds`` have passed.
+
+        :param tick: called on the drain thread after every wake-up (at least
+            every 250 ms), e.g. to expire probes whose time is up.
+        """
         assert self._epoll is not None, "start() first"
         deadline = None if seconds is None else time.monotonic() + seconds
         while not self._stop_requested and not self.sinks_gone:
@@ -244,6 +318,14 @@ class TraceSession:
                 ready = self._epoll.poll(timeout)
             except InterruptedError:
                 continue
+            if any(fd == self._wake_r for fd, _ in ready):
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            self._run_calls()
+            if tick is not None:
+                tick()
             if ready and self.drain_once() < self.BUSY_BATCH_RECORDS and self.drain_interval > 0:
                 # Let records accumulate; wake at once if a stop is requested.
                 select.select([self._wake_r], [], [], self.drain_interval)
@@ -288,28 +370,45 @@ class TraceSession:
         for worker in self.workers:
             worker.submit(event_batch)
 
+    def _read_counters(self, active: _ActiveProbe) -> None:
+        active.stats.size_mismatches = active.reader.size_mismatches
+        active.stats.kernel_drops = active.loaded.kernel_drops()
+        run_time = run_count = 0
+        for time_ns, count in active.loaded.program_stats().values():
+            run_time += time_ns
+            run_count += count
+        active.stats.run_time_ns, active.stats.run_count = run_time, run_count
+
+    def _finish(self, active: _ActiveProbe) -> None:
+        """After detach: drain what is left, emit final events, read counters, free (drain thread)."""
+        # The programs are detached: whatever is still in the ring is final.
+        while self._drain_probe(active):
+            pass
+        try:
+            self._deliver(active, active.loaded.probe.final_events(active.loaded.obj.maps, active.context))
+        except Exception as exc:  # e.g. a histogram map that could not be read
+            active.stats.derive_errors += 1
+            log.error("probe %s: final events failed: %s", active.stats.name, f"{type(exc).__name__}: {exc}")
+        self._read_counters(active)
+        if self._epoll is not None:
+            try:
+                self._epoll.unregister(active.reader.epoll_fd)
+            except (OSError, ValueError):
+                pass
+        active.reader.close()
+        active.loaded.close()
+
     def stop(self) -> SessionSummary:
         """Detach, drain what is left, flush emitters, free everything; return the summary."""
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for _, future in calls:  # nobody will run them now: tell the callers
+            if future.set_running_or_notify_cancel():
+                future.set_exception(JalkiError("the tracing session is stopping"))
         for active in self._active:
             active.loaded.detach()
-        # Programs are detached: whatever is still in the rings is final.
         for active in self._active:
-            while self._drain_probe(active):
-                pass
-            try:
-                self._deliver(active, active.loaded.probe.final_events(active.loaded.obj.maps, active.context))
-            except Exception as exc:  # e.g. a histogram map that could not be read
-                active.stats.derive_errors += 1
-                log.error("probe %s: final events failed: %s", active.stats.name, f"{type(exc).__name__}: {exc}")
-            active.stats.size_mismatches = active.reader.size_mismatches
-            active.stats.kernel_drops = active.loaded.kernel_drops()
-            run_time = run_count = 0
-            for time_ns, count in active.loaded.program_stats().values():
-                run_time += time_ns
-                run_count += count
-            active.stats.run_time_ns, active.stats.run_count = run_time, run_count
-            active.reader.close()
-            active.loaded.close()
+            self._finish(active)
         self._active.clear()
         for worker in self.workers:
             worker.stop()
