@@ -184,7 +184,7 @@ def _probe_uses(summary: SessionSummary, probes: Mapping[str, RegisteredProbe],
     return uses
 
 
-class _Collector:
+class EventCollector:
     """Keeps decoded events (up to a limit) from the session's drain loop."""
 
     def __init__(self, limit: int) -> None:
@@ -210,13 +210,23 @@ def _check_arguments(seconds: float, pid: int | None, port: int | None) -> None:
         raise UsageError(f"port must be between 1 and 65535, not {port}")
 
 
-def _collect(probes: Iterable[RegisteredProbe], seconds: float, pid: int | None, port: int | None,
-             progress: ProgressCallback | None, cancel: threading.Event | None,
-             ) -> tuple[_Collector, SessionSummary]:
+Collect = Callable[
+    [list["RegisteredProbe"], float, "int | None", "int | None", "ProgressCallback | None", "threading.Event | None"],
+    "tuple[EventCollector, SessionSummary]",
+]
+"""How events are collected: attach ``probes``, keep their events for ``seconds``, return them and per-probe stats.
+
+The default attaches in this process; the daemon passes one that uses its running session."""
+
+
+def collect_in_process(probes: list[RegisteredProbe], seconds: float, pid: int | None, port: int | None,
+                       progress: ProgressCallback | None, cancel: threading.Event | None,
+                       ) -> tuple[EventCollector, SessionSummary]:
+    """Attach ``probes`` in this process for ``seconds`` (the default :data:`Collect`)."""
     from jalki_core.loader import ProbeOptions
     from jalki_core.session import TraceSession
 
-    collector = _Collector(MAX_EVENTS_KEPT)
+    collector = EventCollector(MAX_EVENTS_KEPT)
     session = TraceSession([registered.probe for registered in probes], (),
                            options=ProbeOptions(filter_pid=pid or 0, filter_port=port or 0), on_events=collector)
     try:
@@ -246,6 +256,7 @@ def ask(
     plugins: JalkiPlugins | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    collect: Collect | None = None,
 ) -> AskResult:
     """Answer ``question`` from the kernel: attach the probes that answer it, collect, evaluate.
 
@@ -256,6 +267,7 @@ def ask(
     :param plugins: the loaded plugins; default: every installed plugin.
     :param progress: called a few times a second while collecting.
     :param cancel: set it to stop collecting early; the answer covers what was collected.
+    :param collect: how to collect (default: attach in this process); the daemon passes its own.
     :raises UsageError: only for invalid arguments.
     """
     _check_arguments(seconds, pid, port)
@@ -294,7 +306,8 @@ def ask(
     except EnvironmentProblem as exc:
         return kb_only(f"no BTF: {exc.one_line()}", "no_btf")
     try:
-        collector, summary = _collect(probes.values(), seconds, pid, port, progress, cancel)
+        collector, summary = (collect or collect_in_process)(list(probes.values()), seconds, pid, port, progress,
+                                                             cancel)
     except (JalkiError, OSError) as exc:
         log.warning("collection failed: %s", exc)
         return kb_only(f"collecting events failed: {exc}", "collection_failed")

@@ -33,12 +33,14 @@ app = typer.Typer(
 
 
 def _register_kb_commands() -> None:
-    from jalki_core import cli_ask, cli_kb
+    from jalki_core import cli_ask, cli_daemon, cli_kb
 
     app.command("find")(cli_kb.find_command)
     app.command("list")(cli_kb.list_command)
     app.command("explain")(cli_kb.explain_command)
     app.command("ask")(cli_ask.ask_command)
+    for name in ("status", "deploy", "undeploy", "watch", "stream", "recent", "health"):
+        app.command(name)(getattr(cli_daemon, f"{name}_command"))
 
 
 _register_kb_commands()
@@ -92,8 +94,8 @@ def _validate_run_options(pid: int | None, port: int | None, sample: float, seco
 @app.command()
 def run(
     plugin: Annotated[
-        list[str], typer.Option("--plugin", "-p", help="Plugin (or single probe) to run; repeatable.")
-    ],
+        list[str] | None, typer.Option("--plugin", "-p", help="Plugin (or single probe) to run; repeatable.")
+    ] = None,
     emit: Annotated[
         list[str] | None, typer.Option(help="stdout, or file:PATH[,max_bytes=N][,backups=K]; repeatable.")
     ] = None,
@@ -106,6 +108,16 @@ def run(
     ] = 1.0,
     strict: Annotated[bool, typer.Option(help="Fail if any probe cannot be attached.")] = False,
     summary_json: Annotated[Path | None, typer.Option(help="Also write the run summary as JSON to this file.")] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Stay up as a node agent behind a local API "
+                                        "(specs/protocol.md); probes can be deployed at run time.")] = False,
+    socket: Annotated[Path | None, typer.Option("--socket", help="With --serve: the API socket "
+                                                "(default: $JALKI_SOCKET or /run/jalki/jalki.sock).")] = None,
+    socket_group: Annotated[str | None, typer.Option(help="With --serve: group allowed to use the socket "
+                                                     "(mode 0660).")] = None,
+    history: Annotated[str, typer.Option(help="With --serve: SQLite event history PATH, or off "
+                                         "(default /var/lib/jalki/history.db).")] = "",
+    metrics_addr: Annotated[str, typer.Option(help="With --serve: Prometheus HOST:PORT, or off.")]
+    = "127.0.0.1:9464",
 ) -> None:
     """Attach the probes of the given plugins and stream their events."""
     from jalki_core.loader import ProbeOptions
@@ -114,6 +126,20 @@ def run(
     _validate_run_options(pid, port, sample, seconds)
     _check_summary_path(summary_json)
     plugins = _load_plugins()
+    if serve:
+        from jalki_core import cli_daemon
+        from jalki_core.daemon.protocol import DeploySpec
+        from jalki_core.privileges import require_bpf_privileges
+
+        require_bpf_privileges()
+        initial = [DeploySpec(entry.probe.name, sample=sample, pid=pid, port=port)
+                   for entry in plugins.probes_for(plugin or [])]
+        cli_daemon.serve(plugins, initial, _build_emitters(plugins, emit or []), socket_path=socket,
+                         socket_group=socket_group, history=history, metrics_addr=metrics_addr, cluster=cluster)
+        return
+    if not plugin:
+        raise UsageError("--plugin is required (or --serve to deploy probes at run time)",
+                         hint="e.g. jalki run --plugin tcp")
     selected = plugins.probes_for(plugin)
     emitters = _build_emitters(plugins, emit or ["stdout"])
     options = ProbeOptions(filter_pid=pid or 0, filter_port=port or 0, sample_rate=sample)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -18,10 +19,9 @@ from jalki_core.ask_engine import DEFAULT_SECONDS, first_sentence
 from jalki_core.errors import UsageError
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from collections.abc import Mapping
 
-    from jalki_core.answer import AskResult
-    from jalki_core.kb import Finding
+    from rich.console import Console
 
 MAX_CAUSES_SHOWN = 8
 """Possible causes listed in a KB-only answer (all of them with --json)."""
@@ -61,71 +61,94 @@ class _Progress:
             self._bar.stop()
 
 
-def _evidence_lines(finding: Finding) -> list[str]:
+def _evidence_lines(finding: Mapping[str, Any]) -> list[str]:
     from rich.markup import escape
 
     lines = []
-    for group in finding.evidence[:3]:
-        parts = [f"{group.events} event{'s' if group.events != 1 else ''}"]
-        if group.group:
+    for group in finding["evidence"][:3]:
+        parts = [f"{group['events']} event{'s' if group['events'] != 1 else ''}"]
+        if group["group"]:
             parts[0] += " with " + ", ".join(f"{name.rsplit('.', 1)[-1]}={escape(str(value))}"
-                                             for name, value in group.group)
-        if group.peak_in_window:
-            parts.append(f"peak {group.peak_in_window} within the window")
-        if group.destinations:
-            parts.append("to " + ", ".join(f"{d.address} ×{d.events}" for d in group.destinations[:3]))
-        if group.processes:
-            parts.append("from " + ", ".join(f"{escape(p.command or '?')} (pid {p.pid}) ×{p.events}"
-                                             for p in group.processes[:3]))
-        if group.unattributed:
-            parts.append(f"{group.unattributed} in kernel context (process unknown)")
+                                             for name, value in group["group"].items())
+        if group["peak_in_window"]:
+            parts.append(f"peak {group['peak_in_window']} within the window")
+        if group["destinations"]:
+            parts.append("to " + ", ".join(f"{d['address']} ×{d['events']}" for d in group["destinations"][:3]))
+        if group["processes"]:
+            parts.append("from " + ", ".join(f"{escape(p['command'] or '?')} (pid {p['pid']}) ×{p['events']}"
+                                             for p in group["processes"][:3]))
+        if group["unattributed"]:
+            parts.append(f"{group['unattributed']} in kernel context (process unknown)")
         lines.append("; ".join(parts))
-    if len(finding.evidence) > 3:
-        lines.append(f"… and {len(finding.evidence) - 3} more groups (see --json)")
+    if len(finding["evidence"]) > 3:
+        lines.append(f"… and {len(finding['evidence']) - 3} more groups (see --json)")
     return lines
 
 
-def _print_result(result: AskResult, console: Console) -> None:
+def print_answer(answer: Mapping[str, Any], console: Console) -> None:
+    """Render an answer object (``specs/ask.schema.json``), whether it came from this process or the daemon."""
     from rich.markup import escape
 
     mode_note = {"observed": "observed", "kb_only": "[yellow]knowledge base only[/]", "no_match": "no match"}
-    console.print(f"[bold]jalki ask[/]: {escape(result.question)}  [dim]({mode_note[result.mode]})[/]")
-    top_style = _SEVERITY_STYLE.get(result.top.severity, "") if result.top else "green"
-    console.print(f"[{top_style}]{escape(result.answer)}[/]" if top_style else escape(result.answer))
-    if result.findings:
+    via = " via the daemon" if answer.get("via") == "daemon" else ""
+    console.print(f"[bold]jalki ask[/]: {escape(answer['question'])}  [dim]({mode_note[answer['mode']]}{via})[/]")
+    findings = answer["findings"]
+    top_style = _SEVERITY_STYLE.get(findings[0]["severity"], "") if findings else "green"
+    console.print(f"[{top_style}]{escape(answer['answer'])}[/]")
+    if findings:
         console.print("\n[bold]Findings[/], most important first:")
-    for rank, finding in enumerate(result.findings, 1):
-        style = _SEVERITY_STYLE.get(finding.severity, "")
-        kernel = " ".join(value for value in (finding.errno, finding.tcp_state) if value)
-        console.print(f"{rank}. [{style}]{finding.severity.upper()}[/] {finding.interpretation_id} "
-                      f"[dim]({finding.entry_id}{', ' + kernel if kernel else ''})[/]")
-        console.print(f"   {escape(finding.conclusion)}")
+    for rank, finding in enumerate(findings, 1):
+        style = _SEVERITY_STYLE.get(finding["severity"], "")
+        kernel = " ".join(value for value in (finding["errno"], finding["tcp_state"]) if value)
+        console.print(f"{rank}. [{style}]{finding['severity'].upper()}[/] {finding['interpretation']} "
+                      f"[dim]({finding['entry']}{', ' + kernel if kernel else ''})[/]")
+        console.print(f"   {escape(finding['conclusion'])}")
         for line in _evidence_lines(finding):
             console.print(f"   [bold]evidence:[/] {line}")
-        console.print(f"   [bold]do:[/] {escape(finding.action)}")
-    if result.possible_causes:
+        console.print(f"   [bold]do:[/] {escape(finding['action'])}")
+    causes = answer["possible_causes"]
+    if causes:
         console.print("\n[bold]What these probes' events would mean[/] (nothing was observed):")
-        for cause in result.possible_causes[:MAX_CAUSES_SHOWN]:
-            style = _SEVERITY_STYLE.get(cause.severity, "")
-            console.print(f"- [{style}]{cause.severity.upper()}[/] {cause.interpretation} [dim]({cause.entry})[/]: "
-                          f"{escape(first_sentence(cause.conclusion))}")
-        if len(result.possible_causes) > MAX_CAUSES_SHOWN:
-            console.print(f"… and {len(result.possible_causes) - MAX_CAUSES_SHOWN} more (see --json)")
-    if result.probes:
+        for cause in causes[:MAX_CAUSES_SHOWN]:
+            style = _SEVERITY_STYLE.get(cause["severity"], "")
+            console.print(f"- [{style}]{cause['severity'].upper()}[/] {cause['interpretation']} "
+                          f"[dim]({cause['entry']})[/]: {escape(first_sentence(cause['conclusion']))}")
+        if len(causes) > MAX_CAUSES_SHOWN:
+            console.print(f"… and {len(causes) - MAX_CAUSES_SHOWN} more (see --json)")
+    if answer["probes"]:
         console.print("\n[bold]Probes[/]:")
-    for probe in result.probes:
-        drops = f", [red]{probe.dropped} dropped[/]" if probe.dropped else ", 0 dropped"
-        where = f"on {probe.attach}" if probe.attach else f"[red]not attached[/]: {escape(probe.error or '')}"
-        console.print(f"- {probe.probe} {where}: {probe.events} events{drops}")
-    if result.unobserved:
+    for probe in answer["probes"]:
+        dropped = sum(probe["drops"].values())
+        drops = f", [red]{dropped} dropped[/]" if dropped else ", 0 dropped"
+        where = (f"on {probe['attach']}" if probe["attach"]
+                 else f"[red]not attached[/]: {escape(probe['error'] or '')}")
+        console.print(f"- {probe['probe']} {where}: {probe['events']} events{drops}")
+    if answer["unobserved"]:
         console.print("\n[bold]Could not observe[/]:")
     by_reason: dict[str, list[str]] = {}
-    for item in result.unobserved:
-        by_reason.setdefault(item.reason, []).append(item.entry)
+    for item in answer["unobserved"]:
+        by_reason.setdefault(item["reason"], []).append(item["entry"])
     for reason, entries in by_reason.items():
         console.print(f"- {', '.join(entries)}: {escape(reason)}")
-    for note in result.notes:
+    for note in answer["notes"]:
         console.print(f"[yellow]note:[/] {escape(note)}")
+
+
+def _ask_daemon(socket_path: Path | None, question: str, seconds: float, pid: int | None, port: int | None,
+                console: Console) -> dict[str, Any] | None:
+    """The daemon's answer, or ``None`` when no daemon answers (then ask runs in this process)."""
+    from jalki_core.client import DaemonClient, DaemonUnavailable
+
+    try:
+        client = DaemonClient.connect(socket_path, timeout=5)
+    except DaemonUnavailable:
+        if socket_path is not None:
+            raise
+        return None
+    with client:
+        console.print(f"asking the jalki daemon at {client.path}; observing the kernel for {seconds:g} s …")
+        answer: dict[str, Any] = client.ask(question, seconds=seconds, pid=pid, port=port)
+    return answer
 
 
 def ask_command(
@@ -135,11 +158,15 @@ def ask_command(
     port: Annotated[int | None, typer.Option(help="Only events with this source or destination port.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON (specs/ask.schema.json).")]
     = False,
+    socket: Annotated[Path | None, typer.Option("--socket", help="Ask through the daemon at this socket "
+                                                "(default: the daemon at $JALKI_SOCKET or /run/jalki/jalki.sock "
+                                                "when one runs).")] = None,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Attach the probes in this process even "
+                                             "when a daemon runs.")] = False,
 ) -> None:
     """Ask the kernel a question: attach the probes that answer it, observe, and explain what they saw."""
     from rich.console import Console
 
-    from jalki_core.ask_engine import ask
 
     text = " ".join(question).strip()
     if not text:
@@ -147,6 +174,26 @@ def ask_command(
     if not seconds > 0:
         raise UsageError(f"--seconds must be positive, not {seconds:g}")
     stderr = Console(stderr=True, highlight=False)
+    answer = None if in_process else _ask_daemon(socket, text, seconds, pid, port, stderr)
+    if answer is None:
+        answer = _ask_here(text, seconds, pid, port, stderr)
+    if as_json:
+        import orjson
+
+        sys.stdout.buffer.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+        return
+    if answer["mode"] == "no_match":
+        from jalki_core.cli_kb import no_match_error
+        from jalki_core.kb import default_kb
+
+        raise no_match_error(text, default_kb())
+    print_answer(answer, Console(highlight=False))
+
+
+def _ask_here(text: str, seconds: float, pid: int | None, port: int | None, stderr: Console) -> dict[str, Any]:
+    from jalki_core.ask_engine import ask
+
     progress = _Progress(seconds, stderr)
     cancel = threading.Event()
 
@@ -160,15 +207,4 @@ def ask_command(
         progress.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if as_json:
-        import orjson
-
-        sys.stdout.buffer.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
-        sys.stdout.flush()
-        return
-    if result.mode == "no_match":
-        from jalki_core.cli_kb import no_match_error
-        from jalki_core.kb import default_kb
-
-        raise no_match_error(text, default_kb())
-    _print_result(result, Console(highlight=False))
+    return result.as_dict()

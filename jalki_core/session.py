@@ -150,6 +150,8 @@ class TraceSession:
         self._started_at = 0.0
         self._stop_requested = False
         self._clock_offset = 0
+        self.ring_fill: dict[str, float] = {}
+        """Per probe: the share of its ring buffer the latest drain found filled (0 to 1)."""
         self._run_id = ""
         self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._calls_lock = threading.Lock()
@@ -339,6 +341,8 @@ class TraceSession:
 
     def _drain_probe(self, active: _ActiveProbe) -> int:
         batch = active.reader.consume()
+        ring_bytes = active.options.ring_buffer_bytes or active.loaded.probe.ring_buffer_bytes
+        self.ring_fill[active.stats.name] = min(1.0, len(batch) / ring_bytes)
         if not batch:
             return 0
         stats = active.stats

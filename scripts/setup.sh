@@ -16,6 +16,7 @@ APT_PACKAGES=(
     clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool  # BPF C -> CO-RE objects; vmlinux.h from BTF
     iproute2 nftables procps kmod                     # network namespaces and faults for the kernel tests
     libbpf-tools bpftrace                             # the peers the benchmarks compare against
+    prometheus                                        # the daemon tests scrape /metrics with a real server
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

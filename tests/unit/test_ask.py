@@ -1,6 +1,6 @@
 """The ask engine without a kernel: the collection step is replaced, everything else is real.
 
-The real plugins and KB are used; only ``_collect`` (attach + drain) and the
+The real plugins and KB are used; only ``collect_in_process`` (attach + drain) and the
 privilege checks are stood in for, so ranking, notes and answer sentences
 can be checked on exact, constructed events.
 """
@@ -40,7 +40,7 @@ class FakeCollection:
         self.events, self.drops, self.not_kept, self.failed = events, drops or {}, not_kept, failed or set()
 
     def __call__(self, probes: Any, seconds: float, *_: Any) -> tuple[Any, SessionSummary]:
-        collector = ask_engine._Collector(MAX_EVENTS_KEPT)
+        collector = ask_engine.EventCollector(MAX_EVENTS_KEPT)
         collector(self.events)
         collector.not_kept += self.not_kept
         stats = []
@@ -62,7 +62,7 @@ def collection(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr("jalki_core.privileges.require_btf", lambda: None)
 
     def use(fake: FakeCollection) -> None:
-        monkeypatch.setattr(ask_engine, "_collect", fake)
+        monkeypatch.setattr(ask_engine, "collect_in_process", fake)
 
     return use
 
@@ -107,7 +107,7 @@ def test_drops_and_unkept_events_are_noted(collection: Any) -> None:
 
 
 def test_collector_keeps_at_most_its_limit() -> None:
-    collector = ask_engine._Collector(limit=5)
+    collector = ask_engine.EventCollector(limit=5)
     collector([retransmit(1, "ESTABLISHED")] * 3)
     collector([retransmit(2, "ESTABLISHED")] * 4)
     assert len(collector.events) == 5 and collector.not_kept == 2

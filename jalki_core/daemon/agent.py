@@ -1,0 +1,359 @@
+"""The node agent: a tracing session that stays up, with probes deployed and removed at run time.
+
+Threads:
+
+- the **drain thread** (the caller of :meth:`Agent.serve`) runs the session:
+  it drains ring buffers, attaches and detaches probes (requests arrive through
+  :meth:`TraceSession.call_soon`), expires probes whose TTL ran out, and hands
+  each batch to the rings, the history queue, the counters and the subscriber
+  hand-off. It never waits for a client or the disk;
+- the **API thread** runs the asyncio Unix-socket server (:mod:`.server`);
+- the **history thread** writes SQLite (:class:`.store.History`);
+- the **metrics thread** serves Prometheus ``/metrics``, ``/healthz`` and ``/readyz``.
+
+Shutdown (SIGTERM/SIGINT, or :meth:`request_stop`): stop accepting clients,
+detach every probe, drain the rings, flush and fsync the emitters, write and
+checkpoint the history, remove the socket, exit 0. SIGHUP reopens file
+emitters (log rotation).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jalki_core.daemon.protocol import DeploySpec, EventFilter, ProtocolError
+from jalki_core.daemon.store import DEFAULT_RING_EVENTS, EventRings, History, HistoryLimits
+from jalki_core.errors import JalkiError
+from jalki_core.loader import ProbeOptions
+from jalki_core.session import ProbeRunStats, SessionSummary, TraceSession
+
+if TYPE_CHECKING:
+    from jalki_core.daemon.metrics import MetricsServer
+    from jalki_core.daemon.server import ApiServer
+    from jalki_core.emitters.base import Emitter
+    from jalki_core.plugins import JalkiPlugins
+
+log = logging.getLogger("jalki.daemon")
+
+DEFAULT_SOCKET = Path("/run/jalki/jalki.sock")
+"""Where the daemon listens and clients look, unless ``--socket`` or ``JALKI_SOCKET`` say otherwise."""
+
+DEFAULT_HISTORY = Path("/var/lib/jalki/history.db")
+"""The SQLite event history, unless ``--history PATH|off``."""
+
+DEFAULT_METRICS_ADDR = ("127.0.0.1", 9464)
+"""Prometheus exposition address, unless ``--metrics-addr HOST:PORT|off``."""
+
+
+def socket_path_from_env(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The API socket path: ``explicit``, else ``JALKI_SOCKET``, else :data:`DEFAULT_SOCKET`."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get("JALKI_SOCKET")
+    return Path(from_env) if from_env else DEFAULT_SOCKET
+
+
+@dataclass
+class AgentConfig:
+    """How the agent runs (the ``jalki run --serve`` options)."""
+
+    socket_path: Path = DEFAULT_SOCKET
+    socket_group: str | None = None
+    history_path: Path | None = DEFAULT_HISTORY
+    history_limits: HistoryLimits = field(default_factory=HistoryLimits)
+    metrics_addr: tuple[str, int] | None = DEFAULT_METRICS_ADDR
+    ring_events: int = DEFAULT_RING_EVENTS
+    cluster: str | None = None
+    subscriber_queue: int = 10_000
+
+
+@dataclass
+class Deployment:
+    """A probe the agent runs, how it was asked for, and until when."""
+
+    spec: DeploySpec
+    since: float  # wall clock
+    expires_at: float | None  # monotonic
+    stats: ProbeRunStats
+
+    def options(self) -> ProbeOptions:
+        """The kernel-side options of this deployment."""
+        return ProbeOptions(filter_pid=self.spec.pid or 0, filter_port=self.spec.port or 0,
+                            sample_rate=self.spec.sample)
+
+    def describe(self, now_mono: float) -> dict[str, Any]:
+        """The deployment as ``status`` and ``probes`` report it."""
+        stats = self.stats
+        return {
+            "probe": self.spec.probe,
+            "attach": stats.rung,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since)),
+            "ttl_remaining_s": None if self.expires_at is None else round(max(0.0, self.expires_at - now_mono), 1),
+            "sample": self.spec.sample,
+            "filters": {k: v for k, v in (("pid", self.spec.pid), ("port", self.spec.port)) if v is not None},
+            "events": stats.events,
+            "drops": {**stats.kernel_drops, "size_mismatch": stats.size_mismatches,
+                      "decode_error": stats.decode_errors},
+            "derive_errors": stats.derive_errors,
+            "run_time_ns": stats.run_time_ns,
+            "run_count": stats.run_count,
+            "failed_rungs": [failure.one_line() for failure in stats.failed_rungs],
+        }
+
+
+EventTap = Callable[[list[dict[str, Any]]], None]
+"""Called on the drain thread with each batch (the server's subscriber hand-off, ask's collectors)."""
+
+
+class Agent:
+    """The long-running tracing agent behind ``jalki run --serve``."""
+
+    def __init__(self, plugins: JalkiPlugins, config: AgentConfig, emitters: Sequence[Emitter] = ()) -> None:
+        self.plugins = plugins
+        self.config = config
+        self.session = TraceSession([], emitters, cluster=config.cluster, on_events=self._on_events)
+        self.rings = EventRings(config.ring_events)
+        self.history: History | None = None
+        self.deployments: dict[str, Deployment] = {}
+        self.events_by_type: Counter[tuple[str, str]] = Counter()
+        self.ring_fill_peak: dict[str, float] = {}
+        self.expired: list[str] = []
+        self.started_at = time.time()
+        self.ready = False
+        self.stopping = False
+        self._taps: list[EventTap] = []
+        self._taps_lock = threading.Lock()
+        self._server: ApiServer | None = None
+        self._metrics: MetricsServer | None = None
+        self._reopen_requested = False
+        self.summary: SessionSummary | None = None
+
+    # ---- drain-thread side ---------------------------------------------------
+
+    def _on_events(self, events: list[dict[str, Any]]) -> None:
+        source = str(events[0].get("source", "")).removeprefix("jalki/")
+        self.rings.add(source, events)
+        for event in events:
+            self.events_by_type[(source, str(event.get("type")))] += 1
+        if self.history is not None:
+            self.history.add(events)
+        with self._taps_lock:
+            taps = list(self._taps)
+        for tap in taps:
+            try:
+                tap(events)
+            except Exception:  # a consumer's bug must not stop the drain
+                log.exception("event tap failed")
+
+    def add_tap(self, tap: EventTap) -> None:
+        """Receive every batch from now on (thread-safe)."""
+        with self._taps_lock:
+            self._taps.append(tap)
+
+    def remove_tap(self, tap: EventTap) -> None:
+        """Stop receiving batches (thread-safe)."""
+        with self._taps_lock:
+            if tap in self._taps:
+                self._taps.remove(tap)
+
+    def _deploy_now(self, spec: DeploySpec) -> dict[str, Any]:
+        registered = self.plugins.probes.get(spec.probe)
+        if registered is None:
+            known = ", ".join(sorted(entry.probe.name for entry in self.plugins.probes))
+            raise ProtocolError("unknown_probe", f"no installed probe {spec.probe!r}; installed: {known}")
+        now = time.monotonic()
+        expires = None if spec.ttl_s is None else now + spec.ttl_s
+        current = self.deployments.get(spec.probe)
+        if current is not None:
+            same = (current.spec.sample, current.spec.pid, current.spec.port) == (spec.sample, spec.pid, spec.port)
+            if same:
+                current.expires_at = expires if spec.ttl_s is not None else current.expires_at
+                if spec.ttl_s is not None:
+                    current.spec = spec
+                return {"changed": False, **current.describe(now)}
+            self._undeploy_now(spec.probe)
+        deployment = Deployment(spec, time.time(), expires, ProbeRunStats(spec.probe))
+        stats = self.session.attach_probe(registered.probe, deployment.options())
+        deployment.stats = stats
+        if stats.rung is None:
+            self.session.probes = [p for p in self.session.probes if p.name != spec.probe]
+            raise ProtocolError("attach_failed", stats.error or f"probe {spec.probe} could not be attached")
+        self.deployments[spec.probe] = deployment
+        log.info("deployed %s on %s", spec.probe, stats.rung)
+        return {"changed": True, **deployment.describe(now)}
+
+    def _undeploy_now(self, name: str) -> dict[str, Any]:
+        deployment = self.deployments.pop(name, None)
+        if deployment is None:
+            raise ProtocolError("not_attached", f"probe {name!r} is not deployed")
+        stats = self.session.detach_probe(name)
+        deployment.stats = stats
+        log.info("undeployed %s", name)
+        return deployment.describe(time.monotonic())
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for name, deployment in list(self.deployments.items()):
+            if deployment.expires_at is not None and now >= deployment.expires_at:
+                self._undeploy_now(name)
+                self.expired.append(name)
+                log.info("probe %s expired (ttl)", name)
+        if self._reopen_requested:
+            self._reopen_requested = False
+            self._reopen_emitters()
+        for name, fill in self.session.ring_fill.items():
+            self.ring_fill_peak[name] = max(self.ring_fill_peak.get(name, 0.0), fill)
+
+    def _reopen_emitters(self) -> None:
+        for worker in self.session.workers:
+            reopen = getattr(worker.emitter, "reopen", None)
+            if reopen is not None:
+                try:
+                    reopen()
+                except Exception as exc:  # reported, the agent keeps running
+                    worker.stats.errors += 1
+                    worker.stats.last_error = f"reopen failed: {exc}"
+                    log.error("emitter %s: reopen failed: %s", worker.emitter.name, exc)
+
+    def _snapshot_now(self) -> dict[str, Any]:
+        self.session.live_stats()
+        now = time.monotonic()
+        return {
+            "probes": {name: d.describe(now) for name, d in self.deployments.items()},
+            "emitters": {w.emitter.name: {"events_emitted": w.stats.events_emitted,
+                                          "events_dropped": w.stats.events_dropped,
+                                          "errors": w.stats.errors, "last_error": w.stats.last_error}
+                         for w in self.session.workers},
+        }
+
+    # ---- any thread ----------------------------------------------------------
+
+    def on_drain_thread(self, func: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run ``func`` on the drain thread and return its result (or raise its exception)."""
+        if self.stopping:
+            raise ProtocolError("unavailable", "the daemon is shutting down")
+        try:
+            return self.session.call_soon(func).result(timeout)
+        except ProtocolError:
+            raise
+        except JalkiError as exc:
+            raise ProtocolError("unavailable", exc.one_line()) from exc
+
+    def deploy(self, spec: DeploySpec) -> dict[str, Any]:
+        """Attach a probe at run time (idempotent); see ``specs/protocol.md``."""
+        return dict(self.on_drain_thread(lambda: self._deploy_now(spec)))
+
+    def undeploy(self, name: str) -> dict[str, Any]:
+        """Detach a deployed probe, draining what it left."""
+        return dict(self.on_drain_thread(lambda: self._undeploy_now(name)))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Probe and emitter figures read now on the drain thread."""
+        return dict(self.on_drain_thread(self._snapshot_now))
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``jalki status`` shows."""
+        snapshot = self.snapshot()
+        subscribers = self._server.subscriber_stats() if self._server is not None else {}
+        return {
+            "version": _version(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "socket": str(self.config.socket_path),
+            "metrics": None if self.config.metrics_addr is None else "{}:{}".format(*self.config.metrics_addr),
+            "ready": self.ready,
+            **snapshot,
+            "expired": list(self.expired),
+            "ring": {"capacity": self.rings.capacity, "events": self.rings.sizes()},
+            "history": None if self.history is None else self.history.stats(),
+            "subscribers": subscribers,
+        }
+
+    def available_probes(self) -> list[dict[str, Any]]:
+        """Every installed probe, and whether it is deployed."""
+        return [{**entry.probe.describe(), "plugin": entry.owner.plugin,
+                 "deployed": entry.probe.name in self.deployments}
+                for entry in sorted(self.plugins.probes, key=lambda e: e.probe.name)]
+
+    def get_events(self, where: EventFilter, since_ns: int | None, limit: int) -> list[Mapping[str, Any]]:
+        """Recent events from the in-memory rings."""
+        return self.rings.query(where, since_ns=since_ns, limit=limit)
+
+    def recent(self, where: EventFilter, since_ns: int | None, limit: int) -> list[dict[str, Any]]:
+        """Events from the SQLite history."""
+        if self.history is None:
+            raise ProtocolError("unavailable", "the event history is off (--history off)")
+        return self.history.query(where, since_ns=since_ns, limit=limit)
+
+    def request_stop(self) -> None:
+        """Begin the shutdown (safe from a signal handler)."""
+        self.session.request_stop()
+
+    def request_reopen(self) -> None:
+        """Reopen file emitters at the next tick (SIGHUP; safe from a signal handler)."""
+        self._reopen_requested = True
+        self.session.call_soon(lambda: None)  # wake the drain loop
+
+    # ---- lifecycle -----------------------------------------------------------
+
+    def serve(self, initial: Sequence[DeploySpec] = (), *, install_signals: bool = True) -> None:
+        """Run until stopped: the calling thread becomes the drain thread."""
+        from jalki_core.daemon.server import ApiServer
+
+        self.session.start()
+        previous: dict[int, Any] = {}
+        try:
+            for spec in initial:
+                try:
+                    self._deploy_now(spec)
+                except ProtocolError as exc:
+                    log.warning("probe %s: %s", spec.probe, exc.message)
+            if self.config.history_path is not None:
+                self.history = History(self.config.history_path, self.config.history_limits)
+                self.history.start()
+            if self.config.metrics_addr is not None:
+                from jalki_core.daemon.metrics import MetricsServer
+
+                self._metrics = MetricsServer(self, self.config.metrics_addr)
+                self._metrics.start()
+            self._server = ApiServer(self, self.config.socket_path, self.config.socket_group,
+                                     self.config.subscriber_queue)
+            self._server.start()
+            self.add_tap(self._server.publish)
+            if install_signals:
+                previous = {sig: signal.signal(sig, lambda *_: self.request_stop())
+                            for sig in (signal.SIGTERM, signal.SIGINT)}
+                previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: self.request_reopen())
+            self.ready = True
+            log.info("jalki daemon ready on %s", self.config.socket_path)
+            self.session.run(tick=self._tick)
+        finally:
+            self.ready = False
+            self.stopping = True
+            if self._server is not None:
+                self._server.stop_accepting()
+            self.summary = self.session.stop()
+            if self._server is not None:
+                self._server.close()
+            if self.history is not None:
+                self.history.close()
+            if self._metrics is not None:
+                self._metrics.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _version() -> str:
+    from jalki_core import __version__
+
+    return __version__

@@ -1,0 +1,127 @@
+"""``ask`` through a running daemon: the same engine, collecting from the daemon's session.
+
+Probes the question needs that are not deployed are deployed for the
+question's duration (with a TTL as a safety net) and removed afterwards;
+probes already deployed are shared, and their events are filtered by
+``pid``/``port`` in user space. Events are taken from the drain thread as they
+arrive, so the answer covers exactly the observation window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from jalki_core.ask_engine import MAX_EVENTS_KEPT, EventCollector, ProgressCallback, ask
+from jalki_core.daemon.protocol import DeploySpec, ProtocolError
+from jalki_core.session import ProbeRunStats, SessionSummary
+
+if TYPE_CHECKING:
+    from jalki_core.daemon.agent import Agent
+    from jalki_core.registry import RegisteredProbe
+
+MAX_ASK_SECONDS = 300.0
+"""Longest observation one ``ask`` request may ask of the daemon."""
+
+TTL_MARGIN_S = 30.0
+"""Probes deployed for a question expire this long after it ends, should the daemon lose track."""
+
+
+class AgentCollect:
+    """A :data:`jalki_core.ask_engine.Collect` that uses the daemon's running session."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def __call__(self, probes: list[RegisteredProbe], seconds: float, pid: int | None, port: int | None,
+                 progress: ProgressCallback | None, cancel: threading.Event | None,
+                 ) -> tuple[EventCollector, SessionSummary]:
+        names = [registered.probe.name for registered in probes]
+        sources = {f"jalki/{name}" for name in names}
+        collector = EventCollector(MAX_EVENTS_KEPT)
+        per_probe: dict[str, int] = dict.fromkeys(names, 0)
+
+        def tap(events: list[dict[str, Any]]) -> None:
+            if events[0].get("source") not in sources:
+                return
+            kept = [event for event in events if _passes(event, pid, port)]
+            if kept:
+                per_probe[str(kept[0]["source"]).removeprefix("jalki/")] += len(kept)
+                collector(kept)
+
+        before = self.agent.snapshot()["probes"]
+        added: list[str] = []
+        failed: dict[str, ProbeRunStats] = {}
+        for name in names:
+            if name in before:
+                continue
+            try:
+                self.agent.deploy(DeploySpec(name, ttl_s=seconds + TTL_MARGIN_S))
+                added.append(name)
+            except ProtocolError as exc:
+                failed[name] = ProbeRunStats(name, error=exc.message)
+        started = time.monotonic()
+        self.agent.add_tap(tap)
+        try:
+            while (elapsed := time.monotonic() - started) < seconds:
+                if cancel is not None and cancel.is_set():
+                    break
+                if progress is not None:
+                    progress(elapsed, sum(per_probe.values()))
+                time.sleep(min(0.2, seconds - elapsed))
+        finally:
+            self.agent.remove_tap(tap)
+            after = self.agent.snapshot()["probes"]
+            for name in added:
+                try:
+                    after[name] = self.agent.undeploy(name)
+                except ProtocolError:
+                    pass  # already expired or removed by someone else
+        stats = []
+        for name in names:
+            if name in failed:
+                stats.append(failed[name])
+                continue
+            now, then = after.get(name, {}), before.get(name, {})
+            drops = {cause: count - then.get("drops", {}).get(cause, 0)
+                     for cause, count in now.get("drops", {}).items()}
+            run = ProbeRunStats(name, rung=now.get("attach"), events=per_probe[name])
+            run.kernel_drops = {cause: count for cause, count in drops.items()
+                                if cause not in ("size_mismatch", "decode_error")}
+            run.size_mismatches = drops.get("size_mismatch", 0)
+            run.decode_errors = drops.get("decode_error", 0)
+            stats.append(run)
+        return collector, SessionSummary(stats, {}, time.monotonic() - started)
+
+
+def _passes(event: Mapping[str, Any], pid: int | None, port: int | None) -> bool:
+    if pid is not None and (event.get("process_data") or {}).get("pid") != pid:
+        return False
+    if port is not None:
+        network = event.get("network_data") or {}
+        if port not in (network.get("src_port"), network.get("dst_port")):
+            return False
+    return True
+
+
+def ask_through_agent(agent: Agent, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Handle an ``ask`` request: the answer object of ``specs/ask.schema.json``."""
+    from jalki_core.errors import UsageError
+
+    question = fields.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise ProtocolError("bad_request", "field 'question' must be a non-empty string")
+    seconds = fields.get("seconds", 10)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= MAX_ASK_SECONDS:
+        raise ProtocolError("bad_request", f"field 'seconds' must be in (0, {MAX_ASK_SECONDS:g}]")
+    options = {name: fields.get(name) for name in ("pid", "port")}
+    try:
+        result = ask(question, seconds=float(seconds), plugins=agent.plugins, collect=AgentCollect(agent),
+                     **options)
+    except UsageError as exc:
+        raise ProtocolError("bad_request", exc.message) from exc
+    answer = result.as_dict()
+    answer["via"] = "daemon"
+    return answer

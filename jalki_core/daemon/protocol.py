@@ -1,0 +1,253 @@
+"""The jalki local API protocol, version 1 (``specs/protocol.md``).
+
+Framing: one JSON object per line (UTF-8, ``\\n``-terminated), at most
+:data:`MAX_FRAME_BYTES` bytes including the newline, in both directions.
+
+A request is ``{"v": 1, "id": <any JSON scalar>, "type": "<message type>", ...}``.
+Every request gets exactly one reply carrying the same ``id``:
+``{"v": 1, "id": …, "ok": true, "result": {...}}`` or
+``{"v": 1, "id": …, "ok": false, "error": {"code": "...", "message": "..."}}``.
+A subscription additionally receives pushes ``{"v": 1, "push": "event",
+"subscription": N, "event": {...}}`` and ``{"v": 1, "push": "dropped",
+"subscription": N, "count": K}`` until it is cancelled.
+
+This module only parses and checks; it never touches probes or sockets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+PROTOCOL_VERSION = 1
+"""The ``v`` every frame carries; a different version is refused with ``unsupported_version``."""
+
+MAX_FRAME_BYTES = 1 << 20
+"""Largest frame (request or reply) in bytes, newline included."""
+
+MAX_EVENTS_PER_REPLY = 10_000
+"""Most events one ``get_events``/``recent`` reply carries (``limit`` is capped here)."""
+
+ERROR_CODES: tuple[str, ...] = (
+    "bad_frame",            # not UTF-8 JSON, or not an object
+    "frame_too_large",      # over MAX_FRAME_BYTES; the rest of the line is skipped
+    "unsupported_version",  # "v" missing or not 1
+    "unknown_type",         # no such message type
+    "bad_request",          # a field is missing, of the wrong type or out of range
+    "unknown_probe",        # no installed probe of that name
+    "not_attached",         # undeploy/unsubscribe of something that is not there
+    "attach_failed",        # every rung of the probe's ladder failed
+    "unavailable",          # the daemon cannot do it now (history off, shutting down)
+    "internal",             # a bug; the daemon logs it and keeps serving
+)
+"""Every ``error.code`` a reply may carry."""
+
+
+class ProtocolError(Exception):
+    """A request the daemon refuses; becomes an error reply, never a dropped connection."""
+
+    def __init__(self, code: str, message: str, *, request_id: Any = None) -> None:
+        assert code in ERROR_CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    """A parsed request frame."""
+
+    id: Any
+    type: str
+    fields: Mapping[str, Any]
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One frame: compact JSON and a newline."""
+    return orjson.dumps(message) + b"\n"
+
+
+def reply_ok(request_id: Any, result: Any) -> dict[str, Any]:
+    """A success reply."""
+    return {"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result}
+
+
+def reply_error(request_id: Any, error: ProtocolError) -> dict[str, Any]:
+    """An error reply."""
+    return {"v": PROTOCOL_VERSION, "id": request_id, "ok": False,
+            "error": {"code": error.code, "message": error.message}}
+
+
+def push(kind: str, subscription: int, **fields: Any) -> dict[str, Any]:
+    """A push frame of a subscription (``event`` or ``dropped``)."""
+    return {"v": PROTOCOL_VERSION, "push": kind, "subscription": subscription, **fields}
+
+
+# ---- field checks -----------------------------------------------------------
+
+def _field(fields: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = False,
+           check: Callable[[Any], bool] | None = None, rule: str = "") -> Any:
+    value = fields.get(name)
+    if value is None:
+        if required:
+            raise ProtocolError("bad_request", f"field {name!r} is required")
+        return None
+    # bool is an int in Python; never accept it where a number is meant
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ProtocolError("bad_request", f"field {name!r} must be {_kind_name(kind)}")
+    if not isinstance(value, kind):
+        raise ProtocolError("bad_request", f"field {name!r} must be {_kind_name(kind)}")
+    if check is not None and not check(value):
+        raise ProtocolError("bad_request", f"field {name!r} {rule}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", dict: "an object",
+             list: "an array"}
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Server-side filters of ``get_events``, ``subscribe`` and ``recent``; ``None`` matches anything."""
+
+    probe: str | None = None
+    type: str | None = None
+    pid: int | None = None
+    command: str | None = None
+    src_ip: str | None = None
+    dst_ip: str | None = None
+    src_port: int | None = None
+    dst_port: int | None = None
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event`` passes every filter that is set."""
+        if self.probe is not None and event.get("source") != f"jalki/{self.probe}":
+            return False
+        if self.type is not None and event.get("type") != self.type:
+            return False
+        if self.pid is not None or self.command is not None:
+            process = event.get("process_data") or {}
+            if self.pid is not None and process.get("pid") != self.pid:
+                return False
+            if self.command is not None and process.get("command") != self.command:
+                return False
+        if self.src_ip or self.dst_ip or self.src_port is not None or self.dst_port is not None:
+            network = event.get("network_data") or {}
+            for name in ("src_ip", "dst_ip", "src_port", "dst_port"):
+                wanted = getattr(self, name)
+                if wanted is not None and network.get(name) != wanted:
+                    return False
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        """The filters that are set."""
+        return {name: value for name, value in self.__dict__.items() if value is not None}
+
+
+def _port(value: int) -> bool:
+    return 0 < value < 65536
+
+
+def parse_filter(fields: Mapping[str, Any]) -> EventFilter:
+    """The :class:`EventFilter` of a request's fields."""
+    src_ip = _field(fields, "src_ip", str, check=_is_ip, rule="must be an IPv4 or IPv6 address")
+    dst_ip = _field(fields, "dst_ip", str, check=_is_ip, rule="must be an IPv4 or IPv6 address")
+    return EventFilter(
+        probe=_field(fields, "probe", str),
+        type=_field(fields, "event_type", str),
+        pid=_field(fields, "pid", int, check=lambda v: v > 0, rule="must be a positive process id"),
+        command=_field(fields, "command", str, check=lambda v: 0 < len(v) <= 15, rule="must be 1 to 15 characters"),
+        src_ip=None if src_ip is None else str(ipaddress.ip_address(src_ip)),
+        dst_ip=None if dst_ip is None else str(ipaddress.ip_address(dst_ip)),
+        src_port=_field(fields, "src_port", int, check=_port, rule="must be between 1 and 65535"),
+        dst_port=_field(fields, "dst_port", int, check=_port, rule="must be between 1 and 65535"),
+    )
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """What ``deploy`` asks for: a probe with its kernel-side options and an optional time to live."""
+
+    probe: str
+    sample: float = 1.0
+    pid: int | None = None
+    port: int | None = None
+    ttl_s: float | None = None
+
+
+def parse_deploy(fields: Mapping[str, Any]) -> DeploySpec:
+    """Check a ``deploy`` request."""
+    return DeploySpec(
+        probe=_field(fields, "probe", str, required=True),
+        sample=_field(fields, "sample", (int, float), check=lambda v: 0 < v <= 1, rule="must be in (0, 1]") or 1.0,
+        pid=_field(fields, "pid", int, check=lambda v: v > 0, rule="must be a positive process id"),
+        port=_field(fields, "port", int, check=_port, rule="must be between 1 and 65535"),
+        ttl_s=_field(fields, "ttl", (int, float), check=lambda v: 0 < v <= 7 * 86400,
+                     rule="must be in (0, 604800] seconds"),
+    )
+
+
+def parse_limit(fields: Mapping[str, Any], default: int = 100) -> int:
+    """``limit`` of a listing request, capped at :data:`MAX_EVENTS_PER_REPLY`."""
+    limit = _field(fields, "limit", int, check=lambda v: v > 0, rule="must be a positive integer")
+    return min(limit or default, MAX_EVENTS_PER_REPLY)
+
+
+def parse_since(fields: Mapping[str, Any]) -> int | None:
+    """``since`` as nanoseconds since the epoch: an RFC 3339 timestamp, or seconds ago as a number."""
+    from jalki_core.kb import parse_timestamp
+
+    value = fields.get("since")
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ProtocolError("bad_request", "field 'since' must be an RFC 3339 timestamp or seconds ago")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ProtocolError("bad_request", "field 'since' in seconds ago must not be negative")
+        import time
+
+        return time.time_ns() - int(value * 1_000_000_000)
+    stamp = parse_timestamp(value)
+    if stamp is None:
+        raise ProtocolError("bad_request", "field 'since' must be an RFC 3339 timestamp or seconds ago")
+    return stamp
+
+
+def parse_frame(line: bytes) -> Request:
+    """Parse one request frame (without its newline).
+
+    :raises ProtocolError: ``bad_frame``, ``unsupported_version`` or ``bad_request``.
+    """
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("bad_frame", f"not a JSON object: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_frame", "a frame must be a JSON object")
+    request_id = message.get("id")
+    if isinstance(request_id, dict | list):
+        raise ProtocolError("bad_request", "field 'id' must be a string, number or null")
+    if message.get("v") != PROTOCOL_VERSION or isinstance(message.get("v"), bool):
+        raise ProtocolError("unsupported_version", f"this daemon speaks protocol version {PROTOCOL_VERSION}",
+                            request_id=request_id)
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_request", "field 'type' must be a string", request_id=request_id)
+    return Request(request_id, kind, message)

@@ -1,0 +1,371 @@
+"""The local API: an asyncio Unix-socket server on its own thread (``specs/protocol.md``).
+
+Each connection reads newline-delimited JSON requests and answers each with
+exactly one reply. A malformed, oversized or unknown request gets an error
+reply; the connection stays usable and no other client notices. Requests that
+touch probes are handed to the drain thread and awaited without blocking the
+loop; history queries run in a worker thread.
+
+Subscriptions: the drain thread appends each batch to a bounded hand-off
+(never waiting); the loop fans batches out to every subscription's bounded
+queue, applying its filter. A subscriber that reads too slowly loses events,
+counted per subscription and announced with a ``dropped`` push when it
+catches up; the drain thread and the other clients never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import itertools
+import logging
+import os
+import stat
+import threading
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jalki_core.daemon import protocol
+from jalki_core.daemon.protocol import MAX_FRAME_BYTES, EventFilter, ProtocolError, Request
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from jalki_core.daemon.agent import Agent
+
+log = logging.getLogger("jalki.daemon.api")
+
+HANDOFF_BATCHES = 4096
+"""Batches waiting between the drain thread and the API loop; beyond it subscribers lose them (counted)."""
+
+SOCKET_MODE = 0o660
+"""The API socket's mode: owner (root) and the configured group; never world-accessible."""
+
+
+class Subscription:
+    """One live event stream of one connection."""
+
+    def __init__(self, number: int, where: EventFilter, capacity: int) -> None:
+        self.number = number
+        self.where = where
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(capacity)
+        self.sent = 0
+        self.dropped = 0
+        self.unreported_drops = 0
+
+    def offer(self, event: dict[str, Any]) -> None:
+        """Queue an event that passed the filter, or count it lost."""
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.unreported_drops += 1
+
+
+class Connection:
+    """One client connection: its requests, its subscriptions, one writer."""
+
+    def __init__(self, server: ApiServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.subscriptions: dict[int, Subscription] = {}
+        self.write_lock = asyncio.Lock()
+        self.pumps: list[asyncio.Task[None]] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        frame = protocol.encode(message)
+        if len(frame) > MAX_FRAME_BYTES:
+            message = protocol.reply_error(message.get("id"), ProtocolError(
+                "bad_request", f"the reply would exceed {MAX_FRAME_BYTES} bytes; ask for fewer events (limit)"))
+            frame = protocol.encode(message)
+        async with self.write_lock:
+            self.writer.write(frame)
+            await self.writer.drain()
+
+    async def read_frame(self) -> bytes | None:
+        """The next line without its newline; ``None`` at EOF. Oversized lines raise ``frame_too_large``."""
+        try:
+            line = await self.reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial if exc.partial.strip() else None
+        except asyncio.LimitOverrunError:
+            # skip the rest of the oversized line, then report it
+            while True:
+                try:
+                    await self.reader.readuntil(b"\n")
+                    break
+                except asyncio.LimitOverrunError as more:
+                    await self.reader.readexactly(more.consumed)
+                except asyncio.IncompleteReadError:
+                    break
+            raise ProtocolError("frame_too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes") from None
+        return line[:-1]
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                try:
+                    line = await self.read_frame()
+                except ProtocolError as exc:
+                    self.server.count_request("?", exc.code)
+                    await self.send(protocol.reply_error(None, exc))
+                    continue
+                if line is None:
+                    return
+                if not line.strip():
+                    continue
+                await self.handle(line)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            for task in self.pumps:
+                task.cancel()
+            for subscription in self.subscriptions.values():
+                self.server.subscriptions.discard(subscription)
+            with contextlib.suppress(Exception):
+                self.writer.close()
+
+    async def handle(self, line: bytes) -> None:
+        request_id: Any = None
+        try:
+            request = protocol.parse_frame(line)
+            request_id = request.id
+            handler = self.server.handlers.get(request.type)
+            if handler is None:
+                raise ProtocolError("unknown_type", f"unknown message type {request.type!r}; known: "
+                                    + ", ".join(sorted(self.server.handlers)))
+            result = await handler(self, request)
+        except ProtocolError as exc:
+            self.server.count_request(_safe_type(line), exc.code)
+            await self.send(protocol.reply_error(exc.request_id if request_id is None else request_id, exc))
+            return
+        except Exception as exc:  # a bug in a handler: report it, keep serving
+            log.exception("request failed")
+            self.server.count_request(_safe_type(line), "internal")
+            await self.send(protocol.reply_error(request_id, ProtocolError("internal", f"{type(exc).__name__}: "
+                                                                                        f"{exc}")))
+            return
+        self.server.count_request(request.type, "ok")
+        await self.send(protocol.reply_ok(request_id, result))
+
+    async def pump(self, subscription: Subscription) -> None:
+        """Write a subscription's queued events to the client, announcing losses."""
+        while True:
+            event = await subscription.queue.get()
+            if subscription.unreported_drops:
+                count, subscription.unreported_drops = subscription.unreported_drops, 0
+                await self.send(protocol.push("dropped", subscription.number, count=count))
+            await self.send(protocol.push("event", subscription.number, event=event))
+            subscription.sent += 1
+
+
+def _safe_type(line: bytes) -> str:
+    try:
+        return protocol.parse_frame(line).type[:32]
+    except ProtocolError:
+        return "?"
+
+
+class ApiServer:
+    """The API server thread of an :class:`Agent`."""
+
+    def __init__(self, agent: Agent, path: Path, group: str | None, subscriber_queue: int) -> None:
+        self.agent = agent
+        self.path = path
+        self.group = group
+        self.subscriber_queue = subscriber_queue
+        self.subscriptions: set[Subscription] = set()
+        self.requests: dict[tuple[str, str], int] = {}
+        self.handoff_dropped = 0
+        self._numbers = itertools.count(1)
+        self._handoff: deque[list[dict[str, Any]]] = deque()
+        self._handoff_lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="jalki-api", daemon=True)
+        self._started = threading.Event()
+        self.handlers: dict[str, Callable[[Connection, Request], Awaitable[Any]]] = {
+            "ping": self.on_ping, "status": self.on_status, "probes": self.on_probes, "deploy": self.on_deploy,
+            "undeploy": self.on_undeploy, "get_events": self.on_get_events, "subscribe": self.on_subscribe,
+            "unsubscribe": self.on_unsubscribe, "recent": self.on_recent, "ask": self.on_ask,
+        }
+
+    # ---- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the socket (mode 0660, root:group) and serve on the API thread."""
+        from jalki_core.errors import JalkiError
+
+        gid = -1
+        if self.group is not None:
+            try:
+                gid = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise JalkiError(f"unknown group {self.group!r} for the API socket",
+                                 hint="create it (groupadd) or give --socket-group an existing group") from None
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if not stat.S_ISSOCK(self.path.lstat().st_mode):
+                raise JalkiError(f"{self.path} exists and is not a socket", hint="remove it or use --socket")
+            if _socket_alive(self.path):
+                raise JalkiError(f"another jalki daemon is serving {self.path}",
+                                 hint="stop it, or give this one another --socket")
+            self.path.unlink()
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._bind(gid), self._loop)
+        future.result(10)
+
+    async def _bind(self, gid: int) -> None:
+        old_umask = os.umask(0o117)  # the socket is born 0660: never a window where others can connect
+        try:
+            self._server = await asyncio.start_unix_server(self._on_client, path=str(self.path),
+                                                           limit=MAX_FRAME_BYTES)
+        finally:
+            os.umask(old_umask)
+        os.chown(self.path, 0 if os.geteuid() == 0 else -1, gid)
+        self.path.chmod(SOCKET_MODE)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket (connected clients keep being served until :meth:`close`)."""
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def close(self) -> None:
+        """Deliver what is handed off, disconnect clients, stop the loop."""
+        async def shutdown() -> None:
+            self._fan_out()
+            await asyncio.sleep(0)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await Connection(self, reader, writer).serve()
+
+    # ---- events from the drain thread ----------------------------------------------
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        """Hand a batch to the subscribers (drain thread; never blocks)."""
+        if not self.subscriptions:
+            return
+        with self._handoff_lock:
+            if len(self._handoff) >= HANDOFF_BATCHES:
+                self.handoff_dropped += len(events)
+                for subscription in list(self.subscriptions):
+                    subscription.dropped += len(events)
+                    subscription.unreported_drops += len(events)
+                return
+            wake = not self._handoff
+            self._handoff.append(events)
+        if wake:
+            self._loop.call_soon_threadsafe(self._fan_out)
+
+    def _fan_out(self) -> None:
+        with self._handoff_lock:
+            batches = list(self._handoff)
+            self._handoff.clear()
+        for events in batches:
+            for subscription in list(self.subscriptions):
+                where = subscription.where
+                for event in events:
+                    if where.matches(event):
+                        subscription.offer(event)
+
+    def subscriber_stats(self) -> dict[str, Any]:
+        """Subscriptions now, and events they lost."""
+        subscriptions = list(self.subscriptions)
+        return {"count": len(subscriptions), "sent": sum(s.sent for s in subscriptions),
+                "dropped": sum(s.dropped for s in subscriptions), "handoff_dropped": self.handoff_dropped}
+
+    def count_request(self, kind: str, outcome: str) -> None:
+        key = (kind if kind in self.handlers else "?", outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    # ---- handlers --------------------------------------------------------------
+
+    async def _agent_call(self, func: Callable[[], Any]) -> Any:
+        return await asyncio.to_thread(func)
+
+    async def on_ping(self, conn: Connection, request: Request) -> Any:
+        return {"pong": True, "protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid()}
+
+    async def on_status(self, conn: Connection, request: Request) -> Any:
+        return await self._agent_call(self.agent.status)
+
+    async def on_probes(self, conn: Connection, request: Request) -> Any:
+        return {"probes": self.agent.available_probes()}
+
+    async def on_deploy(self, conn: Connection, request: Request) -> Any:
+        spec = protocol.parse_deploy(request.fields)
+        return await self._agent_call(lambda: self.agent.deploy(spec))
+
+    async def on_undeploy(self, conn: Connection, request: Request) -> Any:
+        name = request.fields.get("probe")
+        if not isinstance(name, str):
+            raise ProtocolError("bad_request", "field 'probe' is required")
+        return await self._agent_call(lambda: self.agent.undeploy(name))
+
+    async def on_get_events(self, conn: Connection, request: Request) -> Any:
+        where = protocol.parse_filter(request.fields)
+        since = protocol.parse_since(request.fields)
+        limit = protocol.parse_limit(request.fields)
+        events = await self._agent_call(lambda: self.agent.get_events(where, since, limit))
+        return {"events": events, "count": len(events)}
+
+    async def on_recent(self, conn: Connection, request: Request) -> Any:
+        where = protocol.parse_filter(request.fields)
+        since = protocol.parse_since(request.fields)
+        limit = protocol.parse_limit(request.fields)
+        events = await self._agent_call(lambda: self.agent.recent(where, since, limit))
+        return {"events": events, "count": len(events)}
+
+    async def on_subscribe(self, conn: Connection, request: Request) -> Any:
+        where = protocol.parse_filter(request.fields)
+        subscription = Subscription(next(self._numbers), where, self.subscriber_queue)
+        conn.subscriptions[subscription.number] = subscription
+        self.subscriptions.add(subscription)
+        conn.pumps.append(asyncio.get_running_loop().create_task(conn.pump(subscription)))
+        return {"subscription": subscription.number, "filters": where.as_dict()}
+
+    async def on_unsubscribe(self, conn: Connection, request: Request) -> Any:
+        number = request.fields.get("subscription")
+        subscription = conn.subscriptions.pop(number, None) if isinstance(number, int) else None
+        if subscription is None:
+            raise ProtocolError("not_attached", f"no subscription {number!r} on this connection")
+        self.subscriptions.discard(subscription)
+        return {"subscription": number, "sent": subscription.sent, "dropped": subscription.dropped}
+
+    async def on_ask(self, conn: Connection, request: Request) -> Any:
+        from jalki_core.daemon.ask import ask_through_agent
+
+        return await self._agent_call(lambda: ask_through_agent(self.agent, request.fields))
+
+
+def _socket_alive(path: Path) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
