@@ -244,6 +244,13 @@ class ProbeLoader:
         )
         if "jalki_self_tgid" in _rodata_vars(obj):
             obj.set_rodata("jalki_self_tgid", self.options.self_tgid)
+        for var, value in probe.rodata().items():
+            try:
+                obj.set_rodata(var, value)
+            except LibbpfError as exc:
+                raise ProbeError(f"probe {probe.name}: cannot set {var!r} in .rodata: {exc.one_line()}",
+                                 hint="the probe's rodata() must name const volatile globals of its object, "
+                                      "with values of their size") from exc
 
 
 def _rodata_vars(obj: BpfObject) -> set[str]:

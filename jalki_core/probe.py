@@ -162,7 +162,8 @@ class Probe(ABC):
       and reported with the shared ones (``ringbuf_full``, ``sampled``,
       ``tracking_full``), e.g. ``("issue_unseen",)``.
 
-    Optional hooks: :meth:`derive` (events computed from this probe's own
+    Optional hooks: :meth:`rodata` (per-instance kernel-side settings),
+    :meth:`derive` (events computed from this probe's own
     events, e.g. windowed anomalies) and :meth:`final_events` (events read
     from the probe's maps when the session stops, e.g. a histogram).
     """
@@ -185,6 +186,16 @@ class Probe(ABC):
         Called with every batch the ring buffer reader drains. ``ctx`` builds
         the common event fields (id, timestamp, source, attach rung…).
         """
+
+    def rodata(self) -> Mapping[str, int | bytes]:
+        """This instance's settings for ``const volatile`` globals, set before load (default: none).
+
+        Names are the C variables; ints are packed to the variable's size,
+        bytes must have exactly its size. Use it for per-probe settings the
+        kernel side needs (thresholds, a path prefix). The loader also sets
+        ``jalki_self_tgid`` itself.
+        """
+        return {}
 
     def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
         """Events computed from a batch of this probe's decoded events (default: none).

@@ -191,6 +191,15 @@ static __always_inline bool jalki_is_self(__u32 tgid)
 }
 
 /* tgid 0 means "owner unknown": it passes unless a tgid filter is set. */
+/* The process filter alone, for probes whose events have no ports (block
+ * I/O, file opens, process exits): the port filter does not apply to them. */
+static __always_inline bool jalki_pass_tgid_filter(__u32 tgid)
+{
+	const struct jalki_config *cfg = jalki_config_get();
+
+	return !cfg || !cfg->filter_tgid || cfg->filter_tgid == tgid;
+}
+
 static __always_inline bool jalki_pass_filters(__u32 tgid, __u16 sport, __u16 dport)
 {
 	const struct jalki_config *cfg = jalki_config_get();
