@@ -99,6 +99,10 @@ class AttachLadderExhausted(ProbeError):
     """Every rung of a probe's attach ladder failed."""
 
 
+class ProbeUnavailableError(ProbeError):
+    """The machine lacks what a probe needs (``Probe.unavailable_reason``); no rung was tried."""
+
+
 class EmitterError(JalkiError):
     """An emitter could not open or write its sink."""
 

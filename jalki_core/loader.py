@@ -21,6 +21,7 @@ from jalki_core.errors import (
     LayoutMismatchError,
     LibbpfError,
     ProbeError,
+    ProbeUnavailableError,
 )
 from jalki_core.probe import AttachRung, Probe
 
@@ -159,6 +160,10 @@ class ProbeLoader:
         """
         from jalki_core._libbpf import capture_libbpf_log
 
+        reason = probe.unavailable_reason()
+        if reason is not None:
+            raise ProbeUnavailableError(f"probe {probe.name} is unavailable here: {reason}",
+                                        hint="nothing is faked: this probe needs what this machine lacks")
         data = probe.bpf_object.read_bytes()
         failures: list[RungFailure] = []
         for rung in probe.ladder:

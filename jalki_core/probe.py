@@ -162,7 +162,8 @@ class Probe(ABC):
       and reported with the shared ones (``ringbuf_full``, ``sampled``,
       ``tracking_full``), e.g. ``("issue_unseen",)``.
 
-    Optional hooks: :meth:`rodata` (per-instance kernel-side settings),
+    Optional hooks: :meth:`unavailable_reason` (the machine lacks what the
+    probe needs), :meth:`rodata` (per-instance kernel-side settings),
     :meth:`derive` (events computed from this probe's own
     events, e.g. windowed anomalies) and :meth:`final_events` (events read
     from the probe's maps when the session stops, e.g. a histogram).
@@ -186,6 +187,16 @@ class Probe(ABC):
         Called with every batch the ring buffer reader drains. ``ctx`` builds
         the common event fields (id, timestamp, source, attach rung…).
         """
+
+    def unavailable_reason(self) -> str | None:
+        """Why this probe cannot run on this machine at all, checked before any rung is tried (default: ``None``).
+
+        For probes that need hardware or kernel features the attach ladder
+        cannot work around (hardware performance counters in a VM without a
+        PMU): the probe is then reported as not attached with this reason,
+        never run on fake data.
+        """
+        return None
 
     def rodata(self) -> Mapping[str, int | bytes]:
         """This instance's settings for ``const volatile`` globals, set before load (default: none).

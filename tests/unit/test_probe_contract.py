@@ -69,3 +69,20 @@ def test_hooks_default_to_no_extra_events() -> None:
     assert probe.derive([{"type": "kernel.tcp.retransmit"}], make_event_context()) == []
     assert probe.final_events({}, make_event_context()) == []
     assert probe.extra_drop_causes == ()
+
+
+def test_an_unavailable_probe_is_refused_before_any_rung() -> None:
+    from jalki_tcp.probes import TcpRetransmitProbe
+
+    from jalki_core.errors import ProbeUnavailableError
+    from jalki_core.loader import ProbeLoader
+    from jalki_core.probe import ProbeResource
+
+    class NoCounters(TcpRetransmitProbe):
+        bpf_object = ProbeResource("jalki_tcp.bpf", "no_such_object.bpf.o")  # never read
+
+        def unavailable_reason(self) -> str | None:
+            return "no hardware performance counters (PERF_TYPE_HARDWARE: ENOENT)"
+
+    with pytest.raises(ProbeUnavailableError, match="unavailable here: no hardware performance counters"):
+        ProbeLoader().load(NoCounters())
