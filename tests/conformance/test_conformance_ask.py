@@ -95,15 +95,27 @@ def test_kb_only_text_says_so() -> None:
     assert "connect_refused" in result.stdout
 
 
-def test_kb_only_without_an_implementing_plugin() -> None:
-    answer = ask_json("--seconds", "1", DATABASE_FAILING, env={"JALKI_DISABLE_PLUGINS": "tcp"})
-    assert answer["mode"] == "kb_only"
+def test_kb_only_without_an_implementing_plugin(tmp_path: Path) -> None:
+    # No plugin loads: only the core KB's entries, which no plugin implements, can answer.
+    answer = ask_json("--seconds", "1", DATABASE_FAILING, env={"JALKI_PLUGINS": "no-such-plugin"})
+    assert answer["mode"] == "kb_only" and answer["probes"] == []
     assert "no installed plugin implements" in answer["answer"]
-    unobserved = {item["entry"]: item for item in answer["unobserved"]}
-    assert unobserved["tcp_connect"]["code"] == "plugin_not_installed"
-    assert "pip install jalki-tcp" in unobserved["tcp_connect"]["reason"]
-    assert unobserved["tcp_recvmsg"]["code"] == "not_implemented"
+    assert answer["unobserved"] and {item["code"] for item in answer["unobserved"]} == {"not_implemented"}
+    assert all(item["reason"] == "no jalki plugin implements this probe yet" for item in answer["unobserved"])
     assert answer["possible_causes"]
+
+    # An entry (here from the user's KB) implemented by a plugin that is not installed names the install.
+    document = json.loads((Path(__file__).resolve().parents[2] / "kb" / "tcp.json").read_text())
+    entry = dict(document["entries"][0], id="zorblax_request", implemented_by={"plugin": "http",
+                                                                                "probe": "http_request"},
+                 answers=["Why does the zorblax gateway fail?"], keywords=["zorblax"], combine_with=[])
+    entry["interpretations"] = [dict(rule, id=f"zorblax_{rule['id']}") for rule in entry["interpretations"]]
+    (tmp_path / "http.json").write_text(json.dumps({**document, "entries": [entry]}))
+    answer = ask_json("--seconds", "1", "why does the zorblax gateway fail",
+                      env={"JALKI_KB_PATH": str(tmp_path)})
+    assert answer["mode"] == "kb_only"
+    [item] = [item for item in answer["unobserved"] if item["entry"] == "zorblax_request"]
+    assert item["code"] == "plugin_not_installed" and "pip install jalki-http" in item["reason"]
 
 
 def test_selection_follows_find_and_combine_with() -> None:
