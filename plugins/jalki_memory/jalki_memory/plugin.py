@@ -1,0 +1,25 @@
+"""The ``memory`` plugin module named by the ``jalki`` entry point."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from jalki_core import hookimpl
+from jalki_memory.probes import OomKillProbe
+
+if TYPE_CHECKING:
+    from jalki_core.kb.contrib import BoundKbRegistry
+    from jalki_core.registry import BoundProbeRegistry
+
+
+@hookimpl
+def jalki_register_probes(registry: BoundProbeRegistry) -> None:
+    """Register oom_kill."""
+    registry.register(OomKillProbe())
+
+
+@hookimpl
+def jalki_register_kb(registry: BoundKbRegistry) -> None:
+    """Register the knowledge-base entries this plugin implements (``kb/memory.json``)."""
+    registry.register_file(resources.files("jalki_memory") / "kb" / "memory.json")
