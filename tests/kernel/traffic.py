@@ -262,6 +262,19 @@ def stale_owner(args: argparse.Namespace) -> None:
     conn.close()
 
 
+def bulk_sender(args: argparse.Namespace) -> None:
+    """Connect, report, send bulk data for --seconds (the test's queue on the path sets the RTT), close."""
+    conn = socket.create_connection((args.host, args.port), timeout=30)
+    sport = conn.getsockname()[1]
+    report(sport=sport, connected=True)
+    chunk = b"b" * 16384
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        conn.sendall(chunk)
+    conn.close()
+    report(sport=sport, done=True)
+
+
 REQUIRED = object()
 """Marks an option the sub-command cannot do without."""
 
@@ -291,6 +304,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], dict[str, tuple[
     "send-until-reset": (send_until_reset, {"port": (int, REQUIRED), "send": (int, 1000)}),
     "simultaneous-open": (simultaneous_open, {"go-file": (str, REQUIRED)}),
     "stale-owner": (stale_owner, {"go-file": (str, REQUIRED), "linger": (float, 1.5)}),
+    "bulk-sender": (bulk_sender, {"port": (int, REQUIRED), "seconds": (float, 5)}),
 }
 
 

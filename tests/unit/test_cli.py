@@ -91,7 +91,8 @@ def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     rows = {row["plugin"]: row for row in orjson.loads(out)}
     assert rows["tcp"]["distribution"] == "jalki-tcp" and rows["tcp"]["version"] == "0.1.0"
-    assert {p["name"] for p in rows["tcp"]["probes"]} == {"tcp_connect", "tcp_close", "tcp_retransmit_skb"}
+    assert {p["name"] for p in rows["tcp"]["probes"]} == {
+        "tcp_connect", "tcp_close", "tcp_retransmit_skb", "tcp_reset", "tcp_rtt"}
     assert {"stdout", "file"} <= set(rows["core"]["emitters"])
 
 

@@ -168,7 +168,7 @@ def test_installed_tcp_plugin_is_discovered_through_entry_points() -> None:
     plugins = JalkiPlugins()
     assert "tcp" in plugins.plugin_names(), plugins.broken
     names = {entry.probe.name for entry in plugins.probes_for(["tcp"])}
-    assert names == {"tcp_connect", "tcp_close", "tcp_retransmit_skb"}
+    assert names == {"tcp_connect", "tcp_close", "tcp_retransmit_skb", "tcp_reset", "tcp_rtt"}
     owner = plugins.probes_for(["tcp"])[0].owner
     assert owner.distribution == "jalki-tcp"
 

@@ -46,3 +46,43 @@ RETRANSMIT = RecordLayout(
     fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, "state", "netns"),
     c_size=88,
 )
+
+RESET_SENT = 0
+"""``JALKI_TCP_RESET_SENT``: ``tcp_reset_event.direction`` of a reset this host sent."""
+
+RESET_RECEIVED = 1
+"""``JALKI_TCP_RESET_RECEIVED``: ``tcp_reset_event.direction`` of a reset this host received."""
+
+RESET = RecordLayout(
+    c_struct="tcp_reset_event",
+    fmt="<" + _HEADER_FMT + _TUPLE_FMT + "IIII",
+    fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, "state", "netns", "direction", "_pad"),
+    c_size=96,
+)
+
+_RTT_AGG_FMT = "QQQQIIIIII"
+_RTT_AGG_FIELDS = ("window", "first_ns", "last_ns", "sum_us", "samples", "min_us", "max_us", "peer_zero_wnd",
+                   "local_zero_wnd", "_agg_pad")
+
+RTT_KEY = RecordLayout(
+    c_struct="tcp_rtt_key",
+    fmt="<16sHHI",
+    fields=("daddr", "dport", "family", "netns"),
+    c_size=24,
+)
+"""Key of the kernel map ``rtt_agg`` (read at stop by ``TcpRttProbe.final_events``)."""
+
+RTT_AGG = RecordLayout(
+    c_struct="tcp_rtt_agg",
+    fmt="<" + _RTT_AGG_FMT,
+    fields=_RTT_AGG_FIELDS,
+    c_size=56,
+)
+"""Value of the kernel map ``rtt_agg``: one destination's current window."""
+
+RTT = RecordLayout(
+    c_struct="tcp_rtt_event",
+    fmt="<" + _HEADER_FMT + _TUPLE_FMT + _RTT_AGG_FMT + "QII",
+    fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, *_RTT_AGG_FIELDS, "interval_ns", "netns", "_pad"),
+    c_size=152,
+)

@@ -1,31 +1,38 @@
-"""The three jalki-tcp probes: connect outcomes, connection lifetimes, retransmits."""
+"""The jalki-tcp probes: connect outcomes, connection lifetimes, retransmits, resets, RTT.
+
+Three of them also derive windowed network anomalies from their own events
+(see :mod:`jalki_tcp.derived`); their thresholds are class attributes, so a
+subclass (or an instance attribute set before the session starts) changes them.
+"""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 from jalki_core.errors import errno_name
-from jalki_core.events import Event, EventContext, errno_message, format_ip, kernel_comm
+from jalki_core.events import Event, EventContext, Rfc3339Formatter, errno_message, format_ip, kernel_comm
 from jalki_core.probe import AttachRung, Probe, ProbeResource
 from jalki_tcp import layouts
+from jalki_tcp.derived import ConnectFailures, RetransmitSpike, RstStorm, RttDegradation
 from jalki_tcp.tcp_states import tcp_state_name
 
 _BPF_PACKAGE = "jalki_tcp.bpf"
 _EVENT_SCHEMA = ProbeResource("jalki_tcp", "events.schema.json")
 """The JSON Schema of the tcp events, beyond the core envelope."""
-_FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+_FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
 
 def _endpoint(ip: str, port: int, family: int) -> str:
     return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
 
 
-def _fill_common(event: Event, record: tuple[Any, ...]) -> None:
+def _fill_common(event: Event, record: tuple[Any, ...], netns: int | None = None) -> None:
     """Network, process and correlation fields shared by every TCP record.
 
     ``record`` starts with the header and tuple fields of ``layouts._HEADER_FIELDS``
-    and ``layouts._TUPLE_FIELDS``; the last value is always the netns inode.
+    and ``layouts._TUPLE_FIELDS``; the netns inode is ``netns``, else the record's last value.
     """
     _ts, cgroup_id, pid, flags, comm, saddr, daddr, sport, dport, family = record[:10]
     src_ip = format_ip(family, saddr)
@@ -40,7 +47,7 @@ def _fill_common(event: Event, record: tuple[Any, ...]) -> None:
         "dst_port": dport,
         "protocol": "tcp",
         "family": _FAMILY_NAMES.get(family, str(family)),
-        "netns": record[-1],
+        "netns": record[-1] if netns is None else netns,
     }
     if flags & layouts.OWNER_KNOWN:
         event["process_data"] = {"pid": pid, "command": kernel_comm(comm), "cgroup_id": cgroup_id}
@@ -58,11 +65,22 @@ class TcpConnectProbe(Probe):
     ``sk_err``). An attempt the application closed before the kernel gave up
     carries ``data.abandoned_by_application: true`` (ETIMEDOUT once the SYN had
     been retransmitted, else ECONNABORTED).
+
+    Derived: ``kernel.network.connect_failures`` when at least
+    :attr:`failures_threshold` connects to one destination fail with one of
+    :attr:`failure_errors` within :attr:`failures_seconds`.
     """
+
+    failures_threshold: int = 5
+    """Failed connects to one destination that make a ``connect_failures`` window."""
+    failures_seconds: float = 10.0
+    """Window length of ``connect_failures``."""
+    failure_errors: frozenset[str] = frozenset({"ECONNREFUSED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH"})
+    """Errors that count: the destination refused, did not answer, or cannot be reached."""
 
     name = "tcp_connect"
     observes = "tcp_connect + sock:inet_sock_set_state (SYN_SENT -> ESTABLISHED | CLOSE)"
-    event_types = ("kernel.tcp.connect",)
+    event_types = ("kernel.tcp.connect", "kernel.network.connect_failures")
     bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_connect.bpf.o")
     event_schema = _EVENT_SCHEMA
     layout = layouts.CONNECT
@@ -90,6 +108,21 @@ class TcpConnectProbe(Probe):
                 event["data"]["abandoned_by_application"] = True
             events.append(event)
         return events
+
+    def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
+        """``kernel.network.connect_failures`` for the windows this batch closed."""
+        return self._failures().derive(events, ctx)
+
+    def final_events(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
+        """``kernel.network.connect_failures`` for the windows still open at stop."""
+        return self._failures().flush(ctx)
+
+    def _failures(self) -> ConnectFailures:
+        deriver: ConnectFailures | None = self.__dict__.get("_failures_deriver")
+        if deriver is None:
+            deriver = ConnectFailures(self.failures_threshold, self.failures_seconds, self.failure_errors)
+            self.__dict__["_failures_deriver"] = deriver
+        return deriver
 
 
 class TcpCloseProbe(Probe):
@@ -141,11 +174,20 @@ class TcpRetransmitProbe(Probe):
     Owners are recorded in task context: connect(), close()/shutdown(), and,
     where the kernel has the tracepoints, sendmsg/recvmsg (optional programs),
     which is what attributes an accepted (server-side) socket.
+
+    Derived: ``kernel.network.retransmit_spike`` when at least
+    :attr:`spike_threshold` segments to one destination are retransmitted
+    within :attr:`spike_seconds`.
     """
+
+    spike_threshold: int = 10
+    """Retransmits to one destination that make a ``retransmit_spike`` window."""
+    spike_seconds: float = 10.0
+    """Window length of ``retransmit_spike``."""
 
     name = "tcp_retransmit_skb"
     observes = "tcp:tcp_retransmit_skb"
-    event_types = ("kernel.tcp.retransmit",)
+    event_types = ("kernel.tcp.retransmit", "kernel.network.retransmit_spike")
     bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_retransmit.bpf.o")
     event_schema = _EVENT_SCHEMA
     layout = layouts.RETRANSMIT
@@ -167,3 +209,211 @@ class TcpRetransmitProbe(Probe):
             event["data"] = {"tcp_state": tcp_state_name(state), "tcp_state_number": state}
             events.append(event)
         return events
+
+    def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
+        """``kernel.network.retransmit_spike`` for the windows this batch closed."""
+        return self._spikes().derive(events, ctx)
+
+    def final_events(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
+        """``kernel.network.retransmit_spike`` for the windows still open at stop."""
+        return self._spikes().flush(ctx)
+
+    def _spikes(self) -> RetransmitSpike:
+        deriver: RetransmitSpike | None = self.__dict__.get("_spike_deriver")
+        if deriver is None:
+            deriver = RetransmitSpike(self.spike_threshold, self.spike_seconds)
+            self.__dict__["_spike_deriver"] = deriver
+        return deriver
+
+
+class TcpResetProbe(Probe):
+    """One event per TCP reset (RST) this host sends or receives.
+
+    ``data.direction`` is ``sent`` or ``received``; the 4-tuple is always from
+    this host's side (``src`` local, ``dst`` the peer). ``data.tcp_state`` is
+    the socket's kernel state name, or null for a reset sent with no socket (a
+    segment to a port where nothing listens, or for an unknown connection).
+    The process is the socket's recorded owner, null when none was recorded
+    (always for resets sent with no socket).
+
+    Derived: ``kernel.network.rst_storm`` when at least :attr:`storm_threshold`
+    resets of one group occur within :attr:`storm_seconds`; received resets
+    are grouped by the peer that sends them, sent resets by the local endpoint
+    they are sent from (a closed or aborting local port answering many peers).
+    """
+
+    name = "tcp_reset"
+    observes = "tcp:tcp_send_reset + tcp:tcp_receive_reset"
+    event_types = ("kernel.tcp.reset", "kernel.network.rst_storm")
+    bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_reset.bpf.o")
+    event_schema = _EVENT_SCHEMA
+    layout = layouts.RESET
+    ladder = (
+        AttachRung("tp_btf", ("tpbtf_reset_state", "tpbtf_send_reset", "tpbtf_receive_reset",
+                              "tpbtf_reset_destroy"),
+                   "tp_btf/tcp_send_reset + tp_btf/tcp_receive_reset (+ owners: inet_sock_set_state, "
+                   "tcp_destroy_sock, tcp_sendmsg_locked, tcp_rcv_space_adjust)",
+                   optional=("tpbtf_reset_owner_send", "tpbtf_reset_owner_recv")),
+        AttachRung("tracepoint", ("tp_reset_state", "tp_send_reset", "tp_receive_reset", "tp_reset_destroy"),
+                   "tracepoint/tcp/tcp_send_reset + tracepoint/tcp/tcp_receive_reset (+ owners: "
+                   "sock/inet_sock_set_state, tcp/tcp_destroy_sock, tcp/tcp_rcv_space_adjust)",
+                   optional=("tp_reset_owner_recv",)),
+    )
+
+    storm_threshold: int = 10
+    """Resets of one group that make an ``rst_storm`` window."""
+    storm_seconds: float = 10.0
+    """Window length of ``rst_storm``."""
+
+    def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
+        events = []
+        for record in self.layout.struct.iter_unpack(batch):
+            state, netns, direction = record[10:13]
+            event = ctx.new_event("kernel.tcp.reset", record[0], severity="info")
+            _fill_common(event, record, netns)
+            event["data"] = {
+                "direction": "received" if direction == layouts.RESET_RECEIVED else "sent",
+                "tcp_state": tcp_state_name(state) if state else None,
+            }
+            events.append(event)
+        return events
+
+    def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
+        """``kernel.network.rst_storm`` for the windows this batch closed."""
+        return self._storms().derive(events, ctx)
+
+    def final_events(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
+        """``kernel.network.rst_storm`` for the windows still open at stop."""
+        return self._storms().flush(ctx)
+
+    def _storms(self) -> RstStorm:
+        deriver: RstStorm | None = self.__dict__.get("_storm_deriver")
+        if deriver is None:
+            deriver = RstStorm(self.storm_threshold, self.storm_seconds)
+            self.__dict__["_storm_deriver"] = deriver
+        return deriver
+
+
+class TcpRttProbe(Probe):
+    """Smoothed RTT per destination, aggregated in the kernel: one event per destination per interval.
+
+    Every segment an established socket receives (``tcp:tcp_probe``) adds the
+    socket's smoothed RTT to its destination's aggregate (count, sum, min, max)
+    for the current interval window (:attr:`interval_ns`, windows aligned to
+    multiples of it); the window's first sample after it ends emits it, and
+    the windows still open are read from the map at stop (see
+    ``bpf/tcp_rtt.bpf.c`` for the exact rules). An event's timestamp is its
+    window's last sample.
+
+    Derived: ``kernel.network.rtt_degradation`` (:class:`jalki_tcp.derived.RttDegradation`)
+    when at least :attr:`degradation_threshold` aggregates of one destination
+    within :attr:`degradation_seconds` are degraded: ``srtt_us_avg`` at least
+    :attr:`degradation_factor` × the destination's learned baseline, or above
+    :attr:`degradation_absolute_us`.
+    """
+
+    name = "tcp_rtt"
+    observes = "tcp:tcp_probe (per-destination aggregate in the kernel)"
+    event_types = ("kernel.tcp.rtt", "kernel.network.rtt_degradation")
+    bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_rtt.bpf.o")
+    event_schema = _EVENT_SCHEMA
+    layout = layouts.RTT
+    ladder = (
+        AttachRung("tp_btf", ("tpbtf_tcp_probe",), "tp_btf/tcp_probe (srtt from struct tcp_sock)"),
+        AttachRung("tracepoint", ("tp_tcp_probe",), "tracepoint/tcp/tcp_probe"),
+    )
+
+    interval_ns: int = 1_000_000_000
+    """The aggregation interval compiled into the object (``JALKI_TCP_RTT_INTERVAL_NS``, rodata
+    ``rtt_interval_ns``); each event also carries the interval it was aggregated over."""
+    degradation_factor: float = 2.0
+    """An aggregate at least this many times the baseline is degraded."""
+    degradation_absolute_us: int = 500_000
+    """An aggregate above this smoothed RTT (µs) is degraded whatever the baseline."""
+    baseline_windows: int = 3
+    """Aggregates of a destination averaged into its first baseline."""
+    degradation_threshold: int = 3
+    """Degraded aggregates of one destination that make an ``rtt_degradation`` window."""
+    degradation_seconds: float = 10.0
+    """Window length of ``rtt_degradation``."""
+
+    def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
+        return [self._event(record, ctx) for record in self.layout.struct.iter_unpack(batch)]
+
+    def _event(self, record: tuple[Any, ...], ctx: EventContext) -> Event:
+        (_ts, _cgroup, _pid, _flags, _comm, _saddr, daddr, _sport, dport, family,
+         window, first_ns, last_ns, sum_us, samples, min_us, max_us, peer_zero, local_zero, _agg_pad,
+         interval_ns, netns, _pad) = record
+        return self._aggregate_event(ctx, daddr, dport, family, netns, window, first_ns, last_ns, sum_us,
+                                     samples, min_us, max_us, peer_zero, local_zero, interval_ns)
+
+    def _aggregate_event(self, ctx: EventContext, daddr: bytes, dport: int, family: int, netns: int,
+                         window: int, first_ns: int, last_ns: int, sum_us: int, samples: int, min_us: int,
+                         max_us: int, peer_zero: int, local_zero: int, interval_ns: int) -> Event:
+        fmt = self.__dict__.setdefault("_fmt", Rfc3339Formatter())
+        dst_ip = format_ip(family, daddr)
+        family_name = _FAMILY_NAMES.get(family, str(family))
+        event = ctx.new_event("kernel.tcp.rtt", last_ns, severity="info")
+        event["network_data"] = {
+            "src_ip": "::" if family == socket.AF_INET6 else "0.0.0.0",
+            "src_port": 0,
+            "dst_ip": dst_ip,
+            "dst_port": dport,
+            "protocol": "tcp",
+            "family": family_name,
+            "netns": netns,
+        }
+        src_ip = event["network_data"]["src_ip"]
+        event["correlation_keys"] = [f"{_endpoint(src_ip, 0, family)}->{_endpoint(dst_ip, dport, family)}"]
+        event["data"] = {
+            "srtt_us_avg": round(sum_us / samples) if samples else 0,
+            "srtt_us_min": min_us,
+            "srtt_us_max": max_us,
+            "samples": samples,
+            "peer_zero_window_samples": peer_zero,
+            "local_zero_window_samples": local_zero,
+            "interval_ms": interval_ns // 1_000_000,
+            "window_start": fmt(window * interval_ns + ctx.clock_offset_ns),
+            "window_end": fmt((window + 1) * interval_ns + ctx.clock_offset_ns),
+            "first_sample": fmt(first_ns + ctx.clock_offset_ns),
+        }
+        return event
+
+    def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
+        """``kernel.network.rtt_degradation`` for the windows this batch closed."""
+        return self._degradation().derive(events, ctx)
+
+    def final_events(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
+        """The aggregates still in ``rtt_agg`` (each destination's last window), then the
+        ``rtt_degradation`` windows they and earlier aggregates leave open."""
+        events = self.pending_aggregates(maps.get("rtt_agg"), ctx)
+        events.sort(key=lambda event: event["timestamp"])
+        derived = self._degradation().derive(events, ctx) if events else []
+        return events + derived + self._degradation().flush(ctx)
+
+    def pending_aggregates(self, agg_map: Any, ctx: EventContext) -> list[Event]:
+        """Events for the windows left in the ``rtt_agg`` map (``None``: no map, no events)."""
+        if agg_map is None:
+            return []
+        events = []
+        for key in agg_map.keys():  # noqa: SIM118 - a BPF map, not a dict
+            value = agg_map.lookup(key)
+            if value is None:
+                continue
+            daddr, dport, family, netns = layouts.RTT_KEY.struct.unpack(key)
+            (window, first_ns, last_ns, sum_us, samples, min_us, max_us, peer_zero, local_zero,
+             _pad) = layouts.RTT_AGG.struct.unpack(value)
+            if samples:
+                events.append(self._aggregate_event(ctx, daddr, dport, family, netns, window, first_ns,
+                                                    last_ns, sum_us, samples, min_us, max_us, peer_zero,
+                                                    local_zero, self.interval_ns))
+        return events
+
+    def _degradation(self) -> RttDegradation:
+        deriver: RttDegradation | None = self.__dict__.get("_degradation_deriver")
+        if deriver is None:
+            deriver = RttDegradation(self.degradation_threshold, self.degradation_seconds,
+                                     factor=self.degradation_factor, absolute_us=self.degradation_absolute_us,
+                                     baseline_windows=self.baseline_windows)
+            self.__dict__["_degradation_deriver"] = deriver
+        return deriver

@@ -77,6 +77,63 @@ struct tcp_retransmit_event {
 };
 _Static_assert(sizeof(struct tcp_retransmit_event) == 88, "tcp_retransmit_event layout");
 
+/* Direction of a tcp_reset_event. */
+#define JALKI_TCP_RESET_SENT 0
+#define JALKI_TCP_RESET_RECEIVED 1
+
+/* One TCP reset (RST) sent or received (tcp:tcp_send_reset, tcp:tcp_receive_reset).
+ * The tuple is always from this host's point of view: saddr/sport local,
+ * daddr/dport the peer (for a reset sent with no full socket the kernel
+ * answers an incoming segment, whose addresses are reversed here). */
+struct tcp_reset_event {
+	struct jalki_event_header hdr;
+	struct jalki_tcp_tuple tuple;
+	__u32 state;     /* TCP state of the socket; 0 when the reset was sent with no socket
+			  * (nothing listens on the port, or the connection is unknown) */
+	__u32 netns;     /* network namespace inode (of the socket, else of the receiving device) */
+	__u32 direction; /* JALKI_TCP_RESET_SENT or JALKI_TCP_RESET_RECEIVED */
+	__u32 _pad;
+};
+_Static_assert(sizeof(struct tcp_reset_event) == 96, "tcp_reset_event layout");
+
+/* Key of the per-destination RTT aggregate (tcp_rtt): the remote end and the
+ * network namespace of the sockets that reached it. */
+struct tcp_rtt_key {
+	__u8 daddr[16];
+	__u16 dport;
+	__u16 family;
+	__u32 netns;
+};
+_Static_assert(sizeof(struct tcp_rtt_key) == 24, "tcp_rtt_key layout");
+
+/* The aggregate of one destination over one interval window. */
+struct tcp_rtt_agg {
+	__u64 window;    /* window number: bpf_ktime_get_ns() / interval */
+	__u64 first_ns;  /* first and last sample of the window */
+	__u64 last_ns;
+	__u64 sum_us;    /* sum of the sampled smoothed RTTs (microseconds) */
+	__u32 samples;
+	__u32 min_us;
+	__u32 max_us;
+	__u32 peer_zero_wnd;  /* samples where the peer advertised a zero window (snd_wnd 0) */
+	__u32 local_zero_wnd; /* samples where this host advertised a zero window (rcv_wnd 0) */
+	__u32 _pad;
+};
+_Static_assert(sizeof(struct tcp_rtt_agg) == 56, "tcp_rtt_agg layout");
+
+/* One emitted RTT aggregate: a destination over one closed window. The
+ * header carries no owner (an aggregate spans every socket to the
+ * destination); the tuple's source half is zero. */
+struct tcp_rtt_event {
+	struct jalki_event_header hdr;
+	struct jalki_tcp_tuple tuple;
+	struct tcp_rtt_agg agg;
+	__u64 interval_ns;
+	__u32 netns;
+	__u32 _pad;
+};
+_Static_assert(sizeof(struct tcp_rtt_event) == 152, "tcp_rtt_event layout");
+
 /*
  * Programs on sock:inet_sock_set_state that pass TCP sockets to
  * `handler(void *ctx, const struct sock *sk, int oldstate, int newstate, bool btf)`:

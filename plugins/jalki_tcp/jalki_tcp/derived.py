@@ -1,0 +1,337 @@
+"""The four network anomalies, each derived from one probe's events with :class:`BurstDetector`.
+
+=================================== ============== =========================================
+event type                          from probe     group (one window per group)
+=================================== ============== =========================================
+``kernel.network.retransmit_spike`` tcp_retransmit destination (netns, dst_ip, dst_port)
+``kernel.network.rst_storm``        tcp_reset      received: the peer (netns, dst_ip, dst_port);
+                                                   sent: the local endpoint (netns, src_ip,
+                                                   src_port) — resets sent to many clients
+                                                   of one closed or aborting local port
+``kernel.network.rtt_degradation``  tcp_rtt        destination; counts degraded RTT aggregates
+``kernel.network.connect_failures`` tcp_connect    destination; counts refused, timed-out and
+                                                   unreachable connects
+=================================== ============== =========================================
+
+Window semantics are those of :mod:`jalki_tcp.anomalies`. Aggregates over a
+destination name no local endpoint: their ``network_data`` carries the
+unspecified address (``0.0.0.0`` or ``::``) and port 0 on the side they span.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jalki_core.events import Event, EventContext, Rfc3339Formatter
+from jalki_tcp.anomalies import (
+    BurstDetector,
+    Window,
+    destination_key,
+    endpoint,
+    new_anomaly_event,
+    timed,
+    window_data,
+)
+
+UNSPECIFIED = {"ipv4": "0.0.0.0", "ipv6": "::"}
+
+
+def _unspecified(family: Any) -> str:
+    return UNSPECIFIED.get(family, "0.0.0.0") if isinstance(family, str) else "0.0.0.0"
+
+
+def _to_destination(event: Event) -> dict[str, Any]:
+    net = event.get("network_data") or {}
+    family = net.get("family")
+    return {"src_ip": _unspecified(family), "src_port": 0, "dst_ip": net.get("dst_ip"),
+            "dst_port": net.get("dst_port"), "protocol": "tcp", "family": family, "netns": net.get("netns")}
+
+
+def _from_local_endpoint(event: Event) -> dict[str, Any]:
+    net = event.get("network_data") or {}
+    family = net.get("family")
+    return {"src_ip": net.get("src_ip"), "src_port": net.get("src_port"), "dst_ip": _unspecified(family),
+            "dst_port": 0, "protocol": "tcp", "family": family, "netns": net.get("netns")}
+
+
+class _Deriver:
+    """Shared plumbing: parse times, feed a detector, turn closed windows into events."""
+
+    event_type: str = ""
+
+    def __init__(self, detector: BurstDetector[Any]) -> None:
+        self.detector = detector
+        self._fmt = Rfc3339Formatter()
+
+    def group_of(self, event: Event) -> Hashable | None:
+        """The event's group, or None when the event does not qualify."""
+        raise NotImplementedError
+
+    def build(self, window: Window[Any], ctx: EventContext) -> Event:
+        """The anomaly event of a closed window."""
+        raise NotImplementedError
+
+    def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
+        """Feed a batch; return the anomaly events of the windows it closed."""
+        out: list[Event] = []
+        for ts, event in timed(events):
+            group = self.group_of(event)
+            if group is None:
+                continue
+            out.extend(self.build(window, ctx) for window in self.detector.add(group, ts, event))
+        return self.finish(out)
+
+    def flush(self, ctx: EventContext) -> list[Event]:
+        """Report the windows still open (session stop)."""
+        return self.finish([self.build(window, ctx) for window in self.detector.flush()])
+
+    def _base(self, window: Window[Any], ctx: EventContext, severity: str = "warning") -> Event:
+        event = new_anomaly_event(ctx, self.event_type, window, severity)
+        event["data"] = window_data(window, self.detector, self._fmt)
+        return event
+
+    def finish(self, events: list[Event]) -> list[Event]:
+        """Set each event's ``correlation_keys`` from its ``network_data`` (``src->dst``)."""
+        for event in events:
+            net = event["network_data"]
+            event["correlation_keys"] = [
+                f"{endpoint(net['src_ip'], net['src_port'])}->{endpoint(net['dst_ip'], net['dst_port'])}"]
+        return events
+
+
+# -- retransmit spike -------------------------------------------------------
+
+
+@dataclass
+class _RetransmitCounts:
+    by_state: Counter[str] = field(default_factory=Counter)
+    connections: set[tuple[Any, Any]] = field(default_factory=set)
+
+    def add(self, event: Event) -> None:
+        self.by_state[str((event.get("data") or {}).get("tcp_state"))] += 1
+        net = event.get("network_data") or {}
+        self.connections.add((net.get("src_ip"), net.get("src_port")))
+
+
+class RetransmitSpike(_Deriver):
+    """``kernel.network.retransmit_spike``: ≥ N retransmitted segments to one destination within T s."""
+
+    event_type = "kernel.network.retransmit_spike"
+
+    def __init__(self, threshold: int, seconds: float) -> None:
+        super().__init__(BurstDetector(threshold, seconds, _RetransmitCounts))
+
+    def group_of(self, event: Event) -> Hashable | None:
+        return destination_key(event) if event.get("type") == "kernel.tcp.retransmit" else None
+
+    def build(self, window: Window[Any], ctx: EventContext) -> Event:
+        counts: _RetransmitCounts = window.accumulator
+        event = self._base(window, ctx)
+        event["network_data"] = _to_destination(window.sample)
+        event["data"].update({
+            "connections": len(counts.connections),
+            "established": counts.by_state["ESTABLISHED"],
+            "handshake": counts.by_state["SYN_SENT"] + counts.by_state["SYN_RECV"],
+        })
+        return event
+
+
+# -- reset storm ------------------------------------------------------------
+
+
+@dataclass
+class _ResetCounts:
+    no_socket: int = 0
+    peers: set[Any] = field(default_factory=set)
+
+    def add(self, event: Event) -> None:
+        data = event.get("data") or {}
+        if data.get("tcp_state") is None:
+            self.no_socket += 1
+        net = event.get("network_data") or {}
+        self.peers.add(net.get("dst_ip") if data.get("direction") == "sent" else net.get("src_ip"))
+
+
+class RstStorm(_Deriver):
+    """``kernel.network.rst_storm``: ≥ N resets within T s, per peer (received) or local endpoint (sent)."""
+
+    event_type = "kernel.network.rst_storm"
+
+    def __init__(self, threshold: int, seconds: float) -> None:
+        super().__init__(BurstDetector(threshold, seconds, _ResetCounts))
+
+    def group_of(self, event: Event) -> Hashable | None:
+        if event.get("type") != "kernel.tcp.reset":
+            return None
+        direction = (event.get("data") or {}).get("direction")
+        net = event.get("network_data") or {}
+        if direction == "sent":
+            return ("sent", net.get("netns"), net.get("src_ip"), net.get("src_port"))
+        if direction == "received":
+            return ("received", *destination_key(event))
+        return None
+
+    def build(self, window: Window[Any], ctx: EventContext) -> Event:
+        counts: _ResetCounts = window.accumulator
+        direction = window.group[0]  # type: ignore[index]
+        event = self._base(window, ctx)
+        if direction == "sent":
+            event["network_data"] = _from_local_endpoint(window.sample)
+        else:
+            event["network_data"] = _to_destination(window.sample)
+        event["data"].update({"direction": direction, "no_socket": counts.no_socket,
+                              "peers": len(counts.peers)})
+        return event
+
+
+# -- connect failures ---------------------------------------------------------
+
+REFUSED = frozenset({"ECONNREFUSED"})
+TIMED_OUT = frozenset({"ETIMEDOUT"})
+UNREACHABLE = frozenset({"EHOSTUNREACH", "ENETUNREACH"})
+
+
+@dataclass
+class _ConnectCounts:
+    by_error: Counter[str] = field(default_factory=Counter)
+
+    def add(self, event: Event) -> None:
+        self.by_error[str((event.get("error") or {}).get("code"))] += 1
+
+
+class ConnectFailures(_Deriver):
+    """``kernel.network.connect_failures``: ≥ N failed connects to one destination within T s.
+
+    :param errors: the errno names that count (refused, timed out, unreachable by default);
+        failures the application caused (ECONNABORTED) or local ones (EADDRNOTAVAIL) do not.
+    """
+
+    event_type = "kernel.network.connect_failures"
+
+    def __init__(self, threshold: int, seconds: float, errors: frozenset[str]) -> None:
+        super().__init__(BurstDetector(threshold, seconds, _ConnectCounts))
+        self.errors = errors
+
+    def group_of(self, event: Event) -> Hashable | None:
+        if event.get("type") != "kernel.tcp.connect" or event.get("outcome") != "failure":
+            return None
+        if (event.get("error") or {}).get("code") not in self.errors:
+            return None
+        return destination_key(event)
+
+    def build(self, window: Window[Any], ctx: EventContext) -> Event:
+        counts: _ConnectCounts = window.accumulator
+        event = self._base(window, ctx, severity="error")
+        event["network_data"] = _to_destination(window.sample)
+        by_error = counts.by_error
+        event["data"].update({
+            "refused": sum(by_error[name] for name in REFUSED),
+            "timed_out": sum(by_error[name] for name in TIMED_OUT),
+            "unreachable": sum(by_error[name] for name in UNREACHABLE),
+        })
+        return event
+
+
+# -- RTT degradation ----------------------------------------------------------
+
+
+@dataclass
+class _RttCounts:
+    avgs: list[int] = field(default_factory=list)
+    max_us: int = 0
+    baseline_us: int | None = None
+
+    def add(self, event: Event) -> None:
+        data = event.get("data") or {}
+        self.avgs.append(int(data.get("srtt_us_avg") or 0))
+        self.max_us = max(self.max_us, int(data.get("srtt_us_max") or 0))
+        baseline = data.get("_baseline_us")
+        if baseline is not None:
+            self.baseline_us = baseline
+
+
+class RttDegradation(_Deriver):
+    """``kernel.network.rtt_degradation``: RTT aggregates of one destination far above its baseline.
+
+    A destination's **baseline** is learned from its own ``kernel.tcp.rtt``
+    aggregates: the mean ``srtt_us_avg`` of its first ``baseline_windows``
+    aggregates, then moved by 1/8 of the difference by every later *normal*
+    aggregate: one below ``adapt_below`` (1.25) × the baseline. Higher ones
+    never move it, so a rising RTT is not absorbed into the baseline while it
+    rises (an exponential average of every aggregate would chase a gradual
+    degradation and never see it double). An aggregate is **degraded**
+    when its ``srtt_us_avg`` is at least ``factor`` × the baseline, or above
+    ``absolute_us`` (which also applies before the baseline is learned; such
+    aggregates are not used to learn it). The anomaly is a window of at least
+    ``threshold`` degraded aggregates within ``seconds``.
+    """
+
+    event_type = "kernel.network.rtt_degradation"
+
+    adapt_below: float = 1.25
+    """Aggregates below this many times the baseline move it (by 1/8 of the difference)."""
+
+    def __init__(self, threshold: int, seconds: float, *, factor: float, absolute_us: int,
+                 baseline_windows: int) -> None:
+        super().__init__(BurstDetector(threshold, seconds, _RttCounts))
+        self.factor = factor
+        self.absolute_us = absolute_us
+        self.baseline_windows = baseline_windows
+        self._learning: dict[Hashable, list[int]] = {}
+        self._baseline: dict[Hashable, float] = {}
+
+    def baseline(self, key: Hashable) -> float | None:
+        """The learned baseline of a destination (µs), or None while it is learned."""
+        return self._baseline.get(key)
+
+    def group_of(self, event: Event) -> Hashable | None:
+        if event.get("type") != "kernel.tcp.rtt":
+            return None
+        avg = (event.get("data") or {}).get("srtt_us_avg")
+        if not isinstance(avg, int):
+            return None
+        key = destination_key(event)
+        baseline = self._baseline.get(key)
+        degraded = avg > self.absolute_us or (baseline is not None and avg >= self.factor * baseline)
+        if degraded:
+            return key
+        if avg > self.absolute_us:
+            return None
+        if baseline is None:
+            learning = self._learning.setdefault(key, [])
+            learning.append(avg)
+            if len(learning) >= self.baseline_windows:
+                self._baseline[key] = sum(learning) / len(learning)
+                del self._learning[key]
+        elif avg < self.adapt_below * baseline:
+            self._baseline[key] = baseline + (avg - baseline) / 8
+        return None
+
+    def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
+        """Feed a batch of RTT aggregates; the baseline in force is recorded with each degraded one."""
+        out: list[Event] = []
+        for ts, event in timed(events):
+            group = self.group_of(event)
+            if group is None:
+                continue
+            baseline = self._baseline.get(group)
+            marked = {**event, "data": {**event["data"], "_baseline_us": None if baseline is None
+                                        else round(baseline)}}
+            out.extend(self.build(window, ctx) for window in self.detector.add(group, ts, marked))
+        return self.finish(out)
+
+    def build(self, window: Window[Any], ctx: EventContext) -> Event:
+        counts: _RttCounts = window.accumulator
+        event = self._base(window, ctx)
+        event["network_data"] = _to_destination(window.sample)
+        event["data"].update({
+            "baseline_srtt_us": counts.baseline_us,
+            "srtt_us_avg": round(sum(counts.avgs) / len(counts.avgs)) if counts.avgs else 0,
+            "srtt_us_max": counts.max_us,
+            "factor": self.factor,
+            "absolute_threshold_us": self.absolute_us,
+        })
+        return event
