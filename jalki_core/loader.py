@@ -2,7 +2,8 @@
 
 For every rung the loader opens the probe's object afresh, switches autoload
 on for exactly that rung's programs, checks the record layout against the
-object's BTF, loads, writes the run-time configuration, and attaches. The
+object's BTF, loads, writes the run-time configuration, lets the probe fill
+its maps (``Probe.prepare``), and attaches. The
 first rung that loads and attaches is kept; each failed rung is recorded with
 its errno name and an excerpt of the verifier/libbpf log. The kernel's answer
 decides, never its version number.
@@ -73,7 +74,7 @@ class RungFailure:
     """Why one rung of a ladder could not be used."""
 
     rung: str
-    stage: str  # "load" or "attach"
+    stage: str  # "load", "prepare" (Probe.prepare) or "attach"
     errno_name: str
     message: str
     log_excerpt: str = ""
@@ -211,6 +212,11 @@ class ProbeLoader:
             config_map = obj.maps.get("jalki_config")
             if config_map is not None:
                 config_map.update(struct.pack("<I", 0), self._config)
+            try:
+                probe.prepare(obj.maps)
+            except LibbpfError as exc:
+                exc.stage = "prepare"  # type: ignore[attr-defined]
+                raise
             links: list[BpfLink] = []
             try:
                 for name in programs:

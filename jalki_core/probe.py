@@ -164,6 +164,7 @@ class Probe(ABC):
 
     Optional hooks: :meth:`unavailable_reason` (the machine lacks what the
     probe needs), :meth:`rodata` (per-instance kernel-side settings),
+    :meth:`prepare` (fill maps after load, before attach),
     :meth:`derive` (events computed from this probe's own
     events, e.g. windowed anomalies) and :meth:`final_events` (events read
     from the probe's maps when the session stops, e.g. a histogram).
@@ -207,6 +208,19 @@ class Probe(ABC):
         ``jalki_self_tgid`` itself.
         """
         return {}
+
+    def prepare(self, maps: Mapping[str, Any]) -> None:
+        """Fill the loaded object's maps before its programs are attached (default: nothing).
+
+        Called by the loader on every rung it tries, after the object is
+        loaded and the run-time configuration written, right before attach.
+        ``maps`` are the object's maps by name (:class:`jalki_core._libbpf.BpfMap`:
+        ``update``, ``lookup``…), e.g. to put the file descriptors of perf
+        events opened per CPU into a ``PERF_EVENT_ARRAY`` (the map keeps its
+        own reference, so the caller may close them afterwards). A
+        :class:`~jalki_core.errors.LibbpfError` fails this rung (recorded,
+        the next is tried); a :class:`~jalki_core.errors.ProbeError` fails the probe.
+        """
 
     def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
         """Events computed from a batch of this probe's decoded events (default: none).

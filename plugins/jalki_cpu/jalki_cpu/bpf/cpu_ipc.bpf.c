@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * cpu_ipc: cycles, instructions and stalled cycles per process, counted by
+ * the CPU's performance counters while the process's threads were on a CPU,
+ * summed over an interval and emitted as one record per process and
+ * interval.
+ *
+ * User space (CpuIpcProbe.prepare) opens one counting perf event per online
+ * CPU and counter and puts its fd into the counter's PERF_EVENT_ARRAY at
+ * the CPU's index before the programs attach; a slot left empty (a CPU
+ * without that event, e.g. no stalled-cycles event on most Intel CPUs) makes
+ * bpf_perf_event_read_value() fail and that counter is simply not counted
+ * (counted_ns says for how much of the run time each counter measured).
+ *
+ * On every sched_switch (current == prev, the task leaving the CPU):
+ *   1. read every counter of this CPU;
+ *   2. the delta since prev was switched in (kept per CPU) is added to
+ *      prev's process (tgid) in cpu_ipc_procs; a delta the counter measured
+ *      for only part of the time (the PMU multiplexed it with other events:
+ *      time_running < time_enabled) is scaled up by enabled / running and
+ *      counted in `scaled`;
+ *   3. once the process's interval (cpu_ipc_interval_ns) has elapsed, or
+ *      when its last thread leaves a CPU for good (exit_state set, no live
+ *      threads), the totals are emitted and the process starts a new
+ *      interval. The CPU that deletes the entry emits it, so two CPUs
+ *      never emit the same interval; an increment another CPU makes to the
+ *      entry between the copy and the delete (a few instructions) is lost.
+ *   4. the counters are remembered as next's switch-in values.
+ * Intervals that ran less than cpu_ipc_min_run_ns are not emitted (too few
+ * cycles for a meaningful IPC). What is still accumulating when the session
+ * stops is read from cpu_ipc_procs by user space (CpuIpcProbe.final_events). A process whose interval has elapsed is
+ * emitted the next time one of its threads leaves a CPU: one that runs
+ * without ever being switched out reports when it is.
+ *
+ * The self filter and the tgid filter apply when accumulating; sampling when
+ * emitting. The port filter does not apply. A switch-out of a thread this
+ * CPU did not see enter (the program missed a switch, e.g. under
+ * recursion protection) is counted as the probe's drop cause switch_unseen.
+ *
+ * Rungs: tp_btf:     tpbtf_sched_switch (tp_btf/sched_switch);
+ *        tracepoint: tp_sched_switch (tracepoint/sched/sched_switch).
+ */
+#include "cpu_ipc.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+JALKI_BTF_EXPORT(cpu_ipc_event);
+
+/* Settings, written by the loader before load (CpuIpcProbe.rodata). */
+const volatile __u64 cpu_ipc_interval_ns = 1000000000;
+const volatile __u64 cpu_ipc_min_run_ns = 1000000;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, JALKI_RINGBUF_DEFAULT_BYTES);
+} events SEC(".maps");
+
+/* One perf event per CPU and counter; libbpf sizes them to the possible CPUs. */
+#define JALKI_CPU_PERF_ARRAY(name)                                      \
+	struct {                                                        \
+		__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);            \
+		__uint(key_size, sizeof(__u32));                        \
+		__uint(value_size, sizeof(__u32));                      \
+	} name SEC(".maps")
+
+JALKI_CPU_PERF_ARRAY(cpu_cycles);
+JALKI_CPU_PERF_ARRAY(cpu_instructions);
+JALKI_CPU_PERF_ARRAY(cpu_stalled_frontend);
+JALKI_CPU_PERF_ARRAY(cpu_stalled_backend);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cpu_ipc_start);
+} cpu_ipc_start SEC(".maps");
+
+/* Not preallocated: an entry deleted by one CPU stays readable until the
+ * programs running on other CPUs are done with it (RCU), never reused under them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, JALKI_CPU_PROCESS_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct cpu_ipc_acc);
+} cpu_ipc_procs SEC(".maps");
+
+/* CO-RE flavors: build against the minimal vmlinux.h as well as a full one. */
+struct jalki_atomic___jalki {
+	int counter;
+} __attribute__((preserve_access_index));
+
+struct signal_struct___jalki {
+	struct jalki_atomic___jalki live; /* threads that have not entered do_exit */
+} __attribute__((preserve_access_index));
+
+struct task_struct___jalki {
+	int pid;
+	int tgid;
+	int exit_state;
+	struct signal_struct___jalki *signal;
+} __attribute__((preserve_access_index));
+
+/* sched:sched_switch (classic tracepoint record) */
+struct trace_event_raw_sched_switch___jalki {
+	char prev_comm[16];
+	int prev_pid;
+	int prev_prio;
+	long prev_state;
+	char next_comm[16];
+	int next_pid;
+	int next_prio;
+} __attribute__((preserve_access_index));
+
+/* Read counter `i` of this CPU from `map` into *now; the bit of i when it worked. */
+static __always_inline __u32 read_counter(void *map, __u32 i, struct cpu_ipc_start *now)
+{
+	struct jalki_perf_value value = {};
+
+	if (bpf_perf_event_read_value(map, JALKI_CPU_CURRENT_CPU, (struct bpf_perf_event_value *)&value,
+				      sizeof(value)))
+		return 0;
+	now->counter[i] = value.counter;
+	now->enabled[i] = value.enabled;
+	now->running[i] = value.running;
+	return 1u << i;
+}
+
+/* x * num / den without overflowing 64 bits, for num / den < 2^16 and num < 2^47. */
+static __always_inline __u64 mul_ratio(__u64 x, __u64 num, __u64 den)
+{
+	__u64 factor = (num << JALKI_CPU_SCALE_SHIFT) / den;
+
+	return (x >> JALKI_CPU_SCALE_SHIFT) * factor +
+	       (((x & ((1ULL << JALKI_CPU_SCALE_SHIFT) - 1)) * factor) >> JALKI_CPU_SCALE_SHIFT);
+}
+
+/* Add counter i's delta over one time slice of `run_ns` to acc; true when it was scaled. */
+static __always_inline bool add_delta(struct cpu_ipc_acc *acc, const struct cpu_ipc_start *then,
+				      const struct cpu_ipc_start *now, __u32 i, __u64 run_ns)
+{
+	__u64 count, enabled, running;
+
+	if (!(then->valid & now->valid & (1u << i)))
+		return false;
+	count = now->counter[i] - then->counter[i];
+	enabled = now->enabled[i] - then->enabled[i];
+	running = now->running[i] - then->running[i];
+	if (running == 0) /* multiplexed out for the whole slice: it measured nothing */
+		return false;
+	if (running >= enabled) {
+		__sync_fetch_and_add(&acc->count[i], count);
+		__sync_fetch_and_add(&acc->counted_ns[i], run_ns);
+		return false;
+	}
+	__sync_fetch_and_add(&acc->count[i], mul_ratio(count, enabled, running));
+	__sync_fetch_and_add(&acc->counted_ns[i], mul_ratio(run_ns, running, enabled));
+	return true;
+}
+
+/* The current task is the last thread of its process and leaves the CPU for good. */
+static __always_inline bool process_gone(void)
+{
+	struct task_struct___jalki *task = (void *)bpf_get_current_task_btf();
+
+	if (!task->exit_state)
+		return false;
+	return task->signal->live.counter == 0;
+}
+
+static __always_inline void emit(__u32 tgid, const struct cpu_ipc_acc *acc, __u64 now_ns, __u32 reason)
+{
+	struct cpu_ipc_event *ev;
+
+	if (acc->run_ns < cpu_ipc_min_run_ns)
+		return;
+	if (jalki_sampled_out())
+		return;
+	ev = jalki_reserve(sizeof(*ev));
+	if (!ev)
+		return;
+	jalki_fill_header_current(&ev->hdr); /* current is a thread of tgid */
+	ev->hdr.ts_ns = now_ns;
+	ev->hdr.pid = tgid;
+	ev->window_start_ns = acc->window_start_ns;
+	ev->run_ns = acc->run_ns;
+	__builtin_memcpy(ev->count, acc->count, sizeof(ev->count));
+	__builtin_memcpy(ev->counted_ns, acc->counted_ns, sizeof(ev->counted_ns));
+	ev->switches = acc->switches;
+	ev->scaled = acc->scaled;
+	ev->reason = reason;
+	ev->_pad = 0;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* prev (the current task, a thread of tgid) ran from then->ts_ns to now->ts_ns. */
+static __always_inline void account(__u32 tgid, const struct cpu_ipc_start *then,
+				    const struct cpu_ipc_start *now)
+{
+	__u64 run_ns = now->ts_ns - then->ts_ns;
+	struct cpu_ipc_acc *acc = bpf_map_lookup_elem(&cpu_ipc_procs, &tgid);
+	struct cpu_ipc_acc copy;
+	bool gone, scaled;
+
+	if (!acc) {
+		struct cpu_ipc_acc fresh = {};
+
+		fresh.window_start_ns = then->ts_ns;
+		fresh.cgroup_id = bpf_get_current_cgroup_id();
+		bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
+		bpf_map_update_elem(&cpu_ipc_procs, &tgid, &fresh, BPF_NOEXIST);
+		acc = bpf_map_lookup_elem(&cpu_ipc_procs, &tgid);
+		if (!acc) {
+			jalki_count_drop(JALKI_DROP_TRACKING_FULL);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&acc->run_ns, run_ns);
+	__sync_fetch_and_add(&acc->switches, 1);
+	acc->last_ns = now->ts_ns; /* plain store: of two CPUs at once, either time */
+	scaled = add_delta(acc, then, now, JALKI_CPU_CYCLES, run_ns);
+	scaled |= add_delta(acc, then, now, JALKI_CPU_INSTRUCTIONS, run_ns);
+	scaled |= add_delta(acc, then, now, JALKI_CPU_STALLED_FRONTEND, run_ns);
+	scaled |= add_delta(acc, then, now, JALKI_CPU_STALLED_BACKEND, run_ns);
+	if (scaled)
+		__sync_fetch_and_add(&acc->scaled, 1);
+
+	gone = process_gone();
+	if (!gone && now->ts_ns - acc->window_start_ns < cpu_ipc_interval_ns)
+		return;
+	__builtin_memcpy(&copy, acc, sizeof(copy));
+	if (bpf_map_delete_elem(&cpu_ipc_procs, &tgid))
+		return; /* another CPU emitted this interval */
+	emit(tgid, &copy, now->ts_ns, gone ? JALKI_CPU_REASON_EXIT : JALKI_CPU_REASON_INTERVAL);
+}
+
+static __always_inline int handle_switch(__u32 next_tid)
+{
+	__u32 zero = 0;
+	struct cpu_ipc_start *start = bpf_map_lookup_elem(&cpu_ipc_start, &zero);
+	struct cpu_ipc_start now = {};
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid, tgid = pid_tgid >> 32;
+
+	if (!start)
+		return 0;
+	now.valid = read_counter(&cpu_cycles, JALKI_CPU_CYCLES, &now);
+	now.valid |= read_counter(&cpu_instructions, JALKI_CPU_INSTRUCTIONS, &now);
+	now.valid |= read_counter(&cpu_stalled_frontend, JALKI_CPU_STALLED_FRONTEND, &now);
+	now.valid |= read_counter(&cpu_stalled_backend, JALKI_CPU_STALLED_BACKEND, &now);
+	now.ts_ns = bpf_ktime_get_ns();
+
+	if (start->ts_ns) { /* this CPU saw a task enter before */
+		if (start->tid != tid)
+			jalki_count_drop(JALKI_DROP_PROBE_BASE + JALKI_CPU_DROP_SWITCH_UNSEEN);
+		else if (tgid && !jalki_is_self(tgid) && jalki_pass_tgid_filter(tgid))
+			account(tgid, start, &now);
+	}
+	now.tid = next_tid;
+	__builtin_memcpy(start, &now, sizeof(now));
+	return 0;
+}
+
+/* ---- rung "tp_btf" ---- */
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(tpbtf_sched_switch, bool preempt, struct task_struct___jalki *prev,
+	     struct task_struct___jalki *next)
+{
+	return handle_switch(next->pid);
+}
+
+/* ---- rung "tracepoint" ---- */
+
+SEC("tracepoint/sched/sched_switch")
+int tp_sched_switch(struct trace_event_raw_sched_switch___jalki *ctx)
+{
+	return handle_switch(ctx->next_pid);
+}
