@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from jalki_core.emitters.base import Emitter
     from jalki_core.plugins import JalkiPlugins
 
-SocketOption = Annotated[Path | None, typer.Option("--socket", help="The daemon's API socket "
+# readable=False: click must not pre-check access; connecting says "not allowed" in one clear line
+SocketOption = Annotated[Path | None, typer.Option("--socket", readable=False, help="The daemon's API socket "
                                                    "(default: $JALKI_SOCKET or /run/jalki/jalki.sock).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -91,8 +92,19 @@ def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitt
     agent.serve(initial)
     summary = agent.summary
     if summary is not None:
-        console.print(f"jalki daemon stopped: {summary.events} events from {len(summary.probes)} probes",
-                      soft_wrap=True)
+        # events since start (redeployed probes included); drops of the probes' last deployments
+        events = sum(agent.events_by_type.values())
+        drops: dict[str, int] = {}
+        for probe in summary.probes:
+            for cause, count in {**probe.kernel_drops, "size_mismatch": probe.size_mismatches,
+                                 "decode_error": probe.decode_errors}.items():
+                drops[cause] = drops.get(cause, 0) + count
+        line = (f"jalki daemon stopped: {events} events from {len(summary.probes)} probes, "
+                f"{sum(drops.values())} dropped ({_drops_text(drops)})")
+        for name, stats in summary.emitters.items():
+            line += (f"; emitter {name}: {stats['events_emitted']} written, {stats['events_dropped']} dropped, "
+                     f"{stats['errors']} errors")
+        console.print(line, soft_wrap=True, markup=False)
 
 
 # ---- clients ---------------------------------------------------------------------

@@ -127,6 +127,8 @@ class Agent:
         self.events_by_type: Counter[tuple[str, str]] = Counter()
         self.ring_fill_peak: dict[str, float] = {}
         self.expired: list[str] = []
+        self.retired: dict[str, dict[str, Any]] = {}
+        """Per probe: drops by cause, run time and run count of its ended deployments (the metrics are counters)."""
         self.started_at = time.time()
         self.ready = False
         self.stopping = False
@@ -198,7 +200,12 @@ class Agent:
         stats = self.session.detach_probe(name)
         deployment.stats = stats
         log.info("undeployed %s", name)
-        return deployment.describe(time.monotonic())
+        final = deployment.describe(time.monotonic())
+        retired = self.retired.setdefault(name, {"drops": Counter(), "run_time_ns": 0, "run_count": 0})
+        retired["drops"].update(final["drops"])
+        retired["run_time_ns"] += final["run_time_ns"]
+        retired["run_count"] += final["run_count"]
+        return final
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -229,10 +236,10 @@ class Agent:
         now = time.monotonic()
         return {
             "probes": {name: d.describe(now) for name, d in self.deployments.items()},
-            "emitters": {w.emitter.name: {"events_emitted": w.stats.events_emitted,
-                                          "events_dropped": w.stats.events_dropped,
-                                          "errors": w.stats.errors, "last_error": w.stats.last_error}
-                         for w in self.session.workers},
+            "emitters": {key: {"events_emitted": w.stats.events_emitted,
+                               "events_dropped": w.stats.events_dropped,
+                               "errors": w.stats.errors, "last_error": w.stats.last_error}
+                         for key, w in zip(_emitter_keys(self.session.workers), self.session.workers, strict=True)},
         }
 
     # ---- any thread ----------------------------------------------------------
@@ -351,6 +358,17 @@ class Agent:
                 self._metrics.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _emitter_keys(workers: Sequence[Any]) -> list[str]:
+    """One name per emitter: its name, and ``name#2``, ``name#3`` … for further emitters of the same kind."""
+    seen: Counter[str] = Counter()
+    keys = []
+    for worker in workers:
+        name = worker.emitter.name
+        seen[name] += 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
 
 
 def _version() -> str:

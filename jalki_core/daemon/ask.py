@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from jalki_core.ask_engine import MAX_EVENTS_KEPT, EventCollector, ProgressCallback, ask
-from jalki_core.daemon.protocol import DeploySpec, ProtocolError
+from jalki_core.daemon.protocol import DeploySpec, ProtocolError, _field
 from jalki_core.session import ProbeRunStats, SessionSummary
 
 if TYPE_CHECKING:
@@ -66,8 +66,8 @@ class AgentCollect:
         self.agent.add_tap(tap)
         try:
             while (elapsed := time.monotonic() - started) < seconds:
-                if cancel is not None and cancel.is_set():
-                    break
+                if (cancel is not None and cancel.is_set()) or self.agent.stopping:
+                    break  # the daemon is shutting down: never hold up its exit
                 if progress is not None:
                     progress(elapsed, sum(per_probe.values()))
                 time.sleep(min(0.2, seconds - elapsed))
@@ -116,7 +116,10 @@ def ask_through_agent(agent: Agent, fields: Mapping[str, Any]) -> dict[str, Any]
     seconds = fields.get("seconds", 10)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= MAX_ASK_SECONDS:
         raise ProtocolError("bad_request", f"field 'seconds' must be in (0, {MAX_ASK_SECONDS:g}]")
-    options = {name: fields.get(name) for name in ("pid", "port")}
+    options = {
+        "pid": _field(fields, "pid", int, check=lambda v: v > 0, rule="must be a positive process id"),
+        "port": _field(fields, "port", int, check=lambda v: 0 < v < 65536, rule="must be between 1 and 65535"),
+    }
     try:
         result = ask(question, seconds=float(seconds), plugins=agent.plugins, collect=AgentCollect(agent),
                      **options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -28,10 +29,18 @@ log = logging.getLogger("jalki.daemon.metrics")
 
 
 class AgentCollector:
-    """Reads the agent's figures at each scrape."""
+    """Reads the agent's figures at each scrape.
+
+    Counters never go back: a probe's drops and program runs add up over its
+    deployments (a redeploy with other options starts new programs), and the
+    subscriber counters include ended subscriptions. A probe that was deployed
+    once and is not now stays in ``jalki_probe_attached`` with ``rung="none"``
+    and value 0.
+    """
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        self._seen_probes: set[str] = set()
 
     def collect(self) -> Iterator[Metric]:
         agent = self.agent
@@ -40,30 +49,42 @@ class AgentCollector:
         except Exception as exc:  # shutting down: expose what does not need the drain thread
             log.debug("snapshot unavailable: %s", exc)
             snapshot = {"probes": {}, "emitters": {}}
+        # Copies first: the drain and API threads keep adding keys while we read.
+        events_by_type = dict(agent.events_by_type)
+        ring_fill_peak = dict(agent.ring_fill_peak)
+        retired = dict(agent.retired)
         events = CounterMetricFamily("jalki_events", "Events emitted, by probe and event type.",
                                      labels=["probe", "type"])
-        for (probe, event_type), count in sorted(agent.events_by_type.items()):
+        for (probe, event_type), count in sorted(events_by_type.items()):
             events.add_metric([probe, event_type], count)
         yield events
         drops = CounterMetricFamily("jalki_drops", "Records lost, by probe and cause (ring buffer full, "
                                     "sampled, tracking table full, size mismatch, decoder error).",
                                     labels=["probe", "cause"])
-        attached = GaugeMetricFamily("jalki_probe_attached", "1 while the probe is attached, with its attach rung.",
+        attached = GaugeMetricFamily("jalki_probe_attached", "1 while the probe is attached, with its attach rung; "
+                                     "0 (rung none) for a probe deployed earlier and not now.",
                                      labels=["probe", "rung"])
         run_time = CounterMetricFamily("jalki_program_run_time_seconds", "Time the probe's BPF programs ran "
                                        "in the kernel (bpf_enable_stats).", labels=["probe"])
         run_count = CounterMetricFamily("jalki_program_runs", "Runs of the probe's BPF programs.", labels=["probe"])
         fill = GaugeMetricFamily("jalki_ringbuffer_fill_ratio", "Largest share of the probe's ring buffer a "
                                  "drain has found filled (0 to 1).", labels=["probe"])
-        for name, probe in sorted(snapshot["probes"].items()):
-            for cause, count in sorted(probe["drops"].items()):
+        live = snapshot["probes"]
+        self._seen_probes.update(live, retired)
+        for name in sorted(self._seen_probes):
+            probe = live.get(name)
+            ended = retired.get(name, {})
+            causes: Counter[str] = Counter(ended.get("drops", {}))
+            causes.update(probe["drops"] if probe else {})
+            for cause, count in sorted(causes.items()):
                 drops.add_metric([name, cause], count)
-            attached.add_metric([name, probe["attach"] or "none"], 1 if probe["attach"] else 0)
-            run_time.add_metric([name], probe["run_time_ns"] / 1e9)
-            run_count.add_metric([name], probe["run_count"])
-        for name in sorted(agent.expired):
-            attached.add_metric([name, "none"], 0)
-        for name, ratio in sorted(agent.ring_fill_peak.items()):
+            if probe is not None and probe["attach"]:
+                attached.add_metric([name, probe["attach"]], 1)
+            else:
+                attached.add_metric([name, "none"], 0)
+            run_time.add_metric([name], (ended.get("run_time_ns", 0) + (probe["run_time_ns"] if probe else 0)) / 1e9)
+            run_count.add_metric([name], ended.get("run_count", 0) + (probe["run_count"] if probe else 0))
+        for name, ratio in sorted(ring_fill_peak.items()):
             fill.add_metric([name], ratio)
         yield from (drops, attached, run_time, run_count, fill)
         emitted = CounterMetricFamily("jalki_emitter_events", "Events written by each emitter.", labels=["emitter"])
@@ -76,25 +97,32 @@ class AgentCollector:
             emitter_dropped.add_metric([name], stats["events_dropped"])
         yield from (emitted, emitter_errors, emitter_dropped)
         server = agent._server
-        subscribers = server.subscriber_stats() if server is not None else {"count": 0, "sent": 0, "dropped": 0}
-        yield GaugeMetricFamily("jalki_subscribers", "Live event subscriptions.", value=subscribers["count"])
-        yield CounterMetricFamily("jalki_subscriber_events_sent", "Events pushed to subscribers (live ones).",
-                                  value=subscribers["sent"])
-        yield CounterMetricFamily("jalki_subscriber_dropped", "Events live subscribers lost (too slow).",
-                                  value=subscribers["dropped"])
+        subscribers = server.subscriber_stats() if server is not None else {}
+        yield GaugeMetricFamily("jalki_subscribers", "Live event subscriptions.", value=subscribers.get("count", 0))
+        yield CounterMetricFamily("jalki_subscriber_events_sent", "Events pushed to subscribers.",
+                                  value=subscribers.get("sent_total", 0))
+        yield CounterMetricFamily("jalki_subscriber_dropped", "Events subscribers lost (they read too slowly).",
+                                  value=subscribers.get("dropped_total", 0))
         requests = CounterMetricFamily("jalki_api_requests", "API requests by type and outcome.",
                                        labels=["type", "outcome"])
-        for (kind, outcome), count in sorted((server.requests if server is not None else {}).items()):
+        for (kind, outcome), count in sorted(dict(server.requests if server is not None else {}).items()):
             requests.add_metric([kind, outcome], count)
         yield requests
         if agent.history is not None:
             stats = agent.history.stats()
             yield CounterMetricFamily("jalki_history_written", "Events written to the history.",
                                       value=stats["written"])
-            yield CounterMetricFamily("jalki_history_dropped", "Events the history could not keep up with.",
-                                      value=stats["dropped"])
+            yield CounterMetricFamily("jalki_history_dropped", "Events the history could not keep up with "
+                                      "or failed to write.", value=stats["dropped"])
+            yield CounterMetricFamily("jalki_history_errors", "Failed history writes and prunes.",
+                                      value=stats["errors"])
         yield GaugeMetricFamily("jalki_ready", "1 while probes are attached and draining.",
-                                value=1 if agent.ready else 0)
+                                value=1 if is_ready(agent) else 0)
+
+
+def is_ready(agent: Agent) -> bool:
+    """Ready: the agent is draining and at least one probe is attached (``/readyz``, ``jalki_ready``)."""
+    return agent.ready and any(d.stats.rung for d in list(agent.deployments.values()))
 
 
 def _handler(agent: Agent, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
@@ -106,7 +134,7 @@ def _handler(agent: Agent, registry: CollectorRegistry) -> type[BaseHTTPRequestH
             elif path == "/healthz":
                 self._send(200, b"ok\n")
             elif path == "/readyz":
-                ready = agent.ready and bool(agent.deployments)
+                ready = is_ready(agent)
                 self._send(200 if ready else 503, b"ready\n" if ready else b"not ready: no probe attached\n")
             else:
                 self._send(404, b"not found: try /metrics, /healthz, /readyz\n")

@@ -156,8 +156,9 @@ class EventFilter:
         return True
 
     def as_dict(self) -> dict[str, Any]:
-        """The filters that are set."""
-        return {name: value for name, value in self.__dict__.items() if value is not None}
+        """The filters that are set, named as in requests (``type`` is the ``event_type`` field)."""
+        return {"event_type" if name == "type" else name: value for name, value in self.__dict__.items()
+                if value is not None}
 
 
 def _port(value: int) -> bool:

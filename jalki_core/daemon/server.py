@@ -24,6 +24,7 @@ import os
 import stat
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,9 @@ HANDOFF_BATCHES = 4096
 SOCKET_MODE = 0o660
 """The API socket's mode: owner (root) and the configured group; never world-accessible."""
 
+MAX_CONCURRENT_ASKS = 4
+"""``ask`` requests observed at once; more wait their turn (other requests are never held up by them)."""
+
 
 class Subscription:
     """One live event stream of one connection."""
@@ -54,6 +58,7 @@ class Subscription:
         self.sent = 0
         self.dropped = 0
         self.unreported_drops = 0
+        self.task: asyncio.Task[None] | None = None
 
     def offer(self, event: dict[str, Any]) -> None:
         """Queue an event that passed the filter, or count it lost."""
@@ -124,7 +129,7 @@ class Connection:
             for task in self.pumps:
                 task.cancel()
             for subscription in self.subscriptions.values():
-                self.server.subscriptions.discard(subscription)
+                self.server.retire(subscription)
             with contextlib.suppress(Exception):
                 self.writer.close()
 
@@ -180,6 +185,8 @@ class ApiServer:
         self.subscriptions: set[Subscription] = set()
         self.requests: dict[tuple[str, str], int] = {}
         self.handoff_dropped = 0
+        self.retired_sent = 0  # figures of ended subscriptions (the metrics are counters)
+        self.retired_dropped = 0
         self._numbers = itertools.count(1)
         self._handoff: deque[list[dict[str, Any]]] = deque()
         self._handoff_lock = threading.Lock()
@@ -187,6 +194,7 @@ class ApiServer:
         self._server: asyncio.AbstractServer | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="jalki-api", daemon=True)
         self._started = threading.Event()
+        self._ask_pool = ThreadPoolExecutor(MAX_CONCURRENT_ASKS, thread_name_prefix="jalki-ask")
         self.handlers: dict[str, Callable[[Connection, Request], Awaitable[Any]]] = {
             "ping": self.on_ping, "status": self.on_status, "probes": self.on_probes, "deploy": self.on_deploy,
             "undeploy": self.on_undeploy, "get_events": self.on_get_events, "subscribe": self.on_subscribe,
@@ -221,8 +229,9 @@ class ApiServer:
     async def _bind(self, gid: int) -> None:
         old_umask = os.umask(0o117)  # the socket is born 0660: never a window where others can connect
         try:
+            # limit: a line of MAX_FRAME_BYTES including its newline passes, one byte more does not
             self._server = await asyncio.start_unix_server(self._on_client, path=str(self.path),
-                                                           limit=MAX_FRAME_BYTES)
+                                                           limit=MAX_FRAME_BYTES - 1)
         finally:
             os.umask(old_umask)
         os.chown(self.path, 0 if os.geteuid() == 0 else -1, gid)
@@ -236,8 +245,7 @@ class ApiServer:
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        self._unlink()
 
     def close(self) -> None:
         """Deliver what is handed off, disconnect clients, stop the loop."""
@@ -254,8 +262,14 @@ class ApiServer:
                 asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        self._ask_pool.shutdown(wait=False, cancel_futures=True)
+        self._unlink()
+
+    def _unlink(self) -> None:
+        # only a socket this server bound: a daemon that failed to start never removes another one's socket
+        if self._server is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await Connection(self, reader, writer).serve()
@@ -289,11 +303,19 @@ class ApiServer:
                     if where.matches(event):
                         subscription.offer(event)
 
+    def retire(self, subscription: Subscription) -> None:
+        """Forget an ended subscription, keeping its figures in the since-start totals."""
+        if subscription in self.subscriptions:
+            self.subscriptions.discard(subscription)
+            self.retired_sent += subscription.sent
+            self.retired_dropped += subscription.dropped
+
     def subscriber_stats(self) -> dict[str, Any]:
-        """Subscriptions now, and events they lost."""
+        """Subscriptions now and events they lost; ``*_total``: since start, ended subscriptions included."""
         subscriptions = list(self.subscriptions)
-        return {"count": len(subscriptions), "sent": sum(s.sent for s in subscriptions),
-                "dropped": sum(s.dropped for s in subscriptions), "handoff_dropped": self.handoff_dropped}
+        sent, dropped = sum(s.sent for s in subscriptions), sum(s.dropped for s in subscriptions)
+        return {"count": len(subscriptions), "sent": sent, "dropped": dropped, "handoff_dropped": self.handoff_dropped,
+                "sent_total": self.retired_sent + sent, "dropped_total": self.retired_dropped + dropped}
 
     def count_request(self, kind: str, outcome: str) -> None:
         key = (kind if kind in self.handlers else "?", outcome)
@@ -342,7 +364,8 @@ class ApiServer:
         subscription = Subscription(next(self._numbers), where, self.subscriber_queue)
         conn.subscriptions[subscription.number] = subscription
         self.subscriptions.add(subscription)
-        conn.pumps.append(asyncio.get_running_loop().create_task(conn.pump(subscription)))
+        subscription.task = asyncio.get_running_loop().create_task(conn.pump(subscription))
+        conn.pumps.append(subscription.task)
         return {"subscription": subscription.number, "filters": where.as_dict()}
 
     async def on_unsubscribe(self, conn: Connection, request: Request) -> Any:
@@ -350,13 +373,18 @@ class ApiServer:
         subscription = conn.subscriptions.pop(number, None) if isinstance(number, int) else None
         if subscription is None:
             raise ProtocolError("not_attached", f"no subscription {number!r} on this connection")
-        self.subscriptions.discard(subscription)
+        if subscription.task is not None:  # no push of it follows this reply
+            subscription.task.cancel()
+            conn.pumps.remove(subscription.task)
+        self.retire(subscription)
         return {"subscription": number, "sent": subscription.sent, "dropped": subscription.dropped}
 
     async def on_ask(self, conn: Connection, request: Request) -> Any:
         from jalki_core.daemon.ask import ask_through_agent
 
-        return await self._agent_call(lambda: ask_through_agent(self.agent, request.fields))
+        # asks observe for seconds: their own threads, so they never hold up other requests
+        return await asyncio.get_running_loop().run_in_executor(
+            self._ask_pool, lambda: ask_through_agent(self.agent, request.fields))
 
 
 def _socket_alive(path: Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -77,6 +78,7 @@ class FileEmitter(Emitter):
         self.backups = backups
         self._file: BinaryIO | None = None
         self._size = 0
+        self._lock = threading.Lock()  # reopen() comes from another thread than emit()
 
     def open(self) -> None:
         try:
@@ -89,12 +91,13 @@ class FileEmitter(Emitter):
         self._size = self._file.tell()
 
     def emit(self, batch: EventBatch) -> None:
-        assert self._file is not None
-        data = batch.ndjson
-        if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
-            self._rotate()
-        self._file.write(data)
-        self._size += len(data)
+        with self._lock:
+            assert self._file is not None
+            data = batch.ndjson
+            if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
+                self._rotate()
+            self._file.write(data)
+            self._size += len(data)
 
     def _rotate(self) -> None:
         assert self._file is not None
@@ -121,9 +124,13 @@ class FileEmitter(Emitter):
             self._sync()
 
     def reopen(self) -> None:
-        """Close and reopen the file (after an external log rotation)."""
-        self.close()
-        self.open()
+        """Close and reopen the file (after an external log rotation, e.g. on SIGHUP); thread-safe.
+
+        A batch being written meanwhile lands whole in the old or the new file.
+        """
+        with self._lock:
+            self.close()
+            self.open()
 
     def close(self) -> None:
         if self._file is not None:
