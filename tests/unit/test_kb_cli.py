@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import typer
+from kb_inventory import ENTRY_COUNT, LAYERS_TEXT
 
 from jalki_core import cli_kb
 from jalki_core.errors import JalkiError
@@ -86,8 +87,8 @@ def test_find_rejects_a_bad_limit(capsys: pytest.CaptureFixture[str]) -> None:
 def test_list_json_and_layer_filter(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "list", "--json")
     entries = as_json(out)
-    assert code == 0 and len(entries) == 27
-    assert entries[0]["layer"] == "fs" and entries[-1]["layer"] == "tcp"
+    assert code == 0 and len(entries) == ENTRY_COUNT
+    assert entries[0]["layer"] == "cpu" and entries[-1]["layer"] == "tcp"
     code, out, _ = run(capsys, "list", "--layer", "memory", "--json")
     assert [e["id"] for e in as_json(out)] == ["direct_reclaim", "kswapd_wake", "mm_page_alloc", "oom_mark_victim"]
 
@@ -104,7 +105,8 @@ def test_list_table(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_layer_lists_the_layers(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "list", "--layer", "nope")
     assert (code, out) == (2, "")
-    assert err.splitlines() == ["error: unknown layer 'nope'; layers: fs, memory, net, process, sched, tcp"]
+    assert err.splitlines() == [
+        f"error: unknown layer 'nope'; layers: {LAYERS_TEXT}"]
 
 
 def test_explain_json_verdicts(capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,7 +150,7 @@ def test_explain_table_says_what_a_window_needs(capsys: pytest.CaptureFixture[st
 
 @pytest.mark.parametrize(("argv", "line"), [
     (["tcp_conect"], "error: unknown knowledge-base entry 'tcp_conect' (did you mean tcp_connect, tcp_close, "
-                     "tcp_probe?)"),
+                     "tcp_connect_failures?)"),
     (["tcp_connect", "error.code"], "error: expected field=value, got 'error.code' (e.g. error.code=ECONNREFUSED)"),
     (["tcp_connect", "error.code=EFOO"], "error: 'EFOO': unknown errno name 'EFOO'"),
     (["tcp_connect", "data.latency_ns=fast"], "error: 'fast' is not a valid integer"),
@@ -166,8 +168,9 @@ def test_explain_unknown_field_lists_the_entry_fields(capsys: pytest.CaptureFixt
     code, _, err = run(capsys, "explain", "oom_mark_victim", "data.rss=1")
     assert code == 2
     assert err.splitlines() == ["error: entry 'oom_mark_victim' has no field 'data.rss'; its fields: process_data.pid, "
-                                "process_data.command, process_data.cgroup_id, data.total_vm_kb, data.anon_rss_kb, "
-                                "data.file_rss_kb, data.shmem_rss_kb, data.oom_score_adj"]
+                                "process_data.command, process_data.cgroup_id, data.memcg_path, data.memcg_id, "
+                                "data.total_vm_bytes, data.anon_rss_bytes, data.file_rss_bytes, data.shmem_rss_bytes, "
+                                "data.pgtables_bytes, data.oom_score_adj, data.trigger_pid, data.trigger_command"]
 
 
 def test_broken_user_kb_is_a_warning_not_a_failure(capsys: pytest.CaptureFixture[str], tmp_path: Path,
@@ -176,7 +179,7 @@ def test_broken_user_kb_is_a_warning_not_a_failure(capsys: pytest.CaptureFixture
     broken.write_text('{"kb_version": 1, "layer": "mine", "entries": [{"id": "x"}]}')
     monkeypatch.setenv("JALKI_KB_PATH", str(broken))
     code, out, err = run(capsys, "list", "--json")
-    assert code == 0 and len(as_json(out)) == 27
+    assert code == 0 and len(as_json(out)) == ENTRY_COUNT
     warnings = err.splitlines()
     assert warnings[0] == f"warning: {broken}: entry 'x': answers: required field is missing"
     assert all(line.startswith(f"warning: {broken}: entry 'x': ") for line in warnings)

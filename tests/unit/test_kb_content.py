@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jalki_tcp.probes import TcpCloseProbe, TcpConnectProbe, TcpRetransmitProbe
+from jalki_tcp.probes import TcpCloseProbe, TcpConnectProbe, TcpResetProbe, TcpRetransmitProbe, TcpRttProbe
 from jalki_tcp.tcp_states import TCP_STATES
+from kb_inventory import ENTRIES_PER_LAYER, ENTRY_COUNT
 
 from jalki_core.events import Event
 from jalki_core.kb import default_kb
@@ -26,10 +27,8 @@ TCP_EVENT_SCHEMA = json.loads((REPO / "plugins" / "jalki_tcp" / "jalki_tcp" / "e
 
 def test_inventory_layers_and_counts() -> None:
     per_layer = {layer: [entry.id for entry in KB.in_layer(layer)] for layer in KB.layers()}
-    assert {layer: len(ids) for layer, ids in per_layer.items()} == {
-        "fs": 5, "memory": 4, "net": 1, "process": 4, "sched": 4, "tcp": 9,
-    }
-    assert sum(map(len, per_layer.values())) == 27
+    assert {layer: len(ids) for layer, ids in per_layer.items()} == ENTRIES_PER_LAYER
+    assert sum(map(len, per_layer.values())) == ENTRY_COUNT == 34
     assert per_layer["tcp"] == ["tcp_close", "tcp_connect", "tcp_probe", "tcp_receive_reset", "tcp_recvmsg",
                                 "tcp_retransmit_skb", "tcp_send_reset", "tcp_sendmsg", "tcp_state_change"]
 
@@ -37,7 +36,12 @@ def test_inventory_layers_and_counts() -> None:
 def test_implemented_entries_match_the_installed_probes() -> None:
     plugins = JalkiPlugins()
     implemented = {entry.id: entry for entry in KB if entry.implemented_by is not None}
-    assert sorted(implemented) == ["tcp_close", "tcp_connect", "tcp_retransmit_skb"]
+    assert sorted(implemented) == ["block_io_error", "block_rq_complete", "cpu_ipc", "cpu_ipc_degradation",
+                                   "do_sys_openat2", "oom_mark_victim",
+                                   "process_exec", "process_exit",
+                                   "tcp_close", "tcp_connect", "tcp_connect_failures", "tcp_probe",
+                                   "tcp_receive_reset", "tcp_retransmit_skb", "tcp_retransmit_spike",
+                                   "tcp_rst_storm", "tcp_rtt_degradation", "tcp_send_reset"]
     for entry in implemented.values():
         assert entry.implemented_by is not None
         registered = plugins.probes.get(entry.implemented_by.probe)
@@ -89,12 +93,32 @@ def real_events() -> dict[str, Event]:
         (TcpConnectProbe(), {"latency_ns": 51_000, "error": 111}),
         (TcpCloseProbe(), {"duration_ns": 9, "bytes_sent": 1, "bytes_received": 2, "oldstate": 9}),
         (TcpRetransmitProbe(), {"state": 1}),
+        (TcpResetProbe(), {"state": 1, "direction": 1}),
+        (TcpRttProbe(), {"window": 1, "samples": 2, "sum_us": 10, "min_us": 4, "max_us": 6, "interval_ns": 10**9}),
     ):
         ring = FakeRingBuffer(probe.layout)
         ring.push_values(ts_ns=1, **OWNER, **TUPLE, **values)
         [event] = decode_all(probe, ring, make_event_context(probe.name, "tp_btf"))
         events[event["type"]] = event
-    return events
+    return events | derived_events(events)
+
+
+def derived_events(events: dict[str, Event]) -> dict[str, Event]:
+    """One event per jalki-tcp anomaly, derived by the probes (threshold 1) from decoded events."""
+    derived: dict[str, Event] = {}
+    slow = {**events["kernel.tcp.rtt"], "timestamp": "2023-11-14T22:13:25.000000000Z",
+            "data": {**events["kernel.tcp.rtt"]["data"], "srtt_us_avg": 30}}
+    for probe, inputs in ((TcpConnectProbe(), [events["kernel.tcp.connect"]]),
+                          (TcpRetransmitProbe(), [events["kernel.tcp.retransmit"]]),
+                          (TcpResetProbe(), [events["kernel.tcp.reset"]]),
+                          (TcpRttProbe(), [events["kernel.tcp.rtt"]] * 3 + [slow])):
+        for name in ("failures_threshold", "spike_threshold", "storm_threshold", "degradation_threshold"):
+            if hasattr(probe, name):
+                setattr(probe, name, 1)
+        ctx = make_event_context(probe.name, "tp_btf")
+        [event] = probe.derive(inputs, ctx) + probe.final_events({}, ctx)
+        derived[event["type"]] = event
+    return derived
 
 
 OPTIONAL_FIELDS = {"data.abandoned_by_application"}
@@ -104,8 +128,8 @@ OPTIONAL_FIELDS = {"data.abandoned_by_application"}
 def test_fields_of_implemented_entries_are_real_event_paths() -> None:
     events = real_events()
     for entry in KB:
-        if entry.implemented_by is None:
-            continue
+        if entry.implemented_by is None or entry.implemented_by.plugin != "tcp":
+            continue  # jalki-storage and jalki-fs check theirs in test_storage_kb.py / test_fs_kb.py
         event = events[entry.event_type]
         data_fields = {spec.name.removeprefix("data.") for spec in entry.fields if spec.name.startswith("data.")}
         assert data_fields == _data_properties(entry.event_type) | ({"tcp_state_number"} if

@@ -37,7 +37,7 @@ def test_match_explains_itself_in_the_question_words() -> None:
 
 
 def test_kernel_name_beats_answers_and_keywords() -> None:
-    assert top("tcp_retransmit_skb", n=2) == [("tcp_retransmit_skb", 10000)]
+    assert top("tcp_retransmit_skb", n=2) == [("tcp_retransmit_skb", 10000), ("tcp_retransmit_spike", 10000)]
     ranked = top("tcp_close: why are connections to my database failing", n=2)
     assert ranked == [("tcp_close", 10101), ("tcp_connect", 302)]
     [match] = find("what does tcp:tcp_probe show", KB, limit=1)

@@ -153,12 +153,12 @@ def test_state_7_is_close_and_8_is_close_wait() -> None:
 
 
 @pytest.mark.parametrize(("window_field", "rule_id", "phrase"), [
-    ("data__snd_wnd", "peer_zero_window", "the application on the destination host is not reading"),
-    ("data__rcv_wnd", "local_zero_window", "the local application is not reading its socket"),
+    ("data__peer_zero_window_samples", "peer_zero_window", "the application on the destination host is not reading"),
+    ("data__local_zero_window_samples", "local_zero_window", "the local application is not reading its socket"),
 ])
 def test_stuck_windows_name_the_reader(window_field: str, rule_id: str, phrase: str) -> None:
-    events = [event("kernel.tcp.probe", i * SECOND, network_data__dst_ip="10.42.2.8", network_data__dst_port=5432,
-                    **{window_field: 0}) for i in range(5)]
+    events = [event("kernel.tcp.rtt", i * SECOND, network_data__dst_ip="10.42.2.8", network_data__dst_port=5432,
+                    **{window_field: 1}) for i in range(5)]
     [finding] = evaluate(events, KB)
     assert finding.interpretation_id == rule_id and phrase in finding.conclusion
     assert evaluate(events[:4], KB) == []

@@ -30,7 +30,8 @@ def _fired(rule_id: str, entry_id: str, scenario: Scenario) -> bool:
 def test_every_interpretation_in_the_files_is_under_test() -> None:
     in_files = [
         (entry["id"], rule["id"])
-        for path in sorted(KB_DIR.glob("*.json")) if path.name != "vocabulary.json"
+        for path in sorted([*KB_DIR.glob("*.json"), *KB_DIR.parent.glob("plugins/*/*/kb/*.json")])
+        if path.name != "vocabulary.json"
         for entry in json.loads(path.read_text())["entries"]
         for rule in entry["interpretations"]
     ]

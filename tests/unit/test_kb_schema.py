@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from kb_inventory import ENTRY_COUNT
 
 from jalki_core.kb import KbDocument, KbProblem, load_kb
 from jalki_core.kb.contrib import KbRegistry, collect
@@ -19,6 +20,8 @@ from jalki_core.registry import PluginIdentity
 
 REPO = Path(__file__).resolve().parents[2]
 KB_DIR = REPO / "kb"
+SHIPPED = [KB_DIR, *sorted(REPO.glob("plugins/*/*/kb/*.json"))]
+"""The KB this repository ships: the core's kb/ and the plugins' KB files (entries reference each other)."""
 VOCABULARY = KB_DIR / "vocabulary.json"
 SCHEMA = json.loads((REPO / "specs" / "kb.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -76,9 +79,9 @@ def test_schema_is_valid_and_every_builtin_file_conforms() -> None:
 
 
 def test_builtin_kb_loads_without_problems() -> None:
-    kb = load_kb()
+    kb = load_kb(SHIPPED)
     assert kb.problems == ()
-    assert len(kb) == 27
+    assert len(kb) == ENTRY_COUNT
 
 
 def test_demo_document_is_valid_for_both_validators(tmp_path: Path) -> None:
@@ -225,8 +228,8 @@ def test_bad_files_never_stop_the_others(tmp_path: Path) -> None:
     broken_json = write(tmp_path, "broken.json", '{"kb_version": 1, "layer": "x", "entries": [')
     wrong_version = write(tmp_path, "v2.json", {"kb_version": 2, "layer": "demo", "entries": []})
     not_object = write(tmp_path, "list.json", [1, 2])
-    kb = load_kb([KB_DIR, broken_json, wrong_version, not_object, tmp_path / "missing.json"])
-    assert len(kb) == 27
+    kb = load_kb([*SHIPPED, broken_json, wrong_version, not_object, tmp_path / "missing.json"])
+    assert len(kb) == ENTRY_COUNT
     assert [(p.source, p.entry, p.path, p.message.split(" at ")[0]) for p in kb.problems] == [
         (str(tmp_path / "missing.json"), None, "", "no such KB file or directory"),
         (str(broken_json), None, "", "invalid JSON"),
@@ -244,7 +247,7 @@ def test_duplicates_and_dangling_references(tmp_path: Path) -> None:
     third["id"] = "third_probe"
     a = write(tmp_path, "a.json", layer_doc(first))
     b = write(tmp_path, "b.json", layer_doc(second, third))
-    kb = load_kb([KB_DIR, a, b])
+    kb = load_kb([*SHIPPED, a, b])
     assert kb.entries["demo_probe"].combine_with == ("tcp_connect",)
     assert "third_probe" not in kb.entries
     assert sorted(p.one_line() for p in kb.problems) == sorted([
@@ -294,8 +297,8 @@ def test_plugin_documents_load_last_and_never_raise(tmp_path: Path) -> None:
         "plugin demo (jalki-demo 1.0): inline",
         "plugin raiser (r 2)",
     ]
-    kb = load_kb([KB_DIR], documents)
-    assert "demo_probe" in kb.entries and len(kb) == 28
+    kb = load_kb(SHIPPED, documents)
+    assert "demo_probe" in kb.entries and len(kb) == ENTRY_COUNT + 1
     messages = {(p.source, p.entry): p.message for p in kb.problems}
     assert messages[("plugin demo (jalki-demo 1.0): absent.json", None)].startswith("cannot read:")
     assert messages[("plugin raiser (r 2)", None)] == "jalki_register_kb raised RuntimeError: boom"
