@@ -158,7 +158,8 @@ def ask_command(
     port: Annotated[int | None, typer.Option(help="Only events with this source or destination port.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON (specs/ask.schema.json).")]
     = False,
-    socket: Annotated[Path | None, typer.Option("--socket", help="Ask through the daemon at this socket "
+    socket: Annotated[Path | None, typer.Option("--socket", readable=False,
+                                                help="Ask through the daemon at this socket "
                                                 "(default: the daemon at $JALKI_SOCKET or /run/jalki/jalki.sock "
                                                 "when one runs).")] = None,
     in_process: Annotated[bool, typer.Option("--in-process", help="Attach the probes in this process even "

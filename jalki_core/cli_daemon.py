@@ -132,7 +132,7 @@ def status_command(socket: SocketOption = None, as_json: JsonOption = False) -> 
         options = " ".join([*(f"{k}={v}" for k, v in probe["filters"].items()),
                             *([f"sample={probe['sample']:g}"] if probe["sample"] < 1 else [])]) or "-"
         ttl = "-" if probe["ttl_remaining_s"] is None else f"{probe['ttl_remaining_s']:.0f}s"
-        runs = f"{probe['run_time_ns'] / 1e6:.2f}ms/{probe['run_count']}"
+        runs = _run_time_text(probe)
         table.add_row(name, probe["attach"] or "[red]none[/]", probe["since"][11:19], ttl, str(probe["events"]),
                       _drops_text(probe["drops"]), options, runs)
     console.print(table)
@@ -144,6 +144,18 @@ def status_command(socket: SocketOption = None, as_json: JsonOption = False) -> 
     if status["history"]:
         history = status["history"]
         console.print(f"history {history['path']}: {history['written']} written, {history['dropped']} dropped")
+
+
+def _run_time_text(probe: dict[str, Any]) -> str:
+    """BPF run time and runs of a probe: the total, then each program when there are several."""
+    def one(time_ns: int, count: int) -> str:
+        return f"{time_ns / 1e6:.2f}ms/{count}" + (f" ({time_ns // count}ns each)" if count else "")
+
+    lines = [one(probe["run_time_ns"], probe["run_count"])]
+    programs = probe.get("programs") or {}
+    if len(programs) > 1:
+        lines += [f"{name}: {one(f['run_time_ns'], f['run_count'])}" for name, f in sorted(programs.items())]
+    return "\n".join(lines)
 
 
 def deploy_command(

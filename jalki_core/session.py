@@ -48,6 +48,8 @@ class ProbeRunStats:
     error: str | None = None
     run_time_ns: int = 0
     run_count: int = 0
+    programs: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per BPF program: ``{"run_time_ns", "run_count"}`` from ``bpf_enable_stats``; the totals above sum them."""
 
     @property
     def dropped(self) -> int:
@@ -72,6 +74,7 @@ class ProbeRunStats:
             "derive_errors": self.derive_errors,
             "run_time_ns": self.run_time_ns,
             "run_count": self.run_count,
+            "programs": {name: dict(figures) for name, figures in self.programs.items()},
         }
 
 
@@ -377,11 +380,11 @@ class TraceSession:
     def _read_counters(self, active: _ActiveProbe) -> None:
         active.stats.size_mismatches = active.reader.size_mismatches
         active.stats.kernel_drops = active.loaded.kernel_drops()
-        run_time = run_count = 0
-        for time_ns, count in active.loaded.program_stats().values():
-            run_time += time_ns
-            run_count += count
-        active.stats.run_time_ns, active.stats.run_count = run_time, run_count
+        programs = {name: {"run_time_ns": time_ns, "run_count": count}
+                    for name, (time_ns, count) in active.loaded.program_stats().items()}
+        active.stats.programs = programs
+        active.stats.run_time_ns = sum(figures["run_time_ns"] for figures in programs.values())
+        active.stats.run_count = sum(figures["run_count"] for figures in programs.values())
 
     def _finish(self, active: _ActiveProbe) -> None:
         """After detach: drain what is left, emit final events, read counters, free (drain thread)."""

@@ -106,6 +106,7 @@ class Deployment:
             "derive_errors": stats.derive_errors,
             "run_time_ns": stats.run_time_ns,
             "run_count": stats.run_count,
+            "programs": {name: dict(figures) for name, figures in stats.programs.items()},
             "failed_rungs": [failure.one_line() for failure in stats.failed_rungs],
         }
 

@@ -214,6 +214,10 @@ def test_client_deploy_is_idempotent_resampling_reattaches_and_status_counts(net
         assert probe["drops"] == {"ringbuf_full": 0, "sampled": 0, "tracking_full": 0, "size_mismatch": 0,
                                   "decode_error": 0}
         assert probe["run_count"] >= 6 and probe["run_time_ns"] > 0 and probe["failed_rungs"] is not None
+        programs = probe["programs"]  # per program, from bpf_enable_stats; the totals are their sums
+        assert any(f["run_count"] > 0 and f["run_time_ns"] > 0 for f in programs.values()), programs
+        assert sum(f["run_count"] for f in programs.values()) == probe["run_count"]
+        assert sum(f["run_time_ns"] for f in programs.values()) == probe["run_time_ns"]
         status = client.status()
         assert status["ring"] == {"capacity": 10_000, "events": {"tcp_connect": held}}
         assert (status["ready"], status["expired"], status["pid"]) == (True, [], daemon.proc.pid)
