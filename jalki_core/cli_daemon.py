@@ -100,7 +100,7 @@ def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitt
                                  "decode_error": probe.decode_errors}.items():
                 drops[cause] = drops.get(cause, 0) + count
         line = (f"jalki daemon stopped: {events} events from {len(summary.probes)} probes, "
-                f"{sum(drops.values())} dropped ({_drops_text(drops)})")
+                f"{sum(drops.values())} dropped" + (f" ({_drops_text(drops)})" if sum(drops.values()) else ""))
         for name, stats in summary.emitters.items():
             line += (f"; emitter {name}: {stats['events_emitted']} written, {stats['events_dropped']} dropped, "
                      f"{stats['errors']} errors")

@@ -256,3 +256,18 @@ def test_rtt_above_the_absolute_limit_needs_no_baseline() -> None:
     probe = TcpRttProbe()
     [event] = run(probe, [rtt(i, 600_000) for i in range(3)])
     assert event["data"]["baseline_srtt_us"] is None and event["data"]["count"] == 3
+
+
+def _owned(event: Event, pid: int | None, command: str | None = "client") -> Event:
+    event["process_data"] = {"pid": pid, "command": command if pid is not None else None, "cgroup_id": 1}
+    return event
+
+
+def test_an_anomaly_names_the_process_when_one_process_caused_every_attributed_event() -> None:
+    one = [_owned(connect(t, "ECONNREFUSED"), 42) for t in (0, 1, 2, 3)]
+    one.append(_owned(connect(4, "ECONNREFUSED"), None))  # an event with no known process does not split it
+    [failures] = run(TcpConnectProbe(), one)
+    assert failures["process_data"] == {"pid": 42, "command": "client", "cgroup_id": 1}
+    two = [_owned(connect(t, "ECONNREFUSED"), 42 + int(t) % 2) for t in (0, 1, 2, 3, 4)]
+    [shared] = run(TcpConnectProbe(), two)
+    assert "process_data" not in shared  # two processes: the anomaly belongs to neither

@@ -89,6 +89,19 @@ class Window(Generic[A]):
     accumulator: A
     sample: Event
     """The first event of the window (its network fields describe the group)."""
+    owners: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """``process_data`` of the window's events by pid (events with no known process are not in it)."""
+
+    def note_owner(self, event: Event) -> None:
+        """Remember the process of ``event``, when it has one."""
+        process = event.get("process_data")
+        if isinstance(process, dict) and process.get("pid") is not None:
+            self.owners.setdefault(int(process["pid"]), process)
+
+    @property
+    def sole_owner(self) -> dict[str, Any] | None:
+        """The one process behind every attributed event of the window, or None (several, or none)."""
+        return next(iter(self.owners.values())) if len(self.owners) == 1 else None
 
 
 @dataclass
@@ -132,6 +145,7 @@ class BurstDetector(Generic[A]):
             window.count += 1
             window.last_ns = max(window.last_ns, ts_ns)
             window.accumulator.add(event)
+            window.note_owner(event)
             return closed
         self._sequence += 1
         insort(state.pending, (ts_ns, self._sequence, event))
@@ -163,6 +177,8 @@ class BurstDetector(Generic[A]):
             accumulator.add(event)
         window = Window(group, first_ts, first_ts + self.window_ns, len(state.pending),
                         state.pending[-1][0], accumulator, first)
+        for _, _, event in state.pending:
+            window.note_owner(event)
         state.pending = []
         state.window = window
         self._sequence += 1
@@ -205,8 +221,16 @@ def window_data(window: Window[Any], detector: BurstDetector[Any], fmt: Rfc3339F
 
 def new_anomaly_event(ctx: EventContext, event_type: str, window: Window[Any],
                       severity: str = "warning") -> Event:
-    """An anomaly event stamped with the window's last event (kernel time recovered via the context)."""
-    return ctx.new_event(event_type, window.last_ns - ctx.clock_offset_ns, severity=severity)
+    """An anomaly event stamped with the window's last event (kernel time recovered via the context).
+
+    Its ``process_data`` names the process when every event of the window that
+    has one came from that single process; with several (or none) it is null.
+    """
+    event = ctx.new_event(event_type, window.last_ns - ctx.clock_offset_ns, severity=severity)
+    owner = window.sole_owner
+    if owner is not None:
+        event["process_data"] = dict(owner)
+    return event
 
 
 def destination_fields(event: Event) -> dict[str, Any]:
