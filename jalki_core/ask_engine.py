@@ -146,7 +146,7 @@ def _evidence_phrase(finding: Finding) -> str:
         process = group.processes[0]
         parts.append(f"from {process.command or '?'} (pid {process.pid})")
     elif group.unattributed:
-        parts.append("process unknown (kernel context)")
+        parts.append("no single known process")
     return ", ".join(parts)
 
 

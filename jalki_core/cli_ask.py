@@ -78,7 +78,7 @@ def _evidence_lines(finding: Mapping[str, Any]) -> list[str]:
             parts.append("from " + ", ".join(f"{escape(p['command'] or '?')} (pid {p['pid']}) ×{p['events']}"
                                              for p in group["processes"][:3]))
         if group["unattributed"]:
-            parts.append(f"{group['unattributed']} in kernel context (process unknown)")
+            parts.append(f"{group['unattributed']} with no single known process")
         lines.append("; ".join(parts))
     if len(finding["evidence"]) > 3:
         lines.append(f"… and {len(finding['evidence']) - 3} more groups (see --json)")

@@ -124,7 +124,7 @@ def test_answer_sentences(collection: Any) -> None:
     answer = ask("packet loss", seconds=1).answer
     assert answer.startswith("WARNING: Data segments to this destination are retransmitted on established "
                              "connections: packets are lost on the network path")
-    assert answer.endswith("(4 tcp_retransmit_skb events, to 10.42.2.8:5432, process unknown (kernel context))")
+    assert answer.endswith("(4 tcp_retransmit_skb events, to 10.42.2.8:5432, no single known process)")
 
     collection(FakeCollection([]))
     answer = ask("packet loss", seconds=2).answer
