@@ -74,6 +74,10 @@ class _Deriver:
         """The anomaly event of a closed window."""
         raise NotImplementedError
 
+    def mark(self, group: Hashable, event: Event) -> Event:
+        """The event as the detector should count it (default: unchanged)."""
+        return event
+
     def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
         """Feed a batch; return the anomaly events of the windows it closed."""
         out: list[Event] = []
@@ -81,7 +85,7 @@ class _Deriver:
             group = self.group_of(event)
             if group is None:
                 continue
-            out.extend(self.build(window, ctx) for window in self.detector.add(group, ts, event))
+            out.extend(self.build(window, ctx) for window in self.detector.add(group, ts, self.mark(group, event)))
         return self.finish(out)
 
     def flush(self, ctx: EventContext) -> list[Event]:
@@ -310,18 +314,10 @@ class RttDegradation(_Deriver):
             self._baseline[key] = baseline + (avg - baseline) / 8
         return None
 
-    def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
-        """Feed a batch of RTT aggregates; the baseline in force is recorded with each degraded one."""
-        out: list[Event] = []
-        for ts, event in timed(events):
-            group = self.group_of(event)
-            if group is None:
-                continue
-            baseline = self._baseline.get(group)
-            marked = {**event, "data": {**event["data"], "_baseline_us": None if baseline is None
-                                        else round(baseline)}}
-            out.extend(self.build(window, ctx) for window in self.detector.add(group, ts, marked))
-        return self.finish(out)
+    def mark(self, group: Hashable, event: Event) -> Event:
+        """A degraded aggregate carries the baseline in force when it was seen."""
+        baseline = self._baseline.get(group)
+        return {**event, "data": {**event["data"], "_baseline_us": None if baseline is None else round(baseline)}}
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _RttCounts = window.accumulator

@@ -44,19 +44,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 JALKI_BTF_EXPORT(tcp_close_event);
 
-enum {
-	ST_ESTABLISHED = 1,
-	ST_SYN_SENT = 2,
-	ST_SYN_RECV = 3,
-	ST_FIN_WAIT1 = 4,
-	ST_FIN_WAIT2 = 5,
-	ST_TIME_WAIT = 6,
-	ST_CLOSE = 7,
-	ST_CLOSE_WAIT = 8,
-	ST_LAST_ACK = 9,
-	ST_LISTEN = 10,
-	ST_CLOSING = 11,
-};
 
 #define CLOSE_TRACK_ENTRIES 32768
 

@@ -51,12 +51,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 JALKI_BTF_EXPORT(tcp_connect_event);
 
-enum {
-	ST_ESTABLISHED = 1,
-	ST_SYN_SENT = 2,
-	ST_SYN_RECV = 3,
-	ST_CLOSE = 7,
-};
 
 #define CONNECT_TRACK_ENTRIES 16384
 

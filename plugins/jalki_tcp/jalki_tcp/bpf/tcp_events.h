@@ -206,4 +206,21 @@ _Static_assert(sizeof(struct tcp_rtt_event) == 152, "tcp_rtt_event layout");
 		return 0;                                                                        \
 	}
 
+/* TCP states by kernel number (include/net/tcp_states.h). vmlinux.h already
+ * defines TCP_ESTABLISHED and friends, hence the ST_ prefix. */
+enum {
+	ST_ESTABLISHED = 1,
+	ST_SYN_SENT = 2,
+	ST_SYN_RECV = 3,
+	ST_FIN_WAIT1 = 4,
+	ST_FIN_WAIT2 = 5,
+	ST_TIME_WAIT = 6,
+	ST_CLOSE = 7,
+	ST_CLOSE_WAIT = 8,
+	ST_LAST_ACK = 9,
+	ST_LISTEN = 10,
+	ST_CLOSING = 11,
+	ST_NEW_SYN_RECV = 12,
+};
+
 #endif /* JALKI_TCP_EVENTS_H */

@@ -44,14 +44,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 JALKI_BTF_EXPORT(tcp_reset_event);
 
-enum {
-	ST_SYN_SENT = 2,
-	ST_FIN_WAIT1 = 4,
-	ST_TIME_WAIT = 6,
-	ST_CLOSE = 7,
-	ST_LAST_ACK = 9,
-	ST_NEW_SYN_RECV = 12,
-};
 
 #define JALKI_ETH_P_IPV6 0x86DD
 

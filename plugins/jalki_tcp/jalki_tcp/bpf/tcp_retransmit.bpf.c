@@ -29,12 +29,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 JALKI_BTF_EXPORT(tcp_retransmit_event);
 
-enum {
-	ST_SYN_SENT = 2,
-	ST_FIN_WAIT1 = 4,
-	ST_CLOSE = 7,
-	ST_LAST_ACK = 9,
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
