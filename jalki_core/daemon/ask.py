@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from jalki_core.ask_engine import MAX_EVENTS_KEPT, EventCollector, ProgressCallback, ask
 from jalki_core.daemon.protocol import DeploySpec, ProtocolError, _field
+from jalki_core.kb import parse_timestamp
 from jalki_core.session import ProbeRunStats, SessionSummary
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class AgentCollect:
         def tap(events: list[dict[str, Any]]) -> None:
             if events[0].get("source") not in sources:
                 return
-            kept = [event for event in events if _passes(event, pid, port)]
+            kept = [event for event in events if _passes(event, pid, port, asked_ns)]
             if kept:
                 per_probe[str(kept[0]["source"]).removeprefix("jalki/")] += len(kept)
                 collector(kept)
@@ -63,6 +64,7 @@ class AgentCollect:
             except ProtocolError as exc:
                 failed[name] = ProbeRunStats(name, error=exc.message)
         started = time.monotonic()
+        asked_ns = time.time_ns()
         self.agent.add_tap(tap)
         try:
             while (elapsed := time.monotonic() - started) < seconds:
@@ -96,7 +98,15 @@ class AgentCollect:
         return collector, SessionSummary(stats, {}, time.monotonic() - started)
 
 
-def _passes(event: Mapping[str, Any], pid: int | None, port: int | None) -> bool:
+def _passes(event: Mapping[str, Any], pid: int | None, port: int | None, asked_ns: int) -> bool:
+    """Whether the question sees ``event``: its filters, and no window that began before it was asked.
+
+    The daemon's anomaly windows run continuously; one that opened before the
+    question would bring evidence from before the observation into the answer.
+    """
+    window_start = (event.get("data") or {}).get("window_start")
+    if isinstance(window_start, str) and (parse_timestamp(window_start) or asked_ns) < asked_ns:
+        return False
     if pid is not None and (event.get("process_data") or {}).get("pid") != pid:
         return False
     if port is not None:
