@@ -71,7 +71,7 @@ def load_one(tmp_path: Path, document: Any) -> tuple[Any, Path]:
 def test_schema_is_valid_and_every_builtin_file_conforms() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     files = sorted(KB_DIR.glob("*.json"))
-    assert [f.name for f in files] == ["fs.json", "memory.json", "net.json", "process.json", "sched.json",
+    assert [f.name for f in files] == ["fs.json", "memory.json", "network.json", "process.json", "sched.json",
                                        "tcp.json", "vocabulary.json"]
     for path in files:
         errors = [error.message for error in VALIDATOR.iter_errors(json.loads(path.read_text()))]
