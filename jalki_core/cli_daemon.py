@@ -291,6 +291,10 @@ def recent_command(
     since: Annotated[str, typer.Option(help="How far back: 30s, 10m, 2h, 1d.")] = "10m",
     event_type: Annotated[str | None, typer.Option("--type", help="Only events of this type.")] = None,
     probe: Annotated[str | None, typer.Option(help="Only this probe's events.")] = None,
+    pid: Annotated[int | None, typer.Option(help="Only events of this process id.")] = None,
+    command: Annotated[str | None, typer.Option(help="Only events of this command (comm).")] = None,
+    dst_ip: Annotated[str | None, typer.Option(help="Only events to this address.")] = None,
+    dst_port: Annotated[int | None, typer.Option(help="Only events to this port.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many (the newest).")] = 100,
     socket: SocketOption = None,
     as_json: JsonOption = False,
@@ -300,7 +304,8 @@ def recent_command(
     if limit < 1:
         raise UsageError(f"--limit must be at least 1, not {limit}")
     with _connect(socket) as client:
-        events = client.recent(since=seconds, event_type=event_type, probe=probe, limit=limit)
+        events = client.recent(since=seconds, event_type=event_type, probe=probe, limit=limit,
+                               **_filters(pid, command, None, dst_ip, None, dst_port))
     if as_json:
         _print_json(events)
         return
