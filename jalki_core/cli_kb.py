@@ -107,6 +107,10 @@ def find_command(
     Console().print(table)
 
 
+WIDE_TABLE_COLUMNS = 140
+"""Terminal width from which ``jalki list`` shows every column."""
+
+
 def list_command(
     layer: Annotated[str | None, typer.Option(help="Only the entries of this layer.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -123,14 +127,22 @@ def list_command(
     from rich.markup import escape
     from rich.table import Table
 
+    console = Console()
+    # A narrow terminal gets the columns that identify an entry; the rest is in
+    # 'jalki explain' and --json (a squeezed table folds every cell into noise).
+    wide = console.width >= WIDE_TABLE_COLUMNS
+    columns = ("entry", "layer", "kernel", "event type", "implemented by", "rate", "rules", "summary") if wide \
+        else ("entry", "event type", "implemented by", "rate", "rules")
     table = Table(title="jalki knowledge base" + (f" ({layer})" if layer else ""), title_justify="left")
-    for column in ("entry", "layer", "kernel", "event type", "implemented by", "rate", "rules", "summary"):
-        table.add_column(column)
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("entry", "event type"), overflow="fold")
     for entry in entries:
-        rate = f"[yellow]{entry.event_rate}[/]" if entry.event_rate == "high" else entry.event_rate
-        table.add_row(entry.id, entry.layer, _kernel(entry), entry.event_type, _implemented(entry), rate,
-                      str(len(entry.interpretations)), escape(entry.summary))
-    Console().print(table)
+        cells = {"entry": entry.id, "layer": entry.layer, "kernel": _kernel(entry), "event type": entry.event_type,
+                 "implemented by": _implemented(entry),
+                 "rate": f"[yellow]{entry.event_rate}[/]" if entry.event_rate == "high" else entry.event_rate,
+                 "rules": str(len(entry.interpretations)), "summary": escape(entry.summary)}
+        table.add_row(*(cells[column] for column in columns))
+    console.print(table)
 
 
 def _verdict_text(verdict: Verdict) -> str:
