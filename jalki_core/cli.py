@@ -214,6 +214,9 @@ def _print_summary(summary: SessionSummary) -> None:
                       str(probe.dropped), cause_text)
     console.print(table)
     for probe in summary.probes:
+        if probe.error and not probe.failed_rungs:
+            # no failed rung explains it (e.g. Probe.unavailable_reason: none was tried): say the error itself
+            console.print(f"  {probe.name}: not attached: {escape(probe.error)}", soft_wrap=True)
         for failure in probe.failed_rungs:
             console.print(f"  {probe.name}: rung {escape(failure.one_line())}", soft_wrap=True)
             if failure.log_excerpt and os.environ.get("JALKI_DEBUG"):

@@ -130,8 +130,16 @@ class LoadedProbe:
         return stats
 
     def detach(self) -> None:
-        """Destroy every link (the programs stop firing); the object stays open."""
-        for link in self.links:
+        """Destroy every link, last attached first (the programs stop firing); the object stays open.
+
+        Reverse order matters: a ladder lists a pair's start program before its
+        end program (issue before complete, syscall entry before exit), and a
+        classic-tracepoint link takes tens of milliseconds to destroy. Ending
+        the end program first means no end in that gap misses its start (a
+        false "start unseen" drop); a start recorded after its end program is
+        gone only leaves an entry in a map about to be freed.
+        """
+        for link in reversed(self.links):
             link.destroy()
         self.links.clear()
 

@@ -14,7 +14,7 @@ fi
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc pkg-config   # Python, venv, and the cffi build of the libbpf binding
     clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool  # BPF C -> CO-RE objects; vmlinux.h from BTF
-    iproute2 nftables procps kmod                     # network namespaces and faults for the kernel tests
+    iproute2 nftables procps kmod e2fsprogs           # network namespaces, faults, an ext4 loop device for the kernel tests
     libbpf-tools bpftrace                             # the peers the benchmarks compare against
     prometheus                                        # the daemon tests scrape /metrics with a real server
 )

@@ -75,6 +75,8 @@ class OpenFailedProbe(Probe):
     event_schema = _EVENT_SCHEMA
     layout = layouts.OPEN_FAILED
     extra_drop_causes = layouts.EXTRA_DROP_CAUSES
+    # Entry programs before their exit programs: the loader detaches in reverse
+    # order, so no exit in a slow tracepoint detach misses its entry.
     ladder = (
         AttachRung("tracepoint", ("tp_enter_openat", "tp_exit_openat"),
                    "tracepoint/syscalls/sys_enter_openat + sys_exit_openat "

@@ -109,7 +109,9 @@ class BlockIoProbe(Probe):
     ``warning``; ``critical`` from the critical threshold) and per request
     that completed with an error (``kernel.storage.io_error``, critical).
     Completions whose issue was not seen are counted as the drop cause
-    ``issue_unseen``, never guessed. At the end of a session the histograms
+    ``issue_unseen``, never guessed; the zero-byte completion that ends a
+    flush sequence (a write with REQ_PREFLUSH/REQ_FUA, never issued as itself:
+    its flush requests and data part are) is no drop and is ignored. At the end of a session the histograms
     are emitted as ``kernel.storage.io_latency_histogram`` events (:meth:`final_events`).
 
     :param warning_ns: per-request events from this latency on; default
@@ -126,6 +128,8 @@ class BlockIoProbe(Probe):
     event_schema = _EVENT_SCHEMA
     layout = layouts.BLOCK_IO
     extra_drop_causes = layouts.EXTRA_DROP_CAUSES
+    # Issue before complete: the loader detaches in reverse order, so no
+    # completion during a slow tracepoint detach misses its issue.
     ladder = (
         AttachRung("tp_btf", ("tpbtf_rq_issue", "tpbtf_rq_complete"),
                    "tp_btf/block_rq_issue + tp_btf/block_rq_complete (keyed by request)"),

@@ -11,6 +11,30 @@
  * record. A completion whose issue was not seen (in flight when the probe
  * attached, or evicted from the LRU) is not guessed: it is counted in
  * jalki_drops as the probe's own cause issue_unseen, and nothing else.
+ *
+ * Completions without an issue by design are not drops and are ignored. The
+ * flush machinery (block/blk-flush.c) never issues a write that carries
+ * REQ_PREFLUSH (or REQ_FUA the device lacks) as itself: it issues a separate
+ * flush request (rwbs "FF", REQ_OP_FLUSH; traced at issue and completion and
+ * counted like any request) and, for the data part, the write with those
+ * flags cleared. When the sequence is done it ends the original write once
+ * more with zero bytes left (blk_flush_complete_seq -> REQ_FSEQ_DONE ->
+ * blk_mq_end_request): block_rq_complete "WS 0 + 0" after every fsync of a
+ * block device, "WSM <sector> + 0" after a journal commit. That zero-byte
+ * write completion ends a request whose parts were already counted (or an
+ * empty flush that was never issued): both rungs ignore it before any lookup
+ * (on the classic tracepoint it must not take the entry of a write in flight
+ * at the same sector). A write whose preflush failed is ended with its full
+ * size and its data never issued: that one is counted as issue_unseen (the
+ * error itself is reported on the flush request).
+ *
+ * The flush request has no position ((sector_t)-1): block_rq_issue reports
+ * it as 0, block_rq_complete as -1; both rungs record 0, so the classic
+ * tracepoint's key (dev, 0, flush) matches. A device with several hardware
+ * queues can have several flush requests in flight under that one key: on
+ * the classic tracepoint the later issue replaces the earlier one, and one
+ * of their completions is counted as issue_unseen (tp_btf keys by request).
+ *
  * Partial completions (nr_bytes smaller than the request, tp_btf only) leave
  * the request in flight; on the classic tracepoint the first completion ends
  * it.
@@ -22,6 +46,10 @@
  *
  * Rungs: tp_btf:     tpbtf_rq_issue + tpbtf_rq_complete (key: request pointer);
  *        tracepoint: tp_rq_issue + tp_rq_complete (key: dev + sector + op).
+ * The completion program is attached and detached before the issue program
+ * (probes.py lists it first): a classic-tracepoint link takes ~80 ms to
+ * detach, and a completion program left running without its issue program
+ * would count every completion in that gap as issue_unseen.
  */
 #include "block_io.h"
 
@@ -114,7 +142,7 @@ static __always_inline void record_issue(const struct block_io_key *key, __u32 d
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
 	start.ts_ns = bpf_ktime_get_ns();
-	start.sector = sector;
+	start.sector = jalki_storage_sector(sector);
 	start.dev = dev;
 	start.bytes = bytes;
 	start.op = op;
@@ -224,6 +252,9 @@ int BPF_PROG(tpbtf_rq_complete, struct request___jalki *rq, __u8 status, unsigne
 	/* more of this request is still to complete */
 	if (status == 0 && nr_bytes < rq->__data_len)
 		return 0;
+	/* the end of a flush sequence: never issued by design */
+	if (jalki_storage_flush_seq_end(rq->cmd_flags & JALKI_STORAGE_REQ_OP_MASK, rq->__data_len))
+		return 0;
 	return handle_complete(&key, jalki_blk_status_errno(status));
 }
 
@@ -243,8 +274,13 @@ SEC("tracepoint/block/block_rq_complete")
 int tp_rq_complete(struct trace_event_raw_block_rq_completion___jalki *ctx)
 {
 	__u32 op = op_from_rwbs(ctx->rwbs[0], ctx->rwbs[1], ctx->rwbs[2]);
-	struct block_io_key key = { .id = ctx->sector, .dev = ctx->dev, .op = op };
+	/* the issue side reports a flush's position -1 as 0 (blk_rq_trace_sector) */
+	struct block_io_key key = { .id = jalki_storage_sector(ctx->sector), .dev = ctx->dev, .op = op };
 	int error = ctx->error;
 
+	/* the end of a flush sequence: never issued by design, not looked up
+	 * (it must not take the entry of a write in flight at that sector) */
+	if (jalki_storage_flush_seq_end(op, ctx->nr_sector))
+		return 0;
 	return handle_complete(&key, error < 0 ? -error : error);
 }

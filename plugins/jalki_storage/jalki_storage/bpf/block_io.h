@@ -16,6 +16,7 @@
 #define JALKI_STORAGE_OP_FLUSH 2
 #define JALKI_STORAGE_OP_DISCARD 3
 #define JALKI_STORAGE_OP_SECURE_ERASE 5
+#define JALKI_STORAGE_OP_ZONE_APPEND 7
 #define JALKI_STORAGE_OP_OTHER 255
 #define JALKI_STORAGE_REQ_OP_MASK 0xffu
 
@@ -107,6 +108,22 @@ static __always_inline int jalki_blk_status_errno(__u8 status)
 	case 19: return 22;  /* BLK_STS_INVAL -> EINVAL */
 	default: return 5;   /* unknown status: EIO, as the kernel's table does */
 	}
+}
+
+/* A request's first sector as block_rq_issue reports it: 0 for requests
+ * without a position (the flush request's __sector is (sector_t)-1). */
+static __always_inline __u64 jalki_storage_sector(__u64 sector)
+{
+	return sector == (__u64)-1 ? 0 : sector;
+}
+
+/* The completion that ends a flush sequence (block/blk-flush.c, REQ_FSEQ_DONE):
+ * a write (or zone append) with no bytes. Such a request is never issued as
+ * itself: its flushes are issued as separate REQ_OP_FLUSH requests and its data
+ * part, if any, was issued and completed before. Not a drop. */
+static __always_inline bool jalki_storage_flush_seq_end(__u32 op, __u32 size)
+{
+	return size == 0 && (op == JALKI_STORAGE_OP_WRITE || op == JALKI_STORAGE_OP_ZONE_APPEND);
 }
 
 /* floor(log2(v)) for v > 0, 0 for v == 0 (branch-free, as libbpf-tools' log2). */
