@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import random
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_helpers import running_daemon, wait_for
 from netns_helpers import NetNs
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.kernel
 
@@ -81,7 +83,7 @@ def sports(events: list[dict[str, Any]], port: int) -> list[int]:
 def test_a_raising_decoder_or_derivation_costs_only_its_probe(netns: NetNs, tmp_path: Path) -> None:
     decode_port, derive_port, healthy_port = random.sample(range(20000, 30000), 3)
     env = install_faulty_plugin(tmp_path / "site", decode_port, derive_port)
-    with running_daemon(tmp_path, env=env) as daemon, daemon.client() as client:
+    with running_daemon(tmp_path, env=env, metrics=True) as daemon, daemon.client() as client:
         for probe in ("tcp_connect", "faulty_connect"):
             client.deploy(probe)
 
@@ -107,6 +109,14 @@ def test_a_raising_decoder_or_derivation_costs_only_its_probe(netns: NetNs, tmp_
         status = client.status()["probes"]
         assert status["tcp_connect"]["drops"]["decode_error"] == 0 and status["tcp_connect"]["derive_errors"] == 0
         assert status["faulty_connect"]["drops"]["decode_error"] == faulty["drops"]["decode_error"]
+
+        assert daemon.metrics_url is not None
+        with urllib.request.urlopen(f"{daemon.metrics_url}/metrics", timeout=30) as response:
+            drops = {tuple(sorted(sample.labels.items())): sample.value
+                     for family in text_string_to_metric_families(response.read().decode())
+                     for sample in family.samples if sample.name == "jalki_drops_total"}
+        assert drops[(("cause", "decode_error"), ("probe", "faulty_connect"))] == faulty["drops"]["decode_error"]
+        assert drops[(("cause", "decode_error"), ("probe", "tcp_connect"))] == 0
 
         health = daemon.cli("health")
         assert health.returncode == 1, health.stdout
