@@ -11,6 +11,7 @@ import argparse
 import errno
 import json
 import os
+import select
 import socket
 import sys
 import time
@@ -275,6 +276,38 @@ def bulk_sender(args: argparse.Namespace) -> None:
     report(sport=sport, done=True)
 
 
+def connect_modes(args: argparse.Namespace) -> None:
+    """Wait for --go-file if given; then --count rounds of one connect per --modes entry
+    (comma-separated), each on a new socket: ``blocking``; ``nonblocking`` (connect() returns
+    EINPROGRESS or an error at once; after EINPROGRESS wait for the outcome and call connect()
+    again, which returns an asynchronous error a second time); ``bound`` (blocking, after bind()
+    to an ephemeral port); ``udp`` (a datagram socket). Report each errno name (null on
+    success), the first call's errno name and the local port."""
+    if args.go_file:
+        report(waiting=True)
+        _wait_for(args.go_file)
+    family = _family(args.host)
+    results = []
+    for _ in range(args.count):
+        for mode in args.modes.split(","):
+            sock = socket.socket(family, socket.SOCK_DGRAM if mode == "udp" else socket.SOCK_STREAM)
+            try:
+                if mode == "bound":
+                    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+                sock.setblocking(mode != "nonblocking")
+                first = code = sock.connect_ex((args.host, args.port))
+                if mode == "nonblocking" and code == errno.EINPROGRESS:
+                    select.select([], [sock], [], args.timeout)
+                    code = sock.connect_ex((args.host, args.port))
+                    code = 0 if code == errno.EISCONN else code
+                results.append({"mode": mode, "error": errno.errorcode.get(code, str(code)) if code else None,
+                                "first": errno.errorcode.get(first, str(first)) if first else None,
+                                "sport": sock.getsockname()[1]})
+            finally:
+                sock.close()
+    report(results=results)
+
+
 REQUIRED = object()
 """Marks an option the sub-command cannot do without."""
 
@@ -305,6 +338,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], dict[str, tuple[
     "simultaneous-open": (simultaneous_open, {"go-file": (str, REQUIRED)}),
     "stale-owner": (stale_owner, {"go-file": (str, REQUIRED), "linger": (float, 1.5)}),
     "bulk-sender": (bulk_sender, {"port": (int, REQUIRED), "seconds": (float, 5)}),
+    "connect-modes": (
+        connect_modes,
+        {"port": (int, REQUIRED), "modes": (str, "blocking"), "count": (int, 1), "timeout": (float, 10),
+         "go-file": (str, "")},
+    ),
 }
 
 

@@ -101,6 +101,13 @@ def test_unreachable_means_routing_or_interface(errno_value: int, rule_id: str) 
     assert "A routing or interface problem" in finding.conclusion
 
 
+@pytest.mark.parametrize("errno_value", [13, 1])  # EACCES (a prohibit route), EPERM (a cgroup connect program)
+def test_a_connect_denied_on_this_host_is_local_policy_not_the_network(errno_value: int) -> None:
+    [finding] = evaluate(connects(errno_value), KB)
+    assert finding.interpretation_id == "connect_denied_locally" and finding.severity == "error"
+    assert "Neither the network nor the destination is involved" in finding.conclusion
+
+
 def test_application_abandoned_connect_is_a_timeout_and_says_who_gave_up() -> None:
     abandoned = event("kernel.tcp.connect", outcome="failure", error__code="ETIMEDOUT",
                       data__abandoned_by_application=True)

@@ -25,6 +25,11 @@ ABANDONED = 1 << 9
 """``JALKI_TCP_ABANDONED`` (connect records): the application closed the socket during the
 handshake, before the kernel gave up."""
 
+SYNC_FAILURE = 1 << 10
+"""``JALKI_TCP_SYNC_FAILURE`` (connect records): the connect() call failed before the socket reached
+SYN_SENT; the destination is the caller's sockaddr, the source what the socket was bound to (usually
+unspecified, port 0), ``latency_ns`` the duration of the call."""
+
 CONNECT = RecordLayout(
     c_struct="tcp_connect_event",
     fmt="<" + _HEADER_FMT + _TUPLE_FMT + "QiI",

@@ -66,6 +66,14 @@ class TcpConnectProbe(Probe):
     carries ``data.abandoned_by_application: true`` (ETIMEDOUT once the SYN had
     been retransmitted, else ECONNABORTED).
 
+    A ``connect()`` that fails before the socket ever reaches SYN_SENT (no route:
+    ENETUNREACH; an unreachable or prohibit route: EHOSTUNREACH, EACCES; a cgroup
+    connect hook: EPERM) makes no state change; the optional programs on
+    ``syscalls:sys_enter_connect``/``sys_exit_connect`` report it from the call's
+    return value, once, with the caller's destination and the socket's bound
+    source (usually ``0.0.0.0``/``::``, port 0), ``latency_ns`` being the call's
+    duration. An attempt that reached SYN_SENT is only ever reported by the state path.
+
     Derived: ``kernel.network.connect_failures`` when at least
     :attr:`failures_threshold` connects to one destination fail with one of
     :attr:`failure_errors` within :attr:`failures_seconds`.
@@ -79,16 +87,25 @@ class TcpConnectProbe(Probe):
     """Errors that count: the destination refused, did not answer, or cannot be reached."""
 
     name = "tcp_connect"
-    observes = "tcp_connect + sock:inet_sock_set_state (SYN_SENT -> ESTABLISHED | CLOSE)"
+    observes = ("tcp_connect + sock:inet_sock_set_state (SYN_SENT -> ESTABLISHED | CLOSE) + "
+                "syscalls:sys_enter/exit_connect (failures before SYN_SENT)")
     event_types = ("kernel.tcp.connect", "kernel.network.connect_failures")
     bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_connect.bpf.o")
     event_schema = _EVENT_SCHEMA
     layout = layouts.CONNECT
+    # Failures before SYN_SENT: optional on the tp_btf and tracepoint rungs; required on the fexit
+    # rung, so that a kernel refusing fexit records one failed variant, and a kernel with fexit but
+    # without syscall tracepoints falls back to tp_btf (which then runs without them).
+    _SYSCALL_PROGRAMS = ("tp_connect_enter", "tp_connect_exit")
+    _SYSCALL_DESCRIPTION = " (+ failures before SYN_SENT: tracepoint/syscalls/sys_enter_connect, sys_exit_connect)"
     ladder = (
-        AttachRung("fexit", ("fexit_tcp_connect", "fexit_connect_state"),
-                   "fexit/tcp_connect (synchronous errors) + tp_btf/inet_sock_set_state"),
-        AttachRung("tp_btf", ("tpbtf_connect_state",), "tp_btf/inet_sock_set_state"),
-        AttachRung("tracepoint", ("tp_connect_state",), "tracepoint/sock/inet_sock_set_state"),
+        AttachRung("fexit", ("fexit_tcp_connect", "fexit_connect_state", *_SYSCALL_PROGRAMS),
+                   "fexit/tcp_connect (synchronous errors) + tp_btf/inet_sock_set_state + "
+                   "tracepoint/syscalls/sys_enter_connect, sys_exit_connect (failures before SYN_SENT)"),
+        AttachRung("tp_btf", ("tpbtf_connect_state",), "tp_btf/inet_sock_set_state" + _SYSCALL_DESCRIPTION,
+                   optional=_SYSCALL_PROGRAMS),
+        AttachRung("tracepoint", ("tp_connect_state",),
+                   "tracepoint/sock/inet_sock_set_state" + _SYSCALL_DESCRIPTION, optional=_SYSCALL_PROGRAMS),
     )
 
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:

@@ -22,9 +22,18 @@
  *   JALKI_TCP_ABANDONED     tcp_connect_event: the application closed the
  *                           socket (or exited) while the handshake was still
  *                           running; the kernel had not given up (no sk_err).
+ *   JALKI_TCP_SYNC_FAILURE  tcp_connect_event: decided by the connect()
+ *                           system call itself, which failed before the socket
+ *                           ever reached SYN_SENT (no route, a prohibiting
+ *                           route, a cgroup connect hook, a bad address): the
+ *                           destination comes from the caller's sockaddr, the
+ *                           source is what the socket was bound to (usually
+ *                           unspecified, port 0), latency_ns is the time the
+ *                           call took.
  */
 #define JALKI_TCP_BIRTH_UNSEEN (1u << 8)
 #define JALKI_TCP_ABANDONED (1u << 9)
+#define JALKI_TCP_SYNC_FAILURE (1u << 10)
 
 /* Addresses are kept in network byte order, IPv4 in the first 4 bytes;
  * ports in host byte order. family is AF_INET (2) or AF_INET6 (10). */
@@ -40,12 +49,14 @@ _Static_assert(sizeof(struct jalki_tcp_tuple) == 40, "jalki_tcp_tuple layout");
 
 /* One connection attempt, emitted when its outcome is known:
  * SYN_SENT -> ESTABLISHED (error 0) or SYN_SENT -> CLOSE (error = sk_err),
- * or the same from SYN_RECV after a simultaneous open. hdr.flags may carry
- * JALKI_TCP_ABANDONED. */
+ * or the same from SYN_RECV after a simultaneous open; or, with
+ * JALKI_TCP_SYNC_FAILURE, a connect() that failed before SYN_SENT (error =
+ * its errno). hdr.flags may carry JALKI_TCP_ABANDONED. */
 struct tcp_connect_event {
 	struct jalki_event_header hdr;
 	struct jalki_tcp_tuple tuple;
-	__u64 latency_ns;  /* from entering SYN_SENT to the outcome */
+	__u64 latency_ns;  /* from entering SYN_SENT to the outcome (JALKI_TCP_SYNC_FAILURE:
+			    * from entering connect() to its return) */
 	__s32 error;       /* 0 on success, else positive errno (ECONNREFUSED, ETIMEDOUT, ...) */
 	__u32 netns;       /* network namespace inode */
 };
