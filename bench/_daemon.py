@@ -15,7 +15,8 @@ Two parts:
   counts the daemon's and the subscribers' CPU time; the host also records
   them apart.
 - :func:`measure_rss`: the daemon under a steady churn load for a while, its
-  RSS sampled at an interval.
+  RSS sampled at an interval, and where that memory is at the end
+  (:func:`rss_breakdown`).
 
 Standard library only, plus ``jalki_core.client`` in the host.
 """
@@ -114,13 +115,15 @@ def register_tracers() -> None:
 class DaemonProcess:
     """A ``jalki run --serve -p tcp`` subprocess with its socket, history and metrics in ``work``."""
 
-    def __init__(self, jalki: list[str], work: Path, events: Path, stderr: Any = None, emit_options: str = "") -> None:
+    def __init__(self, jalki: list[str], work: Path, events: Path, stderr: Any = None, emit_options: str = "",
+                 extra: tuple[str, ...] = ()) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.socket = work / "jalki.sock"
+        self.history = work / "h.db"
         self.metrics = f"127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen(
-            [*jalki, "run", "--serve", "-p", "tcp", "--socket", str(self.socket), "--history", str(work / "h.db"),
-             "--metrics-addr", self.metrics, "--emit", f"file:{events}{emit_options}"],
+            [*jalki, "run", "--serve", "-p", "tcp", "--socket", str(self.socket), "--history", str(self.history),
+             "--metrics-addr", self.metrics, "--emit", f"file:{events}{emit_options}", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_die_with_parent,
         )
 
@@ -158,6 +161,25 @@ class DaemonProcess:
                 if key in ("VmRSS", "VmHWM"):
                     found[key] = int(rest.split()[0])
         return found
+
+
+def rss_breakdown(pid: int) -> dict[str, int]:
+    """The resident KiB of ``pid`` by kind of mapping (``/proc/PID/smaps``): ``heap`` (C heap: Python objects
+    over 512 bytes, libbpf, SQLite), ``anon`` (other anonymous memory: Python's small-object arenas, thread
+    stacks), ``bpf_maps`` (ring buffers and maps mapped into the process), ``files`` (the interpreter and
+    shared libraries)."""
+    found = {"heap": 0, "anon": 0, "bpf_maps": 0, "files": 0}
+    kind = "anon"
+    with contextlib.suppress(OSError), Path(f"/proc/{pid}/smaps").open() as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                name = fields[5] if len(fields) > 5 else ""
+                kind = ("heap" if name == "[heap]" else "bpf_maps" if name.startswith("anon_inode:bpf")
+                        else "files" if name.startswith("/") else "anon")
+            elif fields[0] == "Rss:":
+                found[kind] += int(fields[1])
+    return found
 
 
 def _host(args: argparse.Namespace) -> int:
@@ -261,12 +283,14 @@ def _subscribe(args: argparse.Namespace) -> int:
 
 
 def measure_rss(tools: Tools, tmp: Path, seconds: float, interval: float = 5.0, *, subscribers: int = 1,
-                burst: int = 4000, burst_every_s: float = 2.0) -> dict[str, Any]:
+                burst: int = 4000, burst_every_s: float = 2.0, history_max_mb: int | None = None) -> dict[str, Any]:
     """Run the daemon for ``seconds`` under churn bursts (``burst`` connections every ``burst_every_s``),
-    with ``subscribers`` reading every event; sample its RSS every ``interval`` seconds."""
+    with ``subscribers`` reading every event; sample its RSS and its history's size on disk every
+    ``interval`` seconds; break the RSS down at the end (:func:`rss_breakdown`)."""
     events = tmp / "rss.ndjson"
+    extra = () if history_max_mb is None else ("--history-max-mb", str(history_max_mb))
     daemon = DaemonProcess(tools.jalki, tmp / "rss.d", events, stderr=(tmp / "rss.stderr").open("wb"),
-                           emit_options=",max_bytes=50000000,backups=1")  # at most 100 MB on disk
+                           emit_options=",max_bytes=50000000,backups=1", extra=extra)  # at most 100 MB on disk
     subs: list[subprocess.Popen[bytes]] = []
     samples: list[dict[str, Any]] = []
     connections = 0
@@ -281,7 +305,8 @@ def measure_rss(tools: Tools, tmp: Path, seconds: float, interval: float = 5.0, 
                 now = time.monotonic()
                 if now >= next_sample:
                     rss = daemon.rss_kib()
-                    samples.append({"t_s": round(now - started, 1), "rss_kib": rss.get("VmRSS")})
+                    samples.append({"t_s": round(now - started, 1), "rss_kib": rss.get("VmRSS"),
+                                    "history_bytes": _disk_bytes(daemon.history)})
                     next_sample += interval
                     if now - started >= seconds:
                         break
@@ -290,6 +315,8 @@ def measure_rss(tools: Tools, tmp: Path, seconds: float, interval: float = 5.0, 
                 connections += int(json.loads(churn.stdout)["connections"])
                 time.sleep(max(0.0, burst_every_s - (time.monotonic() - now)))
         status = daemon.status()
+        breakdown = rss_breakdown(daemon.proc.pid)
+        peak = daemon.rss_kib().get("VmHWM")
         events_emitted = sum(e["events_emitted"] for e in status["emitters"].values())
         daemon.proc.send_signal(signal.SIGTERM)
         daemon.proc.wait(60)
@@ -302,6 +329,11 @@ def measure_rss(tools: Tools, tmp: Path, seconds: float, interval: float = 5.0, 
                 proc.wait()
     values = [s["rss_kib"] for s in samples if s["rss_kib"]]
     quarter = max(1, len(values) // 4)
+    history = status.get("history") or {}
+    kernel_drops: dict[str, int] = {}
+    for probe in status["probes"].values():
+        for cause, count in probe["drops"].items():
+            kernel_drops[cause] = kernel_drops.get(cause, 0) + count
     return {
         "seconds": seconds,
         "interval_s": interval,
@@ -310,15 +342,35 @@ def measure_rss(tools: Tools, tmp: Path, seconds: float, interval: float = 5.0, 
         "connections_per_s": round(connections / seconds, 1),
         "events_emitted": events_emitted,
         "ring_events": status["ring"]["events"],
-        "history_written": (status.get("history") or {}).get("written"),
+        "history_written": history.get("written"),
+        "history_dropped": history.get("dropped"),
+        "history_pruned": history.get("pruned"),
+        "history_max_bytes": history.get("max_bytes"),
+        "history_bytes_max": max((s["history_bytes"] for s in samples), default=None),
+        "drops": kernel_drops,
+        "subscriber_dropped": status["subscribers"].get("dropped_total"),
         "daemon_exit": daemon.proc.returncode,
         "rss_first_mib": round(values[0] / 1024, 1),
         "rss_last_mib": round(values[-1] / 1024, 1),
         "rss_max_mib": round(max(values) / 1024, 1),
+        "rss_peak_mib": None if peak is None else round(peak / 1024, 1),  # VmHWM: between samples too
         # growth over the last three quarters: after the rings (10,000 events per probe) have filled
         "rss_growth_after_first_quarter_mib": round((values[-1] - values[quarter]) / 1024, 1),
+        # flatness: the largest sample of the last quarter against that of the second
+        "rss_max_last_quarter_mib": round(max(values[-quarter:]) / 1024, 1),
+        "rss_max_second_quarter_mib": round(max(values[quarter:2 * quarter] or values[-1:]) / 1024, 1),
+        "rss_breakdown_kib": breakdown,
         "samples": samples,
     }
+
+
+def _disk_bytes(database: Path) -> int:
+    """A SQLite database and its WAL on disk."""
+    total = 0
+    for path in (database, database.with_name(database.name + "-wal")):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:

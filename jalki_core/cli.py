@@ -116,6 +116,10 @@ def run(
                                                      "(mode 0660).")] = None,
     history: Annotated[str, typer.Option(help="With --serve: SQLite event history PATH, or off "
                                          "(default /var/lib/jalki/history.db).")] = "",
+    history_max_mb: Annotated[int, typer.Option(help="With --serve: most MiB the history takes on disk "
+                                                "(database and WAL); the oldest events go first.")] = 256,
+    history_max_age: Annotated[str, typer.Option(help="With --serve: history events older than this are "
+                                                 "deleted: 90s, 30m, 12h, 7d.")] = "7d",
     metrics_addr: Annotated[str, typer.Option(help="With --serve: Prometheus HOST:PORT, or off.")]
     = "127.0.0.1:9464",
 ) -> None:
@@ -124,18 +128,26 @@ def run(
     from jalki_core.session import TraceSession
 
     _validate_run_options(pid, port, sample, seconds)
+    from jalki_core.cli_daemon import parse_duration
+
+    if history_max_mb <= 0:
+        raise UsageError(f"--history-max-mb must be a positive number of MiB, not {history_max_mb}",
+                         hint="e.g. --history-max-mb 256")
+    history_max_age_s = parse_duration(history_max_age, "--history-max-age")
     _check_summary_path(summary_json)
     plugins = _load_plugins()
     if serve:
         from jalki_core import cli_daemon
         from jalki_core.daemon.protocol import DeploySpec
+        from jalki_core.daemon.store import MIB, HistoryLimits
         from jalki_core.privileges import require_bpf_privileges
 
         require_bpf_privileges()
         initial = [DeploySpec(entry.probe.name, sample=sample, pid=pid, port=port)
                    for entry in plugins.probes_for(plugin or [])]
         cli_daemon.serve(plugins, initial, _build_emitters(plugins, emit or []), socket_path=socket,
-                         socket_group=socket_group, history=history, metrics_addr=metrics_addr, cluster=cluster)
+                         socket_group=socket_group, history=history, metrics_addr=metrics_addr, cluster=cluster,
+                         history_limits=HistoryLimits(max_bytes=history_max_mb * MIB, max_age_s=history_max_age_s))
         return
     if not plugin:
         raise UsageError("--plugin is required (or --serve to deploy probes at run time)",

@@ -20,6 +20,7 @@ from jalki_core.errors import UsageError
 if TYPE_CHECKING:
     from jalki_core.client import DaemonClient
     from jalki_core.daemon.protocol import DeploySpec
+    from jalki_core.daemon.store import HistoryLimits
     from jalki_core.emitters.base import Emitter
     from jalki_core.plugins import JalkiPlugins
 
@@ -72,14 +73,17 @@ def _console() -> Any:
 # ---- the daemon itself ---------------------------------------------------------
 
 def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitter], *, socket_path: Path | None,
-          socket_group: str | None, history: str, metrics_addr: str, cluster: str | None) -> None:
+          socket_group: str | None, history: str, metrics_addr: str, cluster: str | None,
+          history_limits: HistoryLimits | None = None) -> None:
     """Run the agent until SIGTERM/SIGINT (``jalki run --serve``)."""
     from jalki_core.daemon.agent import DEFAULT_HISTORY, Agent, AgentConfig, socket_path_from_env
+    from jalki_core.daemon.store import HistoryLimits
 
     config = AgentConfig(
         socket_path=socket_path_from_env(socket_path),
         socket_group=socket_group,
         history_path=None if history == "off" else (Path(history) if history else DEFAULT_HISTORY),
+        history_limits=history_limits or HistoryLimits(),
         metrics_addr=parse_address(metrics_addr),
         cluster=cluster,
     )

@@ -25,13 +25,22 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from jalki_core.daemon.protocol import DeploySpec, EventFilter, ProtocolError
-from jalki_core.daemon.store import DEFAULT_RING_EVENTS, EventRings, History, HistoryLimits
+from jalki_core.daemon.store import (
+    DEFAULT_RING_EVENTS,
+    EventRings,
+    History,
+    HistoryLimits,
+    encode_events,
+    event_stamps,
+)
 from jalki_core.errors import JalkiError
 from jalki_core.loader import ProbeOptions
 from jalki_core.session import ProbeRunStats, SessionSummary, TraceSession
@@ -52,6 +61,12 @@ DEFAULT_HISTORY = Path("/var/lib/jalki/history.db")
 
 DEFAULT_METRICS_ADDR = ("127.0.0.1", 9464)
 """Prometheus exposition address, unless ``--metrics-addr HOST:PORT|off``."""
+
+DRAIN_INTERVAL_S = 0.005
+"""The session's pause after a drain that found little (``TraceSession.drain_interval``)."""
+
+TRIM_EVERY_S = 1.0
+"""While events flow, how often the daemon hands freed heap back to the system (glibc ``malloc_trim``, 1-4 ms)."""
 
 
 def socket_path_from_env(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -121,7 +136,12 @@ class Agent:
     def __init__(self, plugins: JalkiPlugins, config: AgentConfig, emitters: Sequence[Emitter] = ()) -> None:
         self.plugins = plugins
         self.config = config
-        self.session = TraceSession([], emitters, cluster=config.cluster, on_events=self._on_events)
+        # drain every 5 ms rather than 20: a burst arrives in smaller batches, and the memory a decoded batch
+        # takes (~2.4 KiB per event until it is encoded) stays small
+        self.session = TraceSession([], emitters, cluster=config.cluster, on_events=self._on_events,
+                                    drain_interval=DRAIN_INTERVAL_S)
+        self._emitters_take_json = all(type(emitter) in _JSON_EMITTERS for emitter in emitters)
+        """Every emitter writes only ``batch.ndjson`` (the built-in ones), never the event objects."""
         self.rings = EventRings(config.ring_events)
         self.history: History | None = None
         self.deployments: dict[str, Deployment] = {}
@@ -138,17 +158,20 @@ class Agent:
         self._server: ApiServer | None = None
         self._metrics: MetricsServer | None = None
         self._reopen_requested = False
+        self._malloc_trim: Callable[[int], int] | None = None
+        self._next_trim = 0.0
+        self._untrimmed_events = 1  # trim once at start: loading BPF objects frees several MiB
         self.summary: SessionSummary | None = None
 
     # ---- drain-thread side ---------------------------------------------------
 
     def _on_events(self, events: list[dict[str, Any]]) -> None:
-        source = str(events[0].get("source", "")).removeprefix("jalki/")
-        self.rings.add(source, events)
-        for event in events:
-            self.events_by_type[(source, str(event.get("type")))] += 1
-        if self.history is not None:
-            self.history.add(events)
+        # Each event is encoded once; the rings, the history and the subscribers keep those bytes, not the dict.
+        source = str(events[0].get("source", ""))
+        if any(event.get("source", "") != source for event in events):  # one source per batch (never seen)
+            raws = [raw for part in _by_source(events) for raw in self._store(str(part[0].get("source", "")), part)]
+        else:
+            raws = self._store(source, events)
         with self._taps_lock:
             taps = list(self._taps)
         for tap in taps:
@@ -156,6 +179,24 @@ class Agent:
                 tap(events)
             except Exception:  # a consumer's bug must not stop the drain
                 log.exception("event tap failed")
+        if self._emitters_take_json:
+            # The emitters get this same list next, and only write its JSON: let them write the bytes already
+            # encoded, and let the decoded batch go now rather than when the slowest emitter is done with it.
+            events[:] = [orjson.Fragment(raw) for raw in raws]  # type: ignore[misc]
+
+    def _store(self, source: str, events: list[dict[str, Any]]) -> list[bytes]:
+        """Count, keep and publish one source's events (drain thread); return them encoded."""
+        probe = source.removeprefix("jalki/")
+        self._untrimmed_events += len(events)
+        stamps, raws = event_stamps(events), encode_events(events)
+        self.rings.add(source, stamps, raws)
+        for event_type, count in Counter(str(event.get("type")) for event in events).items():
+            self.events_by_type[(probe, event_type)] += count
+        if self.history is not None:
+            self.history.add(probe, events, stamps, raws)
+        if self._server is not None:
+            self._server.publish(source, raws)
+        return raws
 
     def add_tap(self, tap: EventTap) -> None:
         """Receive every batch from now on (thread-safe)."""
@@ -191,6 +232,7 @@ class Agent:
             self.session.probes = [p for p in self.session.probes if p.name != spec.probe]
             raise ProtocolError("attach_failed", stats.error or f"probe {spec.probe} could not be attached")
         self.deployments[spec.probe] = deployment
+        self._untrimmed_events += 1  # loading freed the kernel's BTF: give it back at the next tick
         log.info("deployed %s on %s", spec.probe, stats.rung)
         return {"changed": True, **deployment.describe(now)}
 
@@ -210,6 +252,11 @@ class Agent:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        if self._malloc_trim is not None and self._untrimmed_events and now >= self._next_trim:
+            # Decoded batches come and go (~2.4 KiB per event); what they leave between longer-lived
+            # objects is only given back by a trim. ctypes lets the other threads run meanwhile.
+            self._next_trim, self._untrimmed_events = now + TRIM_EVERY_S, 0
+            self._malloc_trim(0)
         for name, deployment in list(self.deployments.items()):
             if deployment.expires_at is not None and now >= deployment.expires_at:
                 self._undeploy_now(name)
@@ -282,7 +329,7 @@ class Agent:
             "ready": self.ready,
             **snapshot,
             "expired": list(self.expired),
-            "ring": {"capacity": self.rings.capacity, "events": self.rings.sizes()},
+            "ring": {"capacity": self.rings.capacity, "events": self.rings.sizes(), "bytes": self.rings.stored_bytes()},
             "history": None if self.history is None else self.history.stats(),
             "subscribers": subscribers,
         }
@@ -293,7 +340,7 @@ class Agent:
                  "deployed": entry.probe.name in self.deployments}
                 for entry in sorted(self.plugins.probes, key=lambda e: e.probe.name)]
 
-    def get_events(self, where: EventFilter, since_ns: int | None, limit: int) -> list[Mapping[str, Any]]:
+    def get_events(self, where: EventFilter, since_ns: int | None, limit: int) -> list[dict[str, Any]]:
         """Recent events from the in-memory rings."""
         return self.rings.query(where, since_ns=since_ns, limit=limit)
 
@@ -318,6 +365,7 @@ class Agent:
         """Run until stopped: the calling thread becomes the drain thread."""
         from jalki_core.daemon.server import ApiServer
 
+        self._malloc_trim = _tune_malloc()
         self.session.start()
         previous: dict[int, Any] = {}
         try:
@@ -337,7 +385,6 @@ class Agent:
             self._server = ApiServer(self, self.config.socket_path, self.config.socket_group,
                                      self.config.subscriber_queue)
             self._server.start()
-            self.add_tap(self._server.publish)
             if install_signals:
                 previous = {sig: signal.signal(sig, lambda *_: self.request_stop())
                             for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -359,6 +406,49 @@ class Agent:
                 self._metrics.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _json_emitters() -> tuple[type, ...]:
+    from jalki_core.emitters.builtin import FileEmitter, StdoutEmitter
+
+    return (FileEmitter, StdoutEmitter)
+
+
+_JSON_EMITTERS = _json_emitters()
+
+
+def _tune_malloc() -> Callable[[int], int] | None:
+    """glibc's allocator, set for a process that stays up: freed memory goes back to the system.
+
+    Two arenas (not eight per CPU: each keeps its own free memory), and a fixed mmap threshold (glibc
+    otherwise raises it, and with it the trim threshold, up to 32 and 64 MiB after a large buffer is
+    freed, and keeps that much). Loading BPF objects frees several MiB of BTF that only ``malloc_trim``
+    hands back: the returned function, called after a deploy and every :data:`TRIM_EVERY_S` while events
+    flow. ``None`` where the C library is not glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    m_mmap_threshold, m_arena_max = -3, -8
+    mallopt(m_arena_max, 2)
+    mallopt(m_mmap_threshold, 256 * 1024)
+    trim: Callable[[int], int] = malloc_trim
+    return trim
+
+
+def _by_source(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """A batch split into runs of one source, in order."""
+    runs: list[list[dict[str, Any]]] = []
+    for event in events:
+        if runs and runs[-1][0].get("source", "") == event.get("source", ""):
+            runs[-1].append(event)
+        else:
+            runs.append([event])
+    return runs
 
 
 def _emitter_keys(workers: Sequence[Any]) -> list[str]:

@@ -6,11 +6,16 @@ reply; the connection stays usable and no other client notices. Requests that
 touch probes are handed to the drain thread and awaited without blocking the
 loop; history queries run in a worker thread.
 
-Subscriptions: the drain thread appends each batch to a bounded hand-off
-(never waiting); the loop fans batches out to every subscription's bounded
-queue, applying its filter. A subscriber that reads too slowly loses events,
-counted per subscription and announced with a ``dropped`` push when it
-catches up; the drain thread and the other clients never wait for it.
+Subscriptions: the drain thread appends each batch of encoded events (the
+JSON bytes the rings and the history keep too) to a hand-off bounded in events
+and bytes (never waiting); the loop fans batches out to every subscription's
+queue, bounded in events and bytes, applying its filter on the raw JSON
+(:class:`~jalki_core.daemon.store.RawFilter`: only candidates are decoded).
+A subscription's writer sends what is queued in few large writes, each event
+framed around its stored JSON (no re-encoding). A subscriber that reads too
+slowly loses events, counted per subscription and announced with a
+``dropped`` push when it catches up; the drain thread and the other clients
+never wait for it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from jalki_core.daemon import protocol
 from jalki_core.daemon.protocol import MAX_FRAME_BYTES, EventFilter, ProtocolError, Request
+from jalki_core.daemon.store import RawFilter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -38,8 +44,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jalki.daemon.api")
 
-HANDOFF_BATCHES = 4096
-"""Batches waiting between the drain thread and the API loop; beyond it subscribers lose them (counted)."""
+HANDOFF_EVENTS = 16_384
+"""Events waiting between the drain thread and the API loop; beyond it subscribers lose them (counted)."""
+
+HANDOFF_BYTES = 8 << 20
+"""JSON bytes waiting between the drain thread and the API loop (the same bound, in bytes)."""
+
+SUBSCRIPTION_QUEUE_BYTES = 8 << 20
+"""JSON bytes queued per subscription (besides its bound in events); beyond it events are dropped, counted."""
+
+PUMP_WRITE_BYTES = 256 << 10
+"""A subscription's writer sends at most about this much per write (other replies interleave between writes)."""
 
 SOCKET_MODE = 0o660
 """The API socket's mode: owner (root) and the configured group; never world-accessible."""
@@ -49,24 +64,50 @@ MAX_CONCURRENT_ASKS = 4
 
 
 class Subscription:
-    """One live event stream of one connection."""
+    """One live event stream of one connection: a queue of encoded events bounded in events and bytes."""
 
-    def __init__(self, number: int, where: EventFilter, capacity: int) -> None:
+    def __init__(self, number: int, where: EventFilter, capacity: int,
+                 capacity_bytes: int = SUBSCRIPTION_QUEUE_BYTES) -> None:
         self.number = number
         self.where = where
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(capacity)
+        self.filter = RawFilter(where)
+        self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.ready = asyncio.Event()
         self.sent = 0
         self.dropped = 0
         self.unreported_drops = 0
         self.task: asyncio.Task[None] | None = None
 
-    def offer(self, event: dict[str, Any]) -> None:
-        """Queue an event that passed the filter, or count it lost."""
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            self.unreported_drops += 1
+    def offer(self, raws: list[bytes]) -> None:
+        """Queue encoded events that passed the filter (API loop); count those that do not fit as lost."""
+        room = self.capacity - len(self.queue)
+        taken = 0
+        for raw in raws:
+            if taken >= room or self.queued_bytes + len(raw) > self.capacity_bytes:
+                break
+            self.queue.append(raw)
+            self.queued_bytes += len(raw)
+            taken += 1
+        if taken < len(raws):
+            self.dropped += len(raws) - taken
+            self.unreported_drops += len(raws) - taken
+        if taken:
+            self.ready.set()
+
+    def take(self, max_bytes: int) -> list[bytes]:
+        """Queued events, oldest first, up to about ``max_bytes``."""
+        taken: list[bytes] = []
+        size = 0
+        queue = self.queue
+        while queue and size < max_bytes:
+            raw = queue.popleft()
+            size += len(raw)
+            taken.append(raw)
+        self.queued_bytes -= size
+        return taken
 
 
 class Connection:
@@ -158,13 +199,23 @@ class Connection:
 
     async def pump(self, subscription: Subscription) -> None:
         """Write a subscription's queued events to the client, announcing losses."""
+        # the frame of protocol.push("event", N, event=...), around the event's stored JSON
+        head = protocol.encode(protocol.push("event", subscription.number, event=None))[:-len(b"null}\n")]
         while True:
-            event = await subscription.queue.get()
-            if subscription.unreported_drops:
-                count, subscription.unreported_drops = subscription.unreported_drops, 0
-                await self.send(protocol.push("dropped", subscription.number, count=count))
-            await self.send(protocol.push("event", subscription.number, event=event))
-            subscription.sent += 1
+            await subscription.ready.wait()
+            subscription.ready.clear()
+            while subscription.queue:
+                raws = subscription.take(PUMP_WRITE_BYTES)
+                parts: list[bytes] = []
+                if subscription.unreported_drops:
+                    count, subscription.unreported_drops = subscription.unreported_drops, 0
+                    parts.append(protocol.encode(protocol.push("dropped", subscription.number, count=count)))
+                for raw in raws:
+                    parts += (head, raw, b"}\n")
+                async with self.write_lock:
+                    self.writer.write(b"".join(parts))
+                    subscription.sent += len(raws)  # in the socket's buffer: a cancelled drain cannot unsend them
+                    await self.writer.drain()
 
 
 def _safe_type(line: bytes) -> str:
@@ -188,7 +239,9 @@ class ApiServer:
         self.retired_sent = 0  # figures of ended subscriptions (the metrics are counters)
         self.retired_dropped = 0
         self._numbers = itertools.count(1)
-        self._handoff: deque[list[dict[str, Any]]] = deque()
+        self._handoff: deque[tuple[str, list[bytes]]] = deque()
+        self._handoff_events = 0
+        self._handoff_bytes = 0
         self._handoff_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
@@ -276,19 +329,34 @@ class ApiServer:
 
     # ---- events from the drain thread ----------------------------------------------
 
-    def publish(self, events: list[dict[str, Any]]) -> None:
-        """Hand a batch to the subscribers (drain thread; never blocks)."""
+    def publish(self, source: str, raws: list[bytes]) -> None:
+        """Hand a batch of encoded events of one ``source`` to the subscribers (drain thread; never blocks).
+
+        What does not fit in the hand-off is lost for every subscription, and counted.
+        """
         if not self.subscriptions:
             return
         with self._handoff_lock:
-            if len(self._handoff) >= HANDOFF_BATCHES:
-                self.handoff_dropped += len(events)
+            room = HANDOFF_EVENTS - self._handoff_events
+            room_bytes = HANDOFF_BYTES - self._handoff_bytes
+            taken = size = 0
+            for raw in raws:
+                if taken >= room or size + len(raw) > room_bytes:
+                    break
+                taken += 1
+                size += len(raw)
+            lost = len(raws) - taken
+            if lost:
+                self.handoff_dropped += lost
                 for subscription in list(self.subscriptions):
-                    subscription.dropped += len(events)
-                    subscription.unreported_drops += len(events)
+                    subscription.dropped += lost
+                    subscription.unreported_drops += lost
+            if not taken:
                 return
             wake = not self._handoff
-            self._handoff.append(events)
+            self._handoff.append((source, raws if not lost else raws[:taken]))
+            self._handoff_events += taken
+            self._handoff_bytes += size
         if wake:
             self._loop.call_soon_threadsafe(self._fan_out)
 
@@ -296,12 +364,18 @@ class ApiServer:
         with self._handoff_lock:
             batches = list(self._handoff)
             self._handoff.clear()
-        for events in batches:
-            for subscription in list(self.subscriptions):
-                where = subscription.where
-                for event in events:
-                    if where.matches(event):
-                        subscription.offer(event)
+            self._handoff_events = self._handoff_bytes = 0
+        subscriptions = list(self.subscriptions)
+        for source, raws in batches:
+            for subscription in subscriptions:
+                raw_filter = subscription.filter
+                if not raw_filter.accepts_source(source):
+                    continue
+                if raw_filter.decode:
+                    subscription.offer([raw for raw in raws
+                                        if raw_filter.candidate(raw) and raw_filter.confirm(raw) is not None])
+                else:
+                    subscription.offer(raws)
 
     def retire(self, subscription: Subscription) -> None:
         """Forget an ended subscription, keeping its figures in the since-start totals."""

@@ -1,23 +1,44 @@
 """Where the daemon keeps events: a bounded ring per probe, and an optional SQLite history.
 
-The rings serve ``get_events`` (recent events, newest last) and are filled on
-the drain thread under a lock held only for an append. The history is an
-embedded SQLite database in WAL mode written by its own thread from a bounded
-queue: the drain thread never waits for the disk. A full queue drops the batch
-and counts it (``History.dropped``); pruning keeps the database within its row
-and age bounds.
+Both keep events **encoded**: each event is serialised once (orjson) on the
+drain thread, and the same bytes feed the rings, the history and the
+subscribers. A decoded event (a Python dict) costs about 2.4 KiB, its JSON
+about 550 bytes, and the JSON of a block of events compresses about 16 times:
+
+- the rings (:class:`EventRings`) serve ``get_events``. Each ring keeps its
+  newest events as bytes and seals every :data:`RING_BLOCK_EVENTS` of them
+  into a zlib-compressed block, with the events' timestamps beside it, so a
+  full ring of 10,000 events takes about 0.5 MiB. A query reads the
+  timestamps, decompresses only the blocks that can hold an answer, skips
+  events by looking for the filter's values in the raw JSON
+  (:class:`RawFilter`), and decodes only the events it checks or returns.
+  The drain thread holds the lock only to append (and to compress a full
+  block);
+- the history (:class:`History`) is an embedded SQLite database in WAL mode
+  written by its own thread from a queue bounded in events and bytes: the
+  drain thread never waits for the disk. What does not fit is dropped and
+  counted (``History.dropped``). The database stays within its size and age
+  bounds (:class:`HistoryLimits`): the oldest rows are deleted when the live
+  pages pass the size bound, and freed pages are reused, or given back to
+  the file system (``auto_vacuum=INCREMENTAL``) when the file is larger than
+  the bound.
 """
 
 from __future__ import annotations
 
+import functools
+import heapq
 import logging
-import queue
+import math
 import sqlite3
 import threading
 import time
+import zlib
+from array import array
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -29,54 +50,258 @@ from jalki_core.kb import parse_timestamp
 
 log = logging.getLogger("jalki.daemon.store")
 
+MIB = 1 << 20
+
 DEFAULT_RING_EVENTS = 10_000
 """Events kept in memory per probe for ``get_events``."""
 
+RING_BLOCK_EVENTS = 128
+"""Events compressed together in a ring (about 16:1 for 128 jalki-tcp events at zlib level 1)."""
+
+
+def encode_events(events: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """Each event as compact JSON (orjson), exactly as the API sends it; what JSON cannot hold becomes text.
+
+    orjson's result keeps the 4 KiB buffer it wrote into, whatever the length of the JSON (about 550
+    bytes here); these bytes are kept for a while (rings, history queue, subscribers), so they are copied
+    into objects of their own size.
+    """
+    dumps = orjson.dumps
+    try:
+        return [bytes(memoryview(dumps(event))) for event in events]
+    except TypeError:  # a value orjson does not know (a decoder's bug): keep the event, as text
+        return [bytes(memoryview(dumps(event, default=str))) for event in events]
+
+
+def event_stamps(events: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Each event's ``timestamp`` in nanoseconds since the epoch (0 when it has none)."""
+    return [parse_timestamp(event.get("timestamp")) or 0 for event in events]
+
+
+class RawFilter:
+    """An :class:`EventFilter` applied to encoded events.
+
+    The probe filter is checked per ring or batch (:meth:`accepts_source`). For
+    the other filters, an event's JSON must contain each filter's value as
+    orjson writes it (``"pid":42,``, ``"type":"kernel.tcp.connect"``, …) to be
+    a candidate (:meth:`candidate`: a substring search, no decoding); a
+    candidate is then decoded and checked with :meth:`EventFilter.matches`
+    (:meth:`confirm`), so the result is exactly that of the decoded filter.
+    """
+
+    __slots__ = ("decode", "needles", "source", "where")
+
+    def __init__(self, where: EventFilter) -> None:
+        self.where = where
+        self.source = None if where.probe is None else f"jalki/{where.probe}"
+        groups: list[tuple[bytes, ...]] = []
+        for key, text in (("type", where.type), ("command", where.command), ("src_ip", where.src_ip),
+                          ("dst_ip", where.dst_ip)):
+            if text is not None:
+                groups.append((b'"%s":%s' % (key.encode(), orjson.dumps(text)),))
+        for key, number in (("pid", where.pid), ("src_port", where.src_port), ("dst_port", where.dst_port)):
+            if number is not None:
+                groups.append((b'"%s":%d,' % (key.encode(), number), b'"%s":%d}' % (key.encode(), number)))
+        self.needles = tuple(groups)
+        self.decode = bool(groups)
+        """Whether events must be decoded to be checked (any filter besides ``probe``)."""
+
+    def accepts_source(self, source: str) -> bool:
+        """Whether events of ``source`` (``jalki/<probe>``) can pass the probe filter."""
+        return self.source is None or source == self.source
+
+    def candidate(self, raw: bytes) -> bool:
+        """Whether ``raw`` (one event, or a block of them) holds every filter value."""
+        return all(any(needle in raw for needle in group) for group in self.needles)
+
+    def confirm(self, raw: bytes) -> dict[str, Any] | None:
+        """The decoded event when it passes the filter, else ``None``."""
+        event: dict[str, Any] = orjson.loads(raw)
+        return event if self.where.matches(event) else None
+
+
+class _Block:
+    """Sealed events of a ring: their timestamps, and their JSON lines compressed together."""
+
+    __slots__ = ("data", "stamps", "top")
+
+    def __init__(self, stamps: array[int], data: bytes, top: int) -> None:
+        self.stamps = stamps
+        self.data = data
+        self.top = top
+        """The largest timestamp in this block and every older one: older blocks cannot hold anything newer."""
+
+
+class _Ring:
+    """One probe's ring: sealed blocks, oldest first, and the newest events not yet sealed."""
+
+    __slots__ = ("blocks", "held", "pending", "pending_stamps", "skip", "top")
+
+    def __init__(self) -> None:
+        self.blocks: deque[_Block] = deque()
+        self.skip = 0  # events at the start of blocks[0] that have fallen out
+        self.pending: list[bytes] = []
+        self.pending_stamps: array[int] = array("q")
+        self.held = 0
+        self.top = 0  # largest timestamp sealed so far
+
+    def seal(self, count: int) -> None:
+        raws, stamps = self.pending[:count], self.pending_stamps[:count]
+        del self.pending[:count]
+        del self.pending_stamps[:count]
+        self.top = max(self.top, max(stamps))
+        self.blocks.append(_Block(stamps, zlib.compress(b"\n".join(raws), 1), self.top))
+
+    def trim(self, capacity: int) -> None:
+        while self.held > capacity:
+            excess = self.held - capacity
+            if not self.blocks:
+                del self.pending[:excess]
+                del self.pending_stamps[:excess]
+                self.held -= excess
+                return
+            first = len(self.blocks[0].stamps) - self.skip
+            if first <= excess:
+                self.blocks.popleft()
+                self.skip = 0
+                self.held -= first
+            else:
+                self.skip += excess
+                self.held -= excess
+
 
 class EventRings:
-    """One bounded ring of recent events per probe; thread-safe."""
+    """One bounded ring of recent encoded events per probe; thread-safe.
+
+    :param capacity: events kept per probe (the oldest fall out).
+    """
 
     def __init__(self, capacity: int = DEFAULT_RING_EVENTS) -> None:
         self.capacity = capacity
-        self._rings: dict[str, deque[Mapping[str, Any]]] = {}
+        self._rings: dict[str, _Ring] = {}
         self._lock = threading.Lock()
 
-    def add(self, probe: str, events: Sequence[Mapping[str, Any]]) -> None:
-        """Append a batch of ``probe``'s events (the oldest fall out)."""
+    def add(self, source: str, stamps: Sequence[int], raws: Sequence[bytes]) -> None:
+        """Append a batch of encoded events of one ``source`` (``jalki/<probe>``), in drain order."""
+        if not raws:
+            return
         with self._lock:
-            ring = self._rings.get(probe)
-            if ring is None:
-                ring = self._rings[probe] = deque(maxlen=self.capacity)
-            ring.extend(events)
+            ring = self._rings.get(source)
+            if ring is None or len(raws) >= self.capacity:  # new, or the batch alone fills it
+                ring = self._rings[source] = _Ring()
+                raws, stamps = raws[-self.capacity:], stamps[-self.capacity:]
+            ring.pending.extend(raws)
+            ring.pending_stamps.extend(stamps)
+            ring.held += len(raws)
+            while len(ring.pending) >= RING_BLOCK_EVENTS:
+                ring.seal(RING_BLOCK_EVENTS)
+            ring.trim(self.capacity)
 
-    def query(self, where: EventFilter, *, since_ns: int | None = None, limit: int = 100) -> list[Mapping[str, Any]]:
-        """The newest ``limit`` events passing ``where`` (and newer than ``since_ns``), oldest first."""
+    def query(self, where: EventFilter, *, since_ns: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` events passing ``where`` (and not older than ``since_ns``), oldest first.
+
+        Order: by timestamp, then by ring, then in drain order.
+        """
+        raw_filter = RawFilter(where)
         with self._lock:
-            rings = [list(self._rings.get(where.probe, ()))] if where.probe else [list(r) for r in self._rings.values()]
-        found: list[tuple[int, Mapping[str, Any]]] = []
-        for ring in rings:
-            for event in reversed(ring):
-                stamp = parse_timestamp(event.get("timestamp")) or 0
-                if since_ns is not None and stamp < since_ns:
-                    break  # a ring is in time order: everything older follows
-                if where.matches(event):
-                    found.append((stamp, event))
-        found.sort(key=lambda item: item[0])
-        return [event for _, event in found[-limit:]]
+            snapshot = [(list(ring.blocks), ring.skip, list(ring.pending), array("q", ring.pending_stamps))
+                        for source, ring in self._rings.items() if raw_filter.accepts_source(source)]
+        found: list[tuple[int, int, int, int, Any]] = []
+        for ring_index, (blocks, skip, pending, pending_stamps) in enumerate(snapshot):
+            found.extend((stamp, ring_index, block, index, item)
+                         for stamp, block, index, item in _newest(blocks, skip, pending, pending_stamps,
+                                                                  raw_filter, since_ns, limit))
+        found.sort(key=lambda entry: entry[:4])
+        return [orjson.loads(item) if isinstance(item, bytes) else item for *_, item in found[-limit:]]
 
     def sizes(self) -> dict[str, int]:
         """Events held per probe."""
         with self._lock:
-            return {probe: len(ring) for probe, ring in self._rings.items()}
+            return {source.removeprefix("jalki/"): ring.held for source, ring in self._rings.items()}
+
+    def stored_bytes(self) -> int:
+        """Bytes of event data the rings hold (compressed blocks and pending JSON)."""
+        with self._lock:
+            return sum(sum(len(b.data) + 8 * len(b.stamps) for b in ring.blocks) + sum(map(len, ring.pending))
+                       for ring in self._rings.values())
+
+
+def _newest(blocks: list[_Block], skip: int, pending: list[bytes], pending_stamps: array[int],
+            raw_filter: RawFilter, since_ns: int | None,
+            limit: int) -> list[tuple[int, int, int, bytes | dict[str, Any]]]:
+    """One ring's newest ``limit`` matching events as ``(stamp, block, index, raw or decoded event)``."""
+    kept: list[tuple[int, int, int, bytes | dict[str, Any]]] = []  # a min-heap on (stamp, block, index)
+    since = since_ns if since_ns is not None else -1
+
+    def scan(stamps: array[int], raws: list[bytes], block: int, start: int) -> None:
+        for index in range(len(raws) - 1, start - 1, -1):
+            stamp = stamps[index]
+            if stamp < since or (len(kept) >= limit and stamp <= kept[0][0]):
+                continue  # too old, or cannot be among the newest `limit` (ties go to the newer)
+            raw = raws[index]
+            item: bytes | dict[str, Any] = raw
+            if raw_filter.decode:
+                event = raw_filter.confirm(raw) if raw_filter.candidate(raw) else None
+                if event is None:
+                    continue
+                item = event
+            entry: tuple[int, int, int, bytes | dict[str, Any]] = (stamp, block, index, item)
+            if len(kept) < limit:
+                heapq.heappush(kept, entry)
+            else:
+                heapq.heapreplace(kept, entry)
+
+    scan(pending_stamps, pending, len(blocks), 0)
+    for block_index in range(len(blocks) - 1, -1, -1):
+        block = blocks[block_index]
+        if block.top < since or (len(kept) >= limit and block.top <= kept[0][0]):
+            break  # nothing here or older can qualify
+        data = zlib.decompress(block.data)
+        if raw_filter.decode and not raw_filter.candidate(data):
+            continue
+        scan(block.stamps, data.split(b"\n"), block_index, skip if block_index == 0 else 0)
+    return kept
 
 
 @dataclass(frozen=True)
 class HistoryLimits:
-    """Bounds of the SQLite history: it never grows past them."""
+    """Bounds of the SQLite history and of its write queue: it never grows past them."""
 
-    max_rows: int = 1_000_000
+    max_bytes: int = 256 * MIB
+    """The database file and its WAL together (``--history-max-mb``)."""
     max_age_s: float = 7 * 86400
-    queue_batches: int = 1024
+    """Rows older than this are deleted (``--history-max-age``)."""
+    queue_events: int = 16_384
+    """Events waiting for the writer (a burst of a few thousand connections); more are dropped and counted."""
+    queue_bytes: int = 12 * MIB
+    """Bytes waiting for the writer (JSON plus a per-row estimate); more are dropped and counted."""
+
+
+_ROW_OVERHEAD = 200
+"""Bytes a queued row costs besides its JSON (tuple, id, timestamp): an estimate, for the queue bound."""
+
+_Row = tuple[Any, int, Any, str, bytes]
+
+_ROWS_PER_INSERT = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 128
+"""Most rows per INSERT statement (5 parameters each; SQLite allows 999 parameters before 3.32.0).
+
+Statements hold a power of two of rows, so the sqlite3 module's statement cache holds at most 9 of them
+(one per size; a prepared statement of 256 rows takes about 100 KiB): a statement per distinct row count
+would fill the cache (128 statements) with hundreds of MiB."""
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    return "INSERT OR IGNORE INTO events VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+
+
+def _insert_chunks(count: int) -> Iterator[tuple[int, int]]:
+    """``(start, rows)`` of the INSERT statements for ``count`` rows: full ones, then powers of two."""
+    start = 0
+    while start < count:
+        rows = min(_ROWS_PER_INSERT, 1 << ((count - start).bit_length() - 1))
+        yield start, rows
+        start += rows
 
 
 class History:
@@ -92,6 +317,9 @@ class History:
         "CREATE INDEX IF NOT EXISTS events_type_ts ON events (type, ts_ns)",
     )
     PRUNE_EVERY_S = 30.0
+    """How often rows past the age bound are deleted (the size bound is checked after every write)."""
+    PRUNE_TO = 0.95
+    """Past the size bound, rows are deleted until the live pages are back under this share of it."""
 
     def __init__(self, path: Path, limits: HistoryLimits | None = None) -> None:
         self.path = path
@@ -99,16 +327,33 @@ class History:
         self.written = 0
         self.dropped = 0
         self.errors = 0
+        self.pruned = 0
         self.last_error: str | None = None
-        self._queue: queue.Queue[list[Mapping[str, Any]] | None] = queue.Queue(self.limits.queue_batches)
+        self._pending: deque[list[_Row]] = deque()
+        self._queued_events = 0
+        self._queued_bytes = 0
+        self._closing = False
+        self._cond = threading.Condition(threading.Lock())
         self._thread = threading.Thread(target=self._write_loop, name="jalki-history", daemon=True)
+        # the WAL's share of the bound: checkpointed past it, truncated back to it
+        self._wal_bytes = max(256 * 1024, min(4 * MIB, self.limits.max_bytes // 8))
+        # one write transaction adds at most about this much before the bound is checked again
+        self._batch_bytes = max(8 * 1024, min(4 * MIB, self.limits.max_bytes // 64))
+        # the database file: the bound less the WAL's share and room for one transaction (rows, index entries)
+        self._file_bytes = max(self.limits.max_bytes - self._wal_bytes - 4 * self._batch_bytes, 64 * 1024)
+        self._rows = 0
+        self._unchecked_bytes = 0  # written since the size was last checked
+        self._page_size = 4096
+        self._needs_vacuum = False
         try:
             path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             path.touch(mode=0o640, exist_ok=True)  # events name processes and peers: not for everyone
             self._db = self._connect()
             for statement in self.SCHEMA:
                 self._db.execute(statement)
-            self._db.commit()
+            self._page_size = self._pragma("page_size")
+            self._needs_vacuum = self._pragma("auto_vacuum") != 2  # made by an older jalki: converted once
+            (self._rows,) = self._db.execute("SELECT count(*) FROM events").fetchone()
         except (OSError, sqlite3.Error) as exc:
             raise JalkiError(f"cannot open the event history {path}: {exc}",
                              hint="give --history a writable path, or --history off") from exc
@@ -116,49 +361,97 @@ class History:
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect in a new database (before its tables)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA journal_size_limit={self._wal_bytes}")
+        db.execute(f"PRAGMA wal_autocheckpoint={max(16, self._wal_bytes // 4096 // 4)}")  # pages
+        db.execute("PRAGMA cache_size=-2048")  # KiB
         return db
+
+    def _pragma(self, name: str) -> int:
+        (value,) = self._db.execute(f"PRAGMA {name}").fetchone()
+        return int(value)
 
     def start(self) -> None:
         """Start the writer thread."""
         self._thread.start()
 
-    def add(self, events: Sequence[Mapping[str, Any]]) -> None:
-        """Queue a batch for writing; when the writer is behind, drop it and count (never block)."""
-        try:
-            self._queue.put_nowait(list(events))
-        except queue.Full:
-            self.dropped += len(events)
+    # ---- drain-thread side -----------------------------------------------------
+
+    def add(self, probe: str, events: Sequence[Mapping[str, Any]], stamps: Sequence[int],
+            raws: Sequence[bytes]) -> None:
+        """Queue encoded events of ``probe`` for writing; what does not fit in the queue is dropped and counted
+        (never blocks)."""
+        limits = self.limits
+        with self._cond:
+            room = limits.queue_events - self._queued_events
+            room_bytes = limits.queue_bytes - self._queued_bytes
+            rows: list[_Row] = []
+            size = 0
+            for event, stamp, raw in zip(events, stamps, raws, strict=True):
+                cost = len(raw) + _ROW_OVERHEAD
+                if len(rows) >= room or size + cost > room_bytes:
+                    break
+                rows.append((event.get("id"), stamp, event.get("type", ""), probe, raw))
+                size += cost
+            self.dropped += len(raws) - len(rows)
+            if rows:
+                self._pending.append(rows)
+                self._queued_events += len(rows)
+                self._queued_bytes += size
+                self._cond.notify()
+
+    # ---- writer thread ------------------------------------------------------------
+
+    def _take(self) -> list[_Row] | None:
+        """The next rows to write in one transaction; ``None`` once closed and empty."""
+        with self._cond:
+            while not self._pending and not self._closing:
+                self._cond.wait()
+            if not self._pending:
+                return None
+            rows: list[_Row] = []
+            size = 0
+            while self._pending and size < self._batch_bytes:
+                batch = self._pending[0]
+                taken = 0
+                for row in batch:
+                    if size >= self._batch_bytes:
+                        break
+                    size += len(row[4]) + _ROW_OVERHEAD
+                    taken += 1
+                if taken == len(batch):
+                    self._pending.popleft()
+                    rows += batch
+                else:  # the rest of the batch goes into the next transaction
+                    rows += batch[:taken]
+                    del batch[:taken]
+            self._queued_events -= len(rows)
+            self._queued_bytes -= size
+            return rows
 
     def _write_loop(self) -> None:
-        while True:
-            batch = self._queue.get()
-            if batch is None:
-                return
-            batches = [batch]
-            while len(batches) < 64:  # coalesce what is waiting into one transaction
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._write(batches)
-                    return
-                batches.append(more)
-            self._write(batches)
+        self._prune(time.monotonic(), force=True)  # bounds lowered since the last run apply at once
+        if self._needs_vacuum:
+            self._convert()
+        while (rows := self._take()) is not None:
+            self._write(rows)
 
-    def _write(self, batches: Iterable[list[Mapping[str, Any]]]) -> None:
-        rows = [
-            (event.get("id"), parse_timestamp(event.get("timestamp")) or 0, event.get("type", ""),
-             str(event.get("source", "")).removeprefix("jalki/"), orjson.dumps(event))
-            for batch in batches for event in batch
-        ]
+    def _write(self, rows: list[_Row]) -> None:
+        # Many rows per INSERT: the sqlite3 module lets go of the GIL around every statement it steps, and
+        # getting it back behind a busy drain thread can take a switch interval (5 ms) each time. One
+        # statement per row (executemany) wrote ~200 rows/s next to a busy thread; this, ~20,000.
         try:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", rows)
+            inserted = 0
+            for start, count in _insert_chunks(len(rows)):
+                cursor = self._db.execute(_insert_sql(count), list(chain.from_iterable(rows[start:start + count])))
+                inserted += max(cursor.rowcount, 0)
             self._db.execute("COMMIT")
             self.written += len(rows)
+            self._rows += inserted
+            self._unchecked_bytes += sum(len(row[4]) for row in rows) + _ROW_OVERHEAD * len(rows)
         except sqlite3.Error as exc:
             self.errors += 1
             self.last_error = str(exc)
@@ -169,24 +462,80 @@ class History:
             except sqlite3.Error:
                 pass
             return
-        now = time.monotonic()
-        if now - self._last_prune >= self.PRUNE_EVERY_S:
-            self._last_prune = now
-            self.prune()
+        self._prune(time.monotonic())
 
-    def prune(self) -> None:
-        """Delete rows older than the age bound and the oldest rows beyond the row bound."""
+    def _prune(self, now: float, *, force: bool = False) -> None:
+        """Delete rows past the age bound (every :attr:`PRUNE_EVERY_S`) and, once the live pages pass the size
+        bound, the oldest rows down to :attr:`PRUNE_TO` of it; give back pages beyond the bound.
+
+        The size is checked once half a write transaction's bytes were written since the last check (each
+        check is a few statements, each a wait for the GIL). Deletes go in transactions of about one write
+        transaction's size, so the WAL stays within its share.
+        """
         try:
-            cutoff = time.time_ns() - int(self.limits.max_age_s * 1_000_000_000)
-            self._db.execute("DELETE FROM events WHERE ts_ns < ?", (cutoff,))
-            (count,) = self._db.execute("SELECT count(*) FROM events").fetchone()
-            if count > self.limits.max_rows:
-                self._db.execute("DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY ts_ns "
-                                 "LIMIT ?)", (count - self.limits.max_rows,))
+            if now - self._last_prune >= self.PRUNE_EVERY_S:
+                self._last_prune = now
+                force = True
+                cutoff = time.time_ns() - int(self.limits.max_age_s * 1_000_000_000)
+                chunk = self._chunk_rows()
+                while self._delete_oldest(chunk, cutoff) >= chunk:
+                    pass
+            if not force and self._unchecked_bytes < self._batch_bytes // 2:
+                return
+            self._unchecked_bytes = 0
+            live = self._live_bytes()
+            if live > self._file_bytes:
+                target = self._file_bytes * self.PRUNE_TO
+                while live > target and self._rows > 0:
+                    count = min(self._chunk_rows(live), math.ceil((live - target) * self._rows / live))
+                    if not self._delete_oldest(max(1, count)):
+                        break
+                    live = self._live_bytes()
+            over = self._pragma("page_count") * self._page_size - self._file_bytes
+            if over > 0 and not self._needs_vacuum:
+                self._db.execute(f"PRAGMA incremental_vacuum({math.ceil(over / self._page_size)})").fetchall()
         except sqlite3.Error as exc:
             self.errors += 1
             self.last_error = str(exc)
             log.error("history prune failed: %s", exc)
+
+    def _live_bytes(self) -> int:
+        return (self._pragma("page_count") - self._pragma("freelist_count")) * self._page_size
+
+    def _chunk_rows(self, live: int | None = None) -> int:
+        """Rows that take about one write transaction's bytes on disk."""
+        if live is None:
+            live = self._live_bytes()
+        per_row = live / self._rows if self._rows > 0 else 1024.0
+        return max(16, int(self._batch_bytes / max(per_row, 64.0)))
+
+    def _delete_oldest(self, count: int, before_ns: int | None = None) -> int:
+        """Delete the ``count`` oldest rows (only those older than ``before_ns``, if given); return how many."""
+        if before_ns is None:
+            cursor = self._db.execute("DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY ts_ns "
+                                      "LIMIT ?)", (count,))
+        else:
+            cursor = self._db.execute("DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE ts_ns < ? "
+                                      "ORDER BY ts_ns LIMIT ?)", (before_ns, count))
+        deleted = max(cursor.rowcount, 0)
+        self._rows = max(0, self._rows - deleted)
+        self.pruned += deleted
+        return deleted
+
+    def _convert(self) -> None:
+        """Turn a database without ``auto_vacuum`` (made by an older jalki) into one that gives pages back."""
+        try:
+            log.info("history %s: converting to auto_vacuum=INCREMENTAL (one VACUUM)", self.path)
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._needs_vacuum = self._pragma("auto_vacuum") != 2
+        except sqlite3.Error as exc:
+            self.errors += 1
+            self.last_error = str(exc)
+            log.error("history conversion failed: %s", exc)
+
+    # ---- any thread -----------------------------------------------------------------
 
     def query(self, where: EventFilter, *, since_ns: int | None, limit: int) -> list[dict[str, Any]]:
         """Events from the history, oldest first (the newest ``limit`` after ``since_ns``)."""
@@ -203,10 +552,13 @@ class History:
             params.append(where.probe)
         sql = "SELECT event FROM events" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         sql += " ORDER BY ts_ns DESC"
+        raw_filter = RawFilter(where)
         reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         try:
             found = []
             for (blob,) in reader.execute(sql, params):
+                if raw_filter.decode and not raw_filter.candidate(blob):
+                    continue
                 event = orjson.loads(blob)
                 if where.matches(event):
                     found.append(event)
@@ -220,7 +572,9 @@ class History:
     def close(self) -> None:
         """Write what is queued, checkpoint the WAL, fsync, close."""
         if self._thread.is_alive():
-            self._queue.put(None)
+            with self._cond:
+                self._closing = True
+                self._cond.notify()
             self._thread.join()
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -228,7 +582,21 @@ class History:
         except sqlite3.Error as exc:
             log.error("history close failed: %s", exc)
 
+    def size_bytes(self) -> int:
+        """The database file and its WAL on disk."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += Path(f"{self.path}{suffix}").stat().st_size
+            except OSError:
+                pass
+        return total
+
     def stats(self) -> dict[str, Any]:
-        """Rows written and dropped, queue depth, errors."""
+        """Rows written, dropped and pruned, what waits in the queue, size on disk, errors."""
+        with self._cond:
+            queued_batches, queued_events = len(self._pending), self._queued_events
         return {"path": str(self.path), "written": self.written, "dropped": self.dropped,
-                "queued_batches": self._queue.qsize(), "errors": self.errors, "last_error": self.last_error}
+                "queued_batches": queued_batches, "queued_events": queued_events, "pruned": self.pruned,
+                "size_bytes": self.size_bytes(), "max_bytes": self.limits.max_bytes,
+                "max_age_s": self.limits.max_age_s, "errors": self.errors, "last_error": self.last_error}

@@ -219,7 +219,8 @@ def test_client_deploy_is_idempotent_resampling_reattaches_and_status_counts(net
         assert sum(f["run_count"] for f in programs.values()) == probe["run_count"]
         assert sum(f["run_time_ns"] for f in programs.values()) == probe["run_time_ns"]
         status = client.status()
-        assert status["ring"] == {"capacity": 10_000, "events": {"tcp_connect": held}}
+        ring = status["ring"]
+        assert (ring["capacity"], ring["events"]) == (10_000, {"tcp_connect": held}) and 0 < ring["bytes"] < held * 1000
         assert (status["ready"], status["expired"], status["pid"]) == (True, [], daemon.proc.pid)
         # another sample rate: detached and attached again with fresh figures
         resampled = client.deploy("tcp_connect", port=port, sample=0.5)
@@ -291,6 +292,9 @@ def test_recent_reads_the_sqlite_history(netns: NetNs, tmp_path: Path) -> None:
         assert cli_json(daemon, "recent", "--since", "1m", "--probe", "tcp_connect", "--type", CONNECT,
                         "--limit", "2", "--json") == events[2:]
         assert client.recent(event_type=CONNECT, dst_port=port, pid=report["pid"]) == events
+        assert cli_json(daemon, "recent", "--since", "1m", "--dst-port", str(port), "--pid", str(report["pid"]),
+                        "--dst-ip", "127.0.0.1", "--json") == events
+        assert cli_json(daemon, "recent", "--since", "1m", "--dst-port", str(port + 1), "--json") == []
         assert client.recent(event_type=CONNECT, since=events[1]["timestamp"]) == events[1:]  # RFC 3339
         text = daemon.cli("recent", "--since", "1m", "--type", CONNECT)
         assert text.returncode == 0 and text.stdout.rstrip().endswith("4 events in the last 1m")
@@ -312,6 +316,58 @@ def test_recent_without_history_is_a_clear_error(tmp_path: Path) -> None:
         with daemon.client() as client:
             assert client.status()["history"] is None
     assert not (tmp_path / "h.db").exists()
+
+
+def history_disk_bytes(path: Path) -> int:
+    """The history database and its WAL on disk."""
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+def test_the_history_stays_within_history_max_mb(netns: NetNs, tmp_path: Path) -> None:
+    port, rounds = closed_port(), 5
+    history = tmp_path / "h.db"
+    with running_daemon(tmp_path, "--history-max-mb", "1", "--history-max-age", "2h") as daemon, \
+            daemon.client() as client:
+        client.deploy("tcp_connect", port=port)
+        largest = 0
+        for _ in range(rounds):  # ~1,000 events of ~1 KiB on disk each round: several times the bound
+            refuse(netns, port, 1000)
+            largest = max(largest, history_disk_bytes(history))
+
+        def settled() -> Any:
+            status = client.status()
+            return status["history"]["written"] == status["probes"]["tcp_connect"]["events"] and status
+        status = wait_for(settled, timeout=30, what="the history to write every event")
+        largest = max(largest, history_disk_bytes(history))
+        stats = status["history"]
+        assert (stats["max_bytes"], stats["max_age_s"], stats["dropped"], stats["errors"]) == (1 << 20, 7200, 0, 0)
+        assert stats["pruned"] > 0 and stats["size_bytes"] <= 1 << 20
+        # the newest events are kept
+        newest = client.get_events(probe="tcp_connect", event_type=CONNECT, limit=50)
+        assert client.recent(probe="tcp_connect", event_type=CONNECT, limit=50) == newest
+    assert largest <= 1 << 20 and history_disk_bytes(history) <= 1 << 20
+    db = sqlite3.connect(f"file:{history}?mode=ro", uri=True)
+    try:
+        assert db.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental: pages beyond the bound go back
+        (kept,) = db.execute("SELECT count(*) FROM events").fetchone()
+    finally:
+        db.close()
+    assert 300 < kept < rounds * 1000
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--history-max-mb", "0", "--history-max-mb must be a positive number of MiB, not 0 (e.g. --history-max-mb 256)"),
+    ("--history-max-mb", "lots", "Invalid value for '--history-max-mb': "),
+    ("--history-max-age", "7x", "--history-max-age must be a positive duration like 30s, 10m, 2h or 1d, not '7x'"),
+    ("--history-max-age", "0d", "--history-max-age must be a positive duration like 30s, 10m, 2h or 1d, not '0d'"),
+])
+def test_bad_history_bounds_are_one_line_and_exit_2(tmp_path: Path, option: str, value: str, message: str) -> None:
+    result = subprocess.run([JALKI, "run", "--serve", "--socket", str(tmp_path / "s.sock"), "--history",
+                             str(tmp_path / "h.db"), "--metrics-addr", "off", option, value],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "s.sock").exists() and not (tmp_path / "h.db").exists()
 
 
 # ---- many clients, malformed frames (PROTO-1…PROTO-8) --------------------------------------------------------------
@@ -592,7 +648,7 @@ def test_sigterm_while_events_flow_loses_none_of_them(netns: NetNs, tmp_path: Pa
     assert len({event["id"] for event in events}) == len(events)
     assert {event["source"] for event in events} == {"jalki/tcp_connect"}
     # the file holds every event the daemon read, and the kernel lost none
-    assert summary_line(daemon.stderr) == (f"jalki daemon stopped: {len(events)} events from 1 probes, 0 dropped (0); "
+    assert summary_line(daemon.stderr) == (f"jalki daemon stopped: {len(events)} events from 1 probes, 0 dropped; "
                                            f"emitter file: {len(events)} written, 0 dropped, 0 errors")
     db = sqlite3.connect(f"file:{tmp_path / 'h.db'}?mode=ro", uri=True)
     try:
