@@ -28,6 +28,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,7 +91,9 @@ def daemon_tracer(tools: Tools, tmp: Path, tag: str, *, subscribers: int) -> Tra
         if summary.exists():
             data = json.loads(summary.read_text())
             result.update(data.get("host", {}))
-            lines = data.get("host", {}).get("events_emitted")
+            host = data.get("host", {})
+            # the daemon's final count (its stop line): events drained at shutdown reach the subscribers too
+            lines = host.get("events_emitted_final") or host.get("events_emitted")
             received = result.get("subscriber_events") or []
             if lines is not None and received:
                 # what the slowest subscriber missed of what the daemon emitted
@@ -185,7 +188,8 @@ def rss_breakdown(pid: int) -> dict[str, int]:
 def _host(args: argparse.Namespace) -> int:
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    daemon_stderr = (args.dir.parent / f"{args.dir.name}.daemon.stderr").open("wb")
+    daemon_stderr_path = args.dir.parent / f"{args.dir.name}.daemon.stderr"
+    daemon_stderr = daemon_stderr_path.open("wb")
     daemon = DaemonProcess(args.jalki, args.dir, args.events, stderr=daemon_stderr)
     subscribers: list[subprocess.Popen[bytes]] = []
     try:
@@ -211,6 +215,8 @@ def _host(args: argparse.Namespace) -> int:
             with contextlib.suppress(ValueError):
                 received.append(int(json.loads(output)["events"]))
         emitted = sum(e["events_emitted"] for e in status["emitters"].values())
+        daemon_stderr.flush()
+        final = re.search(rb"emitter file: (\d+) written", daemon_stderr_path.read_bytes())
         summary = {
             "probes": [{"probe": name, **probe} for name, probe in status["probes"].items()],
             "emitters": status["emitters"],
@@ -223,6 +229,7 @@ def _host(args: argparse.Namespace) -> int:
                 "subscriber_sent": status["subscribers"].get("sent", 0),
                 "subscriber_dropped": status["subscribers"].get("dropped", 0),
                 "events_emitted": emitted,
+                "events_emitted_final": None if final is None else int(final.group(1)),
                 "history_written": (status.get("history") or {}).get("written"),
                 "history_dropped": (status.get("history") or {}).get("dropped"),
                 "daemon_rss_kib": rss.get("VmRSS"),

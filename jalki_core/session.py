@@ -137,6 +137,7 @@ class TraceSession:
         cluster: str | None = None,
         on_events: Callable[[list[dict[str, Any]]], None] | None = None,
         drain_interval: float = 0.02,
+        batch_bytes: int | None = None,
     ) -> None:
         self.probes = list(probes)
         self.workers = [EmitterWorker(emitter) for emitter in emitters]
@@ -145,6 +146,10 @@ class TraceSession:
         self.cluster = cluster
         self.on_events = on_events
         self.drain_interval = drain_interval
+        self.batch_bytes = batch_bytes
+        """Most bytes one drain reads from a probe's ring (default: the ring's size). Smaller batches
+        bound the memory a drain decodes at once; a full batch makes the loop drain again at once."""
+        self._batch_full = False
         self.stats: dict[str, ProbeRunStats] = {p.name: ProbeRunStats(p.name) for p in self.probes}
         self._active: list[_ActiveProbe] = []
         self._epoll: select.epoll | None = None
@@ -211,7 +216,7 @@ class TraceSession:
         from jalki_core._libbpf import RingBufferReader
 
         try:
-            reader = RingBufferReader(loaded.obj.maps[probe.ring_buffer], probe.layout.size)
+            reader = RingBufferReader(loaded.obj.maps[probe.ring_buffer], probe.layout.size, self.batch_bytes)
         except LibbpfError as exc:
             loaded.close()
             stats.rung, stats.error = None, exc.one_line()
@@ -331,19 +336,23 @@ class TraceSession:
             self._run_calls()
             if tick is not None:
                 tick()
-            if ready and self.drain_once() < self.BUSY_BATCH_RECORDS and self.drain_interval > 0:
+            if ready and self.drain_once() < self.BUSY_BATCH_RECORDS and not self._batch_full \
+                    and self.drain_interval > 0:
                 # Let records accumulate; wake at once if a stop is requested.
                 select.select([self._wake_r], [], [], self.drain_interval)
 
     def drain_once(self) -> int:
         """Consume every probe's ring buffer once; return records decoded."""
         total = 0
+        self._batch_full = False
         for active in self._active:
             total += self._drain_probe(active)
         return total
 
     def _drain_probe(self, active: _ActiveProbe) -> int:
         batch = active.reader.consume()
+        if len(batch) + active.loaded.probe.layout.size > active.reader.batch_bytes:
+            self._batch_full = True  # more may be waiting: drain again at once
         ring_bytes = active.options.ring_buffer_bytes or active.loaded.probe.ring_buffer_bytes
         self.ring_fill[active.stats.name] = min(1.0, len(batch) / ring_bytes)
         if not batch:
