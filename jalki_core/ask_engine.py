@@ -175,10 +175,9 @@ def _probe_uses(summary: SessionSummary, probes: Mapping[str, RegisteredProbe],
         registered = probes[stats.name]
         entries = tuple(entry.id for entry in selected
                         if entry.implemented_by is not None and entry.implemented_by.probe == stats.name)
-        drops = {**stats.kernel_drops, "size_mismatch": stats.size_mismatches, "decode_error": stats.decode_errors}
         uses.append(ProbeUse(
             probe=stats.name, plugin=registered.owner.plugin, entries=entries, attach=stats.rung,
-            events=stats.events, drops={cause: count for cause, count in drops.items() if count},
+            events=stats.events, drops={cause: count for cause, count in stats.drops_by_cause.items() if count},
             failed_rungs=tuple(failure.one_line() for failure in stats.failed_rungs), error=stats.error,
         ))
     return uses

@@ -219,9 +219,7 @@ def _print_summary(summary: SessionSummary) -> None:
     for column in ("probe", "attach", "events", "dropped", "drop causes"):
         table.add_column(column)
     for probe in summary.probes:
-        causes = {**probe.kernel_drops, "size_mismatch": probe.size_mismatches,
-                  "decode_error": probe.decode_errors}
-        cause_text = ", ".join(f"{k}={v}" for k, v in causes.items() if v) or "-"
+        cause_text = ", ".join(f"{k}={v}" for k, v in probe.drops_by_cause.items() if v) or "-"
         table.add_row(probe.name, probe.rung or "[red]not attached[/]", str(probe.events),
                       str(probe.dropped), cause_text)
     console.print(table)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -98,13 +99,12 @@ def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitt
     if summary is not None:
         # events since start (redeployed probes included); drops of the probes' last deployments
         events = sum(agent.events_by_type.values())
-        drops: dict[str, int] = {}
+        drops: Counter[str] = Counter()
         for probe in summary.probes:
-            for cause, count in {**probe.kernel_drops, "size_mismatch": probe.size_mismatches,
-                                 "decode_error": probe.decode_errors}.items():
-                drops[cause] = drops.get(cause, 0) + count
+            drops.update(probe.drops_by_cause)
+        dropped = drops.total()
         line = (f"jalki daemon stopped: {events} events from {len(summary.probes)} probes, "
-                f"{sum(drops.values())} dropped" + (f" ({_drops_text(drops)})" if sum(drops.values()) else ""))
+                f"{dropped} dropped" + (f" ({_drops_text(drops)})" if dropped else ""))
         for name, stats in summary.emitters.items():
             line += (f"; emitter {name}: {stats['events_emitted']} written, {stats['events_dropped']} dropped, "
                      f"{stats['errors']} errors")

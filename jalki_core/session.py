@@ -52,9 +52,14 @@ class ProbeRunStats:
     """Per BPF program: ``{"run_time_ns", "run_count"}`` from ``bpf_enable_stats``; the totals above sum them."""
 
     @property
+    def drops_by_cause(self) -> dict[str, int]:
+        """Records lost, by cause: the probe's kernel counters, then ``size_mismatch`` and ``decode_error``."""
+        return {**self.kernel_drops, "size_mismatch": self.size_mismatches, "decode_error": self.decode_errors}
+
+    @property
     def dropped(self) -> int:
         """Every record lost for this probe, whatever the cause."""
-        return sum(self.kernel_drops.values()) + self.size_mismatches + self.decode_errors
+        return sum(self.drops_by_cause.values())
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form for summaries."""
@@ -63,8 +68,7 @@ class ProbeRunStats:
             "attach": self.rung,
             "records": self.records,
             "events": self.events,
-            "drops": {**self.kernel_drops, "size_mismatch": self.size_mismatches,
-                      "decode_error": self.decode_errors},
+            "drops": self.drops_by_cause,
             "failed_rungs": [
                 {"rung": f.rung, "stage": f.stage, "errno": f.errno_name, "message": f.message,
                  "hint": f.hint, "log": f.log_excerpt}
