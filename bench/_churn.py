@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import Tools, cpu_fractions, cpu_times, private_netns, tracing_programs, wait_with_rusage
+from _common import (
+    Tools,
+    cpu_fractions,
+    cpu_times,
+    ndjson_events,
+    private_netns,
+    tracing_programs,
+    wait_with_rusage,
+)
 
 CHURN_BYTES = 64
 READY_TIMEOUT_S = 60.0
@@ -96,30 +104,25 @@ def jalki_tracer(tools: Tools, tmp: Path, tag: str) -> Tracer:
 
 def count_jalki(events: Path, summary: Path, port: int, connections: int, client_pid: int) -> dict[str, Any]:
     """Count the churn's events in jalki's NDJSON and read its drop counters."""
-    import orjson
-
     connect = connect_failed = close_client = close_server = retransmit = other = wrong_owner = 0
-    if events.exists():
-        with events.open("rb") as stream:
-            for line in stream:
-                event = orjson.loads(line)
-                kind = event.get("type")
-                net = event.get("network_data") or {}
-                sport, dport = net.get("src_port"), net.get("dst_port")
-                if kind == "kernel.tcp.connect" and dport == port:
-                    connect += 1
-                    connect_failed += event.get("outcome") != "success"
-                elif kind == "kernel.tcp.close" and dport == port:
-                    close_client += 1
-                elif kind == "kernel.tcp.close" and sport == port:
-                    close_server += 1
-                elif kind == "kernel.tcp.retransmit" and port in (sport, dport):
-                    retransmit += 1
-                else:
-                    other += 1
-                    continue
-                if (event.get("process_data") or {}).get("pid") != client_pid:
-                    wrong_owner += 1
+    for event in ndjson_events(events):
+        kind = event.get("type")
+        net = event.get("network_data") or {}
+        sport, dport = net.get("src_port"), net.get("dst_port")
+        if kind == "kernel.tcp.connect" and dport == port:
+            connect += 1
+            connect_failed += event.get("outcome") != "success"
+        elif kind == "kernel.tcp.close" and dport == port:
+            close_client += 1
+        elif kind == "kernel.tcp.close" and sport == port:
+            close_server += 1
+        elif kind == "kernel.tcp.retransmit" and port in (sport, dport):
+            retransmit += 1
+        else:
+            other += 1
+            continue
+        if (event.get("process_data") or {}).get("pid") != client_pid:
+            wrong_owner += 1
     result: dict[str, Any] = {
         "connect_events": connect,
         "connect_failed_events": connect_failed,

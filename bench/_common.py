@@ -318,3 +318,14 @@ def stop_generator(gen: subprocess.Popen[bytes]) -> None:
             gen.stdin.flush()
         gen.kill()
         gen.wait()
+
+
+def ndjson_events(path: Path) -> Iterator[dict[str, Any]]:
+    """The events of a tracer's NDJSON output, one per line; none when it wrote no file."""
+    import orjson
+
+    if not path.exists():
+        return
+    with path.open("rb") as stream:
+        for line in stream:
+            yield orjson.loads(line)

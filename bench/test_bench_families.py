@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from _churn import READY_TIMEOUT_S, STOP_TIMEOUT_S, Tracer, _has_bpf_link, _start, _tail, count_jalki
 from _common import (
@@ -66,6 +65,7 @@ from _common import (
     cpu_times,
     machine_facts,
     median_of,
+    ndjson_events,
     spread_of,
     wait_with_rusage,
 )
@@ -281,19 +281,16 @@ def jalki_summary(summary: Path) -> dict[str, Any]:
 def count_jalki_process(events: Path, summary: Path, pid: int, ops: int, probes: tuple[str, ...]) -> dict[str, Any]:
     """jalki's exec events of /bin/true and exit events of ``true`` whose parent is the loop."""
     execs = exits = other = 0
-    if events.exists():
-        with events.open("rb") as stream:
-            for line in stream:
-                event = orjson.loads(line)
-                data = event.get("data") or {}
-                if data.get("ppid") != pid:
-                    other += 1
-                elif event["type"] == "kernel.process.exec" and data.get("filename") == "/bin/true":
-                    execs += 1
-                elif event["type"] == "kernel.process.exit" and event["process_data"]["command"] == "true":
-                    exits += 1
-                else:
-                    other += 1
+    for event in ndjson_events(events):
+        data = event.get("data") or {}
+        if data.get("ppid") != pid:
+            other += 1
+        elif event["type"] == "kernel.process.exec" and data.get("filename") == "/bin/true":
+            execs += 1
+        elif event["type"] == "kernel.process.exit" and event["process_data"]["command"] == "true":
+            exits += 1
+        else:
+            other += 1
     expected = {"exec": ops if "process_exec" in probes else 0, "exit": ops if "process_exit" in probes else 0}
     result: dict[str, Any] = {
         "exec_events": execs,
@@ -317,17 +314,14 @@ def count_jalki_block(events: Path, summary: Path, ops: int, dev: int) -> dict[s
     device = f"{dev >> 20}:{dev & 0xFFFFF}"
     histograms: dict[str, int] = {}
     slow = 0
-    if events.exists():
-        with events.open("rb") as stream:
-            for line in stream:
-                event = orjson.loads(line)
-                data = event.get("data") or {}
-                if data.get("device") != device:
-                    continue
-                if event["type"] == "kernel.storage.io_latency_histogram":
-                    histograms[data["operation"]] = histograms.get(data["operation"], 0) + int(data["count"])
-                else:
-                    slow += 1
+    for event in ndjson_events(events):
+        data = event.get("data") or {}
+        if data.get("device") != device:
+            continue
+        if event["type"] == "kernel.storage.io_latency_histogram":
+            histograms[data["operation"]] = histograms.get(data["operation"], 0) + int(data["count"])
+        else:
+            slow += 1
     result: dict[str, Any] = {
         "histogram": histograms,
         "slow_or_error_events": slow,
