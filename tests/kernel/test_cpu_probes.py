@@ -182,13 +182,20 @@ def test_doctor_is_unaffected_by_the_cpu_plugin() -> None:
 
 @pytest.mark.parametrize("rung", RUNGS)
 def test_software_counters_measure_a_busy_child_exactly(rung: str) -> None:
-    probe = on_rung(SoftwareIpcProbe(interval_ns=100 * MS), rung)
-    assert probe.unavailable_reason() is None
-    with burner(threads=2, seconds=0.3) as child:
-        child.wait_ready()
-        with tracing([probe]) as trace:
-            child.go()
-            time.sleep(0.1)  # let the drain thread take the exit record
+    # On the project's VMs the tracepoint sometimes does not report a switch (counted as switch_unseen);
+    # the slice that follows is then nobody's, and the child's time cannot add up. Such a run is retried
+    # (at most twice), so the exact bounds below are checked on a run the kernel reported fully.
+    for _attempt in range(3):
+        probe = on_rung(SoftwareIpcProbe(interval_ns=100 * MS), rung)
+        assert probe.unavailable_reason() is None
+        with burner(threads=2, seconds=0.3) as child:
+            child.wait_ready()
+            with tracing([probe]) as trace:
+                child.go()
+                time.sleep(0.1)  # let the drain thread take the exit record
+        assert trace.summary is not None
+        if not any(stats.kernel_drops.get("switch_unseen", 0) for stats in trace.summary.probes):
+            break
     events = ipc_events_of(trace, child.pid)
     check_rung(probe, rung, events)
     check_software_counts(events, child.cpu_ns, trace)
