@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from jalki_core.ask_engine import MAX_EVENTS_KEPT, EventCollector, ProgressCallback, ask
-from jalki_core.daemon.protocol import DeploySpec, ProtocolError, _field
+from jalki_core.daemon.protocol import DeploySpec, ProtocolError, _field, parse_pid
 from jalki_core.kb import parse_timestamp
 from jalki_core.session import ProbeRunStats, SessionSummary
 
@@ -127,7 +127,7 @@ def ask_through_agent(agent: Agent, fields: Mapping[str, Any]) -> dict[str, Any]
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= MAX_ASK_SECONDS:
         raise ProtocolError("bad_request", f"field 'seconds' must be in (0, {MAX_ASK_SECONDS:g}]")
     options = {
-        "pid": _field(fields, "pid", int, check=lambda v: v > 0, rule="must be a positive process id"),
+        "pid": parse_pid(fields),
         "port": _field(fields, "port", int, check=lambda v: 0 < v < 65536, rule="must be between 1 and 65535"),
     }
     try:

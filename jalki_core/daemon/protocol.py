@@ -32,6 +32,20 @@ MAX_FRAME_BYTES = 1 << 20
 MAX_EVENTS_PER_REPLY = 10_000
 """Most events one ``get_events``/``recent`` reply carries (``limit`` is capped here)."""
 
+MAX_ID_CHARS = 256
+"""Longest string ``id`` a request may carry; a longer one is refused (``bad_request``, reply ``id`` null),
+so an echoed id can never push a reply over :data:`MAX_FRAME_BYTES`."""
+
+MAX_INT = 2**63 - 1
+"""Largest integer any field takes (``limit``, ``subscription``): beyond it a value is refused, not wrapped."""
+
+PID_MAX = 4_194_304
+"""Largest process id the kernel hands out (``PID_MAX_LIMIT`` on 64-bit kernels); ``pid`` filters above it
+are refused before they reach a probe's 32-bit filter."""
+
+MAX_SINCE_NS = 2**63 - 1
+"""Latest ``since`` (nanoseconds since the epoch, 2262-04-11): the history keeps stamps as 64-bit integers."""
+
 ERROR_CODES: tuple[str, ...] = (
     "bad_frame",            # not UTF-8 JSON, or not an object
     "frame_too_large",      # over MAX_FRAME_BYTES; the rest of the line is skipped
@@ -165,6 +179,26 @@ def _port(value: int) -> bool:
     return 0 < value < 65536
 
 
+def _pid(value: int) -> bool:
+    return 0 < value <= PID_MAX
+
+
+PID_RULE = f"must be a process id between 1 and {PID_MAX}"
+
+
+def parse_pid(fields: Mapping[str, Any]) -> int | None:
+    """``pid`` of a request (a filter or a probe option): 1 to :data:`PID_MAX`, never a boolean."""
+    value: int | None = _field(fields, "pid", int, check=_pid, rule=PID_RULE)
+    return value
+
+
+def parse_subscription(fields: Mapping[str, Any]) -> int:
+    """``subscription`` of an ``unsubscribe``: a positive integer, never a boolean."""
+    value: int = _field(fields, "subscription", int, required=True, check=lambda v: 0 < v <= MAX_INT,
+                        rule="must be a positive subscription number")
+    return value
+
+
 def parse_filter(fields: Mapping[str, Any]) -> EventFilter:
     """The :class:`EventFilter` of a request's fields."""
     src_ip = _field(fields, "src_ip", str, check=_is_ip, rule="must be an IPv4 or IPv6 address")
@@ -172,7 +206,7 @@ def parse_filter(fields: Mapping[str, Any]) -> EventFilter:
     return EventFilter(
         probe=_field(fields, "probe", str),
         type=_field(fields, "event_type", str),
-        pid=_field(fields, "pid", int, check=lambda v: v > 0, rule="must be a positive process id"),
+        pid=parse_pid(fields),
         command=_field(fields, "command", str, check=lambda v: 0 < len(v) <= 15, rule="must be 1 to 15 characters"),
         src_ip=None if src_ip is None else str(ipaddress.ip_address(src_ip)),
         dst_ip=None if dst_ip is None else str(ipaddress.ip_address(dst_ip)),
@@ -197,7 +231,7 @@ def parse_deploy(fields: Mapping[str, Any]) -> DeploySpec:
     return DeploySpec(
         probe=_field(fields, "probe", str, required=True),
         sample=_field(fields, "sample", (int, float), check=lambda v: 0 < v <= 1, rule="must be in (0, 1]") or 1.0,
-        pid=_field(fields, "pid", int, check=lambda v: v > 0, rule="must be a positive process id"),
+        pid=parse_pid(fields),
         port=_field(fields, "port", int, check=_port, rule="must be between 1 and 65535"),
         ttl_s=_field(fields, "ttl", (int, float), check=lambda v: 0 < v <= 7 * 86400,
                      rule="must be in (0, 604800] seconds"),
@@ -206,12 +240,15 @@ def parse_deploy(fields: Mapping[str, Any]) -> DeploySpec:
 
 def parse_limit(fields: Mapping[str, Any], default: int = 100) -> int:
     """``limit`` of a listing request, capped at :data:`MAX_EVENTS_PER_REPLY`."""
-    limit = _field(fields, "limit", int, check=lambda v: v > 0, rule="must be a positive integer")
+    limit = _field(fields, "limit", int, check=lambda v: 0 < v <= MAX_INT,
+                   rule=f"must be a positive integer (at most {MAX_INT})")
     return min(limit or default, MAX_EVENTS_PER_REPLY)
 
 
 def parse_since(fields: Mapping[str, Any]) -> int | None:
     """``since`` as nanoseconds since the epoch: an RFC 3339 timestamp, or seconds ago as a number."""
+    import time
+
     from jalki_core.kb import parse_timestamp
 
     value = fields.get("since")
@@ -220,14 +257,17 @@ def parse_since(fields: Mapping[str, Any]) -> int | None:
     if isinstance(value, bool):
         raise ProtocolError("bad_request", "field 'since' must be an RFC 3339 timestamp or seconds ago")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ProtocolError("bad_request", "field 'since' in seconds ago must not be negative")
-        import time
-
-        return time.time_ns() - int(value * 1_000_000_000)
+        now_ns = time.time_ns()
+        # compared as numbers, never converted first: 1e308 seconds must not overflow on the way
+        if not 0 <= value <= now_ns / 1_000_000_000:
+            raise ProtocolError("bad_request", "field 'since' in seconds ago must be between 0 and the "
+                                "seconds since 1970-01-01")
+        return max(0, now_ns - int(value * 1_000_000_000))
     stamp = parse_timestamp(value)
     if stamp is None:
         raise ProtocolError("bad_request", "field 'since' must be an RFC 3339 timestamp or seconds ago")
+    if not 0 <= stamp <= MAX_SINCE_NS:
+        raise ProtocolError("bad_request", "field 'since' must be a time between 1970-01-01 and 2262-04-11")
     return stamp
 
 
@@ -245,6 +285,8 @@ def parse_frame(line: bytes) -> Request:
     request_id = message.get("id")
     if isinstance(request_id, dict | list):
         raise ProtocolError("bad_request", "field 'id' must be a string, number or null")
+    if isinstance(request_id, str) and len(request_id) > MAX_ID_CHARS:
+        raise ProtocolError("bad_request", f"field 'id' must be at most {MAX_ID_CHARS} characters")
     if message.get("v") != PROTOCOL_VERSION or isinstance(message.get("v"), bool):
         raise ProtocolError("unsupported_version", f"this daemon speaks protocol version {PROTOCOL_VERSION}",
                             request_id=request_id)

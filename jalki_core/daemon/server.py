@@ -443,8 +443,8 @@ class ApiServer:
         return {"subscription": subscription.number, "filters": where.as_dict()}
 
     async def on_unsubscribe(self, conn: Connection, request: Request) -> Any:
-        number = request.fields.get("subscription")
-        subscription = conn.subscriptions.pop(number, None) if isinstance(number, int) else None
+        number = protocol.parse_subscription(request.fields)  # bad_request for true, 1.0, "1"
+        subscription = conn.subscriptions.pop(number, None)
         if subscription is None:
             raise ProtocolError("not_attached", f"no subscription {number!r} on this connection")
         if subscription.task is not None:  # no push of it follows this reply
