@@ -163,7 +163,8 @@ class TraceSession:
         self._stop_requested = False
         self._clock_offset = 0
         self.ring_fill: dict[str, float] = {}
-        """Per probe: the share of its ring buffer the latest drain found filled (0 to 1)."""
+        """Per probe: the share of its ring buffer filled (written, not yet read) when the latest drain began
+        (0 to 1)."""
         self._run_id = ""
         self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._calls_lock = threading.Lock()
@@ -298,6 +299,11 @@ class TraceSession:
             self._read_counters(active)
         return [active.stats for active in self._active]
 
+    def ring_fill_now(self) -> dict[str, float]:
+        """Per attached probe, the share of its ring buffer written and not yet read, now (drain thread)."""
+        fills = {a.stats.name: a.reader.fill_ratio() for a in self._active}
+        return {name: fill for name, fill in fills.items() if fill is not None}
+
     @property
     def attached(self) -> list[str]:
         """Names of the probes attached in this session."""
@@ -354,11 +360,14 @@ class TraceSession:
         return total
 
     def _drain_probe(self, active: _ActiveProbe) -> int:
+        fill = active.reader.fill_ratio()  # before the drain: how far the kernel got ahead of us
         batch = active.reader.consume()
         if len(batch) + active.loaded.probe.layout.size > active.reader.batch_bytes:
             self._batch_full = True  # more may be waiting: drain again at once
-        ring_bytes = active.options.ring_buffer_bytes or active.loaded.probe.ring_buffer_bytes
-        self.ring_fill[active.stats.name] = min(1.0, len(batch) / ring_bytes)
+        if fill is None:  # the ring's position pages could not be mapped: what this drain found
+            ring_bytes = active.options.ring_buffer_bytes or active.loaded.probe.ring_buffer_bytes
+            fill = min(1.0, len(batch) / ring_bytes)
+        self.ring_fill[active.stats.name] = fill
         if not batch:
             return 0
         stats = active.stats

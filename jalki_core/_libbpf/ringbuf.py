@@ -6,6 +6,10 @@ back to back with no headers, so Python crosses into C once per batch rather
 than once per record. When the batch cannot hold another record the callback
 stops libbpf; libbpf has already moved its consumer position past the copied
 record, so the next call resumes with the following one and nothing is lost.
+
+:meth:`RingBufferReader.fill_ratio` reads how full the ring is from the
+map's consumer and producer position pages, mapped read-only by the shim
+(libbpf 1.1 has no ``ring__avail_data_size``).
 """
 
 from __future__ import annotations
@@ -68,6 +72,10 @@ class RingBufferReader(Closeable):
         self._ctx.record_size = record_size
         rb = lib.jalki_rb_new(map_fd, self._ctx)
         self._rb = _check.ptr(rb, op, RingBufferError, obj=obj, detail=f"map {bpf_map.name}")
+        self._ring_bytes = bpf_map.max_entries
+        self._pages = ffi.new("struct jalki_rb_pages *")
+        if lib.jalki_rb_pages_map(map_fd, self._pages) < 0:  # only the fill is unknown then: the reader works
+            self._pages.base = ffi.NULL
         bpf_map.owner._remember_reader(self)
 
     def __repr__(self) -> str:
@@ -111,6 +119,19 @@ class RingBufferReader(Closeable):
         """Records dropped for lack of batch space; 0 unless the C invariant broke."""
         return int(self._ctx.lost)
 
+    def fill_ratio(self) -> float | None:
+        """Share of the ring (0 to 1) written by the kernel and not yet consumed, read now.
+
+        Counts record headers and records still being written (reserved, not
+        committed); ``None`` when the position pages could not be mapped or the
+        reader is closed.
+        """
+        with self._lock:
+            if self._rb is None or self._pages.base == ffi.NULL or self._ring_bytes <= 0:
+                return None
+            backlog = int(lib.jalki_rb_pages_backlog(self._pages))
+        return min(1.0, backlog / self._ring_bytes)
+
     def _run(self, operation: str, call: Any, *args: Any) -> bytes:
         with self._lock:
             rb = self._handle(operation)
@@ -143,6 +164,8 @@ class RingBufferReader(Closeable):
         """Free libbpf's ring buffer (idempotent)."""
         with self._lock:
             rb, self._rb = self._rb, None
+            if rb is not None:
+                lib.jalki_rb_pages_unmap(self._pages)
         if rb is None:
             return
         self._map.owner._forget_reader(self)

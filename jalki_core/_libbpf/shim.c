@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
@@ -164,4 +166,52 @@ struct ring_buffer *jalki_rb_new(int map_fd, struct jalki_rb_ctx *ctx)
         return NULL;
     }
     return ring_buffer__new(map_fd, jalki_rb_sample, ctx, NULL);
+}
+
+/*
+ * libbpf 1.1 keeps its ring positions private (ring__avail_data_size came in
+ * 1.3), so the fill of a ring is read from the map's own pages: the kernel's
+ * struct bpf_ringbuf puts consumer_pos at the start of the first page and
+ * producer_pos at the start of the second. A read-only mapping of those two
+ * pages is allowed (only the consumer page may be mapped writable), and the
+ * kernel never lets producer_pos run more than the ring size ahead of
+ * consumer_pos.
+ */
+int jalki_rb_pages_map(int map_fd, struct jalki_rb_pages *pages)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    void *base;
+
+    if (map_fd < 0 || !pages || page <= 0)
+        return -EINVAL;
+    base = mmap(NULL, 2 * (size_t)page, PROT_READ, MAP_SHARED, map_fd, 0);
+    if (base == MAP_FAILED)
+        return -errno;
+    pages->base = base;
+    pages->len = 2 * (size_t)page;
+    return 0;
+}
+
+uint64_t jalki_rb_pages_backlog(const struct jalki_rb_pages *pages)
+{
+    const unsigned long *consumer, *producer;
+    unsigned long cons, prod;
+
+    if (!pages || !pages->base)
+        return 0;
+    consumer = (const unsigned long *)pages->base;
+    producer = (const unsigned long *)((const char *)pages->base + pages->len / 2);
+    /* producer first: the consumer may only move up to it, so the difference is never negative */
+    prod = __atomic_load_n(producer, __ATOMIC_ACQUIRE);
+    cons = __atomic_load_n(consumer, __ATOMIC_ACQUIRE);
+    return prod > cons ? (uint64_t)(prod - cons) : 0;
+}
+
+void jalki_rb_pages_unmap(struct jalki_rb_pages *pages)
+{
+    if (pages && pages->base) {
+        munmap(pages->base, pages->len);
+        pages->base = NULL;
+        pages->len = 0;
+    }
 }

@@ -24,6 +24,12 @@ struct jalki_rb_ctx {
 struct bpf_object;
 struct ring_buffer;
 
+/* The positions pages of a ring buffer map (consumer page, producer page), mapped read-only. */
+struct jalki_rb_pages {
+    void *base;             /* NULL while not mapped */
+    size_t len;             /* two pages */
+};
+
 /* Route libbpf's printing into Python (jalki_py_print). */
 void jalki_install_print(void);
 
@@ -42,5 +48,14 @@ int jalki_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt);
 
 /* ring_buffer__new with the batching sample callback. NULL + errno on failure. */
 struct ring_buffer *jalki_rb_new(int map_fd, struct jalki_rb_ctx *ctx);
+
+/* Map the consumer and producer position pages of ring buffer map `map_fd` read-only. 0 or -errno. */
+int jalki_rb_pages_map(int map_fd, struct jalki_rb_pages *pages);
+
+/* Bytes the producer has reserved that the consumer has not released yet (headers included). */
+uint64_t jalki_rb_pages_backlog(const struct jalki_rb_pages *pages);
+
+/* Unmap what jalki_rb_pages_map mapped (idempotent). */
+void jalki_rb_pages_unmap(struct jalki_rb_pages *pages);
 
 #endif /* JALKI_SHIM_H */

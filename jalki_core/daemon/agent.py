@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,9 @@ DRAIN_BATCH_BYTES = 128 << 10
 """Most bytes one drain reads from a probe's ring buffer. CPython keeps the memory of the largest batch
 it ever decoded (its small-object arenas are not given back), so a long-running agent reads in slices:
 RSS under the bench load went from ~83 to ~75 MiB (bench/README.md)."""
+
+EXPIRED_KEPT = 32
+"""Expired deployments ``status`` lists (the latest); older ones are only counted in ``expired_total``."""
 
 TRIM_EVERY_S = 1.0
 """While events flow, how often the daemon hands freed heap back to the system (glibc ``malloc_trim``, 1-4 ms)."""
@@ -151,7 +154,9 @@ class Agent:
         self.deployments: dict[str, Deployment] = {}
         self.events_by_type: Counter[tuple[str, str]] = Counter()
         self.ring_fill_peak: dict[str, float] = {}
-        self.expired: list[str] = []
+        self.expired: deque[str] = deque(maxlen=EXPIRED_KEPT)
+        """The latest probes removed by their TTL, oldest first; ``expired_total`` counts every one."""
+        self.expired_total = 0
         self.retired: dict[str, dict[str, Any]] = {}
         """Per probe: drops by cause, run time and run count of its ended deployments (the metrics are counters)."""
         self.started_at = time.time()
@@ -265,6 +270,7 @@ class Agent:
             if deployment.expires_at is not None and now >= deployment.expires_at:
                 self._undeploy_now(name)
                 self.expired.append(name)
+                self.expired_total += 1
                 log.info("probe %s expired (ttl)", name)
         if self._reopen_requested:
             self._reopen_requested = False
@@ -333,6 +339,7 @@ class Agent:
             "ready": self.ready,
             **snapshot,
             "expired": list(self.expired),
+            "expired_total": self.expired_total,
             "ring": {"capacity": self.rings.capacity, "events": self.rings.sizes(), "bytes": self.rings.stored_bytes()},
             "history": None if self.history is None else self.history.stats(),
             "subscribers": subscribers,

@@ -9,12 +9,16 @@ events and errors, subscribers, history rows, and API requests.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -51,7 +55,7 @@ class AgentCollector:
             snapshot = {"probes": {}, "emitters": {}}
         # Copies first: the drain and API threads keep adding keys while we read.
         events_by_type = dict(agent.events_by_type)
-        ring_fill_peak = dict(agent.ring_fill_peak)
+        ring_fill_peak = _take_fill_peaks(agent)
         retired = dict(agent.retired)
         events = CounterMetricFamily("jalki_events", "Events emitted, by probe and event type.",
                                      labels=["probe", "type"])
@@ -67,8 +71,9 @@ class AgentCollector:
         run_time = CounterMetricFamily("jalki_program_run_time_seconds", "Time the probe's BPF programs ran "
                                        "in the kernel (bpf_enable_stats).", labels=["probe"])
         run_count = CounterMetricFamily("jalki_program_runs", "Runs of the probe's BPF programs.", labels=["probe"])
-        fill = GaugeMetricFamily("jalki_ringbuffer_fill_ratio", "Largest share of the probe's ring buffer a "
-                                 "drain has found filled (0 to 1).", labels=["probe"])
+        fill = GaugeMetricFamily("jalki_ringbuffer_fill_ratio", "Largest share of the probe's ring buffer "
+                                 "found filled (written by the kernel, not yet read) before a drain, since the "
+                                 "previous scrape (0 to 1).", labels=["probe"])
         live = snapshot["probes"]
         self._seen_probes.update(live, retired)
         for name in sorted(self._seen_probes):
@@ -120,58 +125,233 @@ class AgentCollector:
                                 value=1 if is_ready(agent) else 0)
 
 
+def _take_fill_peaks(agent: Agent) -> dict[str, float]:
+    """Per probe, the largest ring fill since the previous scrape; starts the next window (drain thread).
+
+    The fill is read from the ring's producer and consumer positions before
+    each drain, so a burst between two scrapes shows however short it was.
+    The window also holds the fill at the scrape itself, so an idle probe
+    reads 0 and a ring filling up with no drain running still shows. Two
+    scrapers each see the peaks since the other's scrape.
+    """
+    def take() -> dict[str, float]:
+        peaks = dict(agent.ring_fill_peak)
+        # the latest drain (no tick has seen it yet), and the fill now (no drain runs while the ring is idle)
+        for fills in (agent.session.ring_fill, agent.session.ring_fill_now()):
+            for name, fill in fills.items():
+                peaks[name] = max(peaks.get(name, 0.0), fill)
+        # a new window: drains before this scrape are not seen again (the tick copies session.ring_fill)
+        agent.ring_fill_peak.clear()
+        agent.session.ring_fill.clear()
+        return peaks
+
+    try:
+        taken: dict[str, float] = agent.on_drain_thread(take)
+    except Exception as exc:  # shutting down: the peaks as they stand
+        log.debug("ring fill unavailable: %s", exc)
+        return dict(agent.ring_fill_peak)
+    return taken
+
+
 def is_ready(agent: Agent) -> bool:
     """Ready: the agent is draining and at least one probe is attached (``/readyz``, ``jalki_ready``)."""
     return agent.ready and any(d.stats.rung for d in list(agent.deployments.values()))
 
 
-def _handler(agent: Agent, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self._send(200, b"ok\n")
-            elif path == "/readyz":
-                ready = is_ready(agent)
-                self._send(200 if ready else 503, b"ready\n" if ready else b"not ready: no probe attached\n")
-            else:
-                self._send(404, b"not found: try /metrics, /healthz, /readyz\n")
+MAX_CONNECTIONS = 64
+"""Connections the metrics port holds open at once. A connection beyond it closes the oldest one still
+sending its request (``evicted``), or is itself closed (``limit``) when every open one is being answered,
+so clients that hold connections half-sent can never keep a scraper out."""
 
-        def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+REQUEST_TIMEOUT_S = 10.0
+"""Time a client has to send its whole request head; a connection still sending after it is closed."""
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug(format, *args)
+WRITE_TIMEOUT_S = 30.0
+"""Time a client has to read its reply."""
 
-    return Handler
+MAX_HEAD_BYTES = 8192
+"""Longest request line or header line, and the most header lines times this, a request head may have."""
+
+SCRAPE_THREADS = 2
+"""Threads that build ``/metrics`` replies (the only threads the metrics port ever uses besides its own)."""
+
+LOG_EVERY_S = 60.0
+"""Closed connections are logged at most this often, as one summary line."""
+
+CLOSE_REASONS = ("limit", "evicted", "timeout", "bad_request", "disconnect")
+"""Why the metrics port closed a connection without a complete reply (``jalki_metrics_connections_closed``)."""
+
+
+class _Pending:
+    """An open connection of the metrics port."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.reading = True  # still sending its request: the one to close first when the port is full
+
+
+class _ServerCollector:
+    """The metrics port's own figures."""
+
+    def __init__(self, server: MetricsServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        closed = CounterMetricFamily("jalki_metrics_connections_closed", "Metrics-port connections closed "
+                                     "without a reply: over the connection limit, evicted (the oldest one still "
+                                     "sending when the port was full), request timeout, bad request, client "
+                                     "gone.", labels=["reason"])
+        for reason in CLOSE_REASONS:
+            closed.add_metric([reason], self.server.closed[reason])
+        yield closed
+        yield GaugeMetricFamily("jalki_metrics_connections", "Open metrics-port connections.",
+                                value=len(self.server._open))
 
 
 class MetricsServer:
-    """The HTTP exposition server on its own thread."""
+    """The HTTP exposition server: one asyncio thread, bounded in connections, time and threads.
+
+    One request per connection (HTTP/1.0 semantics, ``Connection: close``):
+    ``GET``/``HEAD`` of ``/metrics``, ``/healthz``, ``/readyz``. The host may
+    be an IPv4 or IPv6 literal or a name (every address it resolves to is
+    bound).
+    """
 
     def __init__(self, agent: Agent, address: tuple[str, int]) -> None:
+        self.agent = agent
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AgentCollector(agent))
+        self.registry.register(_ServerCollector(self))
+        self.closed: Counter[str] = Counter()
+        self._open: dict[asyncio.Task[None], _Pending] = {}
+        self._unlogged: Counter[str] = Counter()
+        self._next_log = 0.0
+        self._pool = ThreadPoolExecutor(SCRAPE_THREADS, thread_name_prefix="jalki-scrape")
+        self._loop = asyncio.new_event_loop()
+        host, port = address[0].strip("[]"), address[1]
         try:
-            self._httpd = ThreadingHTTPServer(address, _handler(agent, self.registry))
+            self._server = self._loop.run_until_complete(asyncio.start_server(
+                self._on_client, host or None, port, limit=MAX_HEAD_BYTES, reuse_address=True))
         except OSError as exc:
-            raise JalkiError(f"cannot serve metrics on {address[0]}:{address[1]}: {exc.strerror}",
+            self._loop.close()
+            self._pool.shutdown(wait=False)
+            shown = f"[{host}]" if ":" in host else host
+            raise JalkiError(f"cannot serve metrics on {shown}:{port}: {exc.strerror or exc}",
                              hint="give --metrics-addr a free HOST:PORT, or --metrics-addr off") from exc
-        self._httpd.daemon_threads = True
-        self.address = self._httpd.server_address
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="jalki-metrics", daemon=True)
+        bound = self._server.sockets[0].getsockname()
+        self.address: tuple[str, int] = (str(bound[0]), int(bound[1]))
+        self._thread = threading.Thread(target=self._loop.run_forever, name="jalki-metrics", daemon=True)
 
     def start(self) -> None:
         """Serve in the background."""
         self._thread.start()
 
     def close(self) -> None:
-        """Stop serving."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        """Stop serving: close the port and every connection."""
+        async def shutdown() -> None:
+            self._server.close()
+            tasks = list(self._open)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        elif not self._loop.is_closed():
+            self._loop.run_until_complete(shutdown())
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- connections (the metrics thread) ------------------------------------------
+
+    def _note(self, reason: str) -> None:
+        """Count a connection closed without a reply; log a summary at most every LOG_EVERY_S."""
+        self.closed[reason] += 1
+        if reason == "disconnect":  # clients going away is not news
+            return
+        self._unlogged[reason] += 1
+        now = time.monotonic()
+        if now >= self._next_log:
+            self._next_log = now + LOG_EVERY_S
+            summary = ", ".join(f"{count} {reason}" for reason, count in sorted(self._unlogged.items()))
+            self._unlogged.clear()
+            log.warning("metrics port: closed connections without a reply (%s); at most %d open at once, "
+                        "%gs to send a request", summary, MAX_CONNECTIONS, REQUEST_TIMEOUT_S)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._open) >= MAX_CONNECTIONS:
+            oldest = next((t for t, pending in self._open.items() if pending.reading), None)
+            if oldest is None:
+                self._note("limit")
+                writer.transport.abort()
+                return
+            self._note("evicted")
+            self._open.pop(oldest).writer.transport.abort()
+            oldest.cancel()
+        pending = self._open[task] = _Pending(writer)
+        try:
+            try:
+                method, path = await asyncio.wait_for(_read_head(reader), REQUEST_TIMEOUT_S)
+            except TimeoutError:
+                self._note("timeout")
+                return
+            except (ValueError, asyncio.LimitOverrunError):
+                self._note("bad_request")
+                with contextlib.suppress(Exception):
+                    writer.write(_response(400, b"bad request\n"))
+                    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+                return
+            pending.reading = False
+            writer.write(await self._reply(method, path))
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            self._note("disconnect")
+        except Exception as exc:  # never a traceback per connection: one line, and keep serving
+            self._note("disconnect")
+            log.debug("metrics port: %s: %s", type(exc).__name__, exc)
+        finally:
+            self._open.pop(task, None)
+            writer.transport.abort()
+
+    async def _reply(self, method: str, path: str) -> bytes:
+        if method not in ("GET", "HEAD"):
+            return _response(405, b"only GET and HEAD\n", head_only=method == "HEAD")
+        head_only = method == "HEAD"
+        path = path.split("?", 1)[0]
+        if path == "/metrics":
+            body = await self._loop.run_in_executor(self._pool, generate_latest, self.registry)
+            return _response(200, body, CONTENT_TYPE_LATEST, head_only=head_only)
+        if path == "/healthz":
+            return _response(200, b"ok\n", head_only=head_only)
+        if path == "/readyz":
+            ready = is_ready(self.agent)
+            return _response(200 if ready else 503, b"ready\n" if ready else b"not ready: no probe attached\n",
+                             head_only=head_only)
+        return _response(404, b"not found: try /metrics, /healthz, /readyz\n", head_only=head_only)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str]:
+    """The method and target of an HTTP request; its headers are read and ignored.
+
+    :raises ValueError: not an HTTP request line, or too many header lines.
+    """
+    request_line = (await reader.readuntil(b"\n")).decode("latin-1").split()
+    if len(request_line) != 3 or not request_line[2].startswith("HTTP/"):
+        raise ValueError("not an HTTP request")
+    for _ in range(64):
+        if not (await reader.readuntil(b"\n")).strip():
+            return request_line[0], request_line[1]
+    raise ValueError("too many header lines")
+
+
+def _response(code: int, body: bytes, content_type: str = "text/plain; charset=utf-8", *,
+              head_only: bool = False) -> bytes:
+    head = (f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + (b"" if head_only else body)
