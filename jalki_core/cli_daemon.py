@@ -108,6 +108,10 @@ def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitt
         for name, stats in summary.emitters.items():
             line += (f"; emitter {name}: {stats['events_emitted']} written, {stats['events_dropped']} dropped, "
                      f"{stats['errors']} errors")
+        kept = agent.history_stats()
+        if kept is not None:
+            line += (f"; history: {kept['state']}, {kept['written']} written, {kept['dropped']} dropped"
+                     + (f" ({_drops_text(kept['dropped_by_cause'])})" if kept["dropped"] else ""))
         console.print(line, soft_wrap=True, markup=False)
 
 
@@ -343,8 +347,8 @@ def health_command(socket: SocketOption = None, as_json: JsonOption = False) -> 
         checks.append({"kind": "emitter", "name": name, "ok": not problems, "problems": problems})
     history = status.get("history")
     if history:
-        problems = [f"{history['dropped']} events not written"] if history["dropped"] else []
-        problems += [f"{history['errors']} errors (last: {history['last_error']})"] if history["errors"] else []
+        # the history's state now (a full disk that has room again is healthy); totals are in `status`
+        problems = list(history.get("problems", ()))
         checks.append({"kind": "history", "name": history["path"], "ok": not problems, "problems": problems})
     healthy = all(check["ok"] for check in checks) and status["ready"]
     if as_json:

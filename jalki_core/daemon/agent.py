@@ -38,6 +38,7 @@ from jalki_core.daemon.store import (
     EventRings,
     History,
     HistoryLimits,
+    disabled_history_stats,
     encode_events,
     event_stamps,
 )
@@ -151,6 +152,8 @@ class Agent:
         """Every emitter writes only ``batch.ndjson`` (the built-in ones), never the event objects."""
         self.rings = EventRings(config.ring_events)
         self.history: History | None = None
+        self.history_disabled: str | None = None
+        """Why the configured history could not be opened (the agent then traces without it)."""
         self.deployments: dict[str, Deployment] = {}
         self.events_by_type: Counter[tuple[str, str]] = Counter()
         self.ring_fill_peak: dict[str, float] = {}
@@ -341,7 +344,7 @@ class Agent:
             "expired": list(self.expired),
             "expired_total": self.expired_total,
             "ring": {"capacity": self.rings.capacity, "events": self.rings.sizes(), "bytes": self.rings.stored_bytes()},
-            "history": None if self.history is None else self.history.stats(),
+            "history": self.history_stats(),
             "subscribers": subscribers,
         }
 
@@ -358,8 +361,34 @@ class Agent:
     def recent(self, where: EventFilter, since_ns: int | None, limit: int) -> list[dict[str, Any]]:
         """Events from the SQLite history."""
         if self.history is None:
+            if self.history_disabled is not None:
+                raise ProtocolError("unavailable", f"the event history is disabled: {self.history_disabled}")
             raise ProtocolError("unavailable", "the event history is off (--history off)")
-        return self.history.query(where, since_ns=since_ns, limit=limit)
+        try:
+            return self.history.query(where, since_ns=since_ns, limit=limit)
+        except JalkiError as exc:  # a corrupt page, or closing: health names it too
+            raise ProtocolError("unavailable", exc.one_line()) from exc
+
+    def history_stats(self) -> dict[str, Any] | None:
+        """The history's figures, state and problems (``disabled`` when it could not be opened); ``None`` when
+        it is off."""
+        if self.history is not None:
+            return self.history.stats()
+        if self.history_disabled is not None and self.config.history_path is not None:
+            return disabled_history_stats(self.config.history_path, self.config.history_limits,
+                                          self.history_disabled)
+        return None
+
+    def _open_history(self, path: Path) -> None:
+        """Open and start the history; one that cannot be opened leaves the agent tracing without it, loudly."""
+        try:
+            history = History(path, self.config.history_limits)
+        except JalkiError as exc:
+            self.history_disabled = exc.one_line()
+            log.warning("tracing without the event history: %s", self.history_disabled)
+            return
+        history.start()
+        self.history = history
 
     def request_stop(self) -> None:
         """Begin the shutdown (safe from a signal handler)."""
@@ -386,8 +415,7 @@ class Agent:
                 except ProtocolError as exc:
                     log.warning("probe %s: %s", spec.probe, exc.message)
             if self.config.history_path is not None:
-                self.history = History(self.config.history_path, self.config.history_limits)
-                self.history.start()
+                self._open_history(self.config.history_path)
             if self.config.metrics_addr is not None:
                 from jalki_core.daemon.metrics import MetricsServer
 

@@ -117,8 +117,12 @@ class AgentCollector:
             stats = agent.history.stats()
             yield CounterMetricFamily("jalki_history_written", "Events written to the history.",
                                       value=stats["written"])
-            yield CounterMetricFamily("jalki_history_dropped", "Events the history could not keep up with "
-                                      "or failed to write.", value=stats["dropped"])
+            history_dropped = CounterMetricFamily("jalki_history_dropped", "Events the history did not write, by "
+                                                  "cause (queue_full, write_failed, writer_stopped).",
+                                                  labels=["cause"])
+            for cause, count in sorted(stats["dropped_by_cause"].items()):
+                history_dropped.add_metric([cause], count)
+            yield history_dropped
             yield CounterMetricFamily("jalki_history_errors", "Failed history writes and prunes.",
                                       value=stats["errors"])
         yield GaugeMetricFamily("jalki_ready", "1 while probes are attached and draining.",
@@ -151,6 +155,16 @@ def _take_fill_peaks(agent: Agent) -> dict[str, float]:
         log.debug("ring fill unavailable: %s", exc)
         return dict(agent.ring_fill_peak)
     return taken
+
+
+def liveness(agent: Agent) -> tuple[int, str]:
+    """``/healthz``: 503 when a part only a restart repairs has stopped (the history writer thread); else 200,
+    with ``ok``, or what is degraded (a history that fails or is disabled: a restart would not help)."""
+    history = agent.history_stats()
+    if history is None or history["state"] == "ok":
+        return 200, "ok\n"
+    text = f"history {history['state']}: {'; '.join(history['problems'])}\n"
+    return (503 if history["state"] == "stopped" else 200), text
 
 
 def is_ready(agent: Agent) -> bool:
@@ -328,7 +342,8 @@ class MetricsServer:
             body = await self._loop.run_in_executor(self._pool, generate_latest, self.registry)
             return _response(200, body, CONTENT_TYPE_LATEST, head_only=head_only)
         if path == "/healthz":
-            return _response(200, b"ok\n", head_only=head_only)
+            code, text = liveness(self.agent)
+            return _response(code, text.encode(), head_only=head_only)
         if path == "/readyz":
             ready = is_ready(self.agent)
             return _response(200 if ready else 503, b"ready\n" if ready else b"not ready: no probe attached\n",

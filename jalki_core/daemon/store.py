@@ -22,6 +22,14 @@ about 550 bytes, and the JSON of a block of events compresses about 16 times:
   pages pass the size bound, and freed pages are reused, or given back to
   the file system (``auto_vacuum=INCREMENTAL``) when the file is larger than
   the bound.
+
+The history fails **loudly and alone**: a failed write, prune or read is
+counted and named in :meth:`History.stats` (``state``, ``problems``) until the
+same operation succeeds again; a writer thread that died is ``stopped``, and
+what was queued to it, or is queued after, is dropped and counted by cause.
+Reads run in short chunks, each its own read transaction, so a long scan never
+pins the WAL; :meth:`History.close` interrupts the scans in flight and
+truncates the WAL.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import threading
 import time
 import zlib
 from array import array
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -45,7 +53,7 @@ from typing import Any
 import orjson
 
 from jalki_core.daemon.protocol import EventFilter
-from jalki_core.errors import JalkiError
+from jalki_core.errors import JalkiError, UsageError
 from jalki_core.kb import parse_timestamp
 
 log = logging.getLogger("jalki.daemon.store")
@@ -263,9 +271,19 @@ def _newest(blocks: list[_Block], skip: int, pending: list[bytes], pending_stamp
     return kept
 
 
+MAX_AGE_S = 100 * 365 * 86400
+"""Longest age bound: the cutoff, in nanoseconds, must stay within SQLite's 64-bit integers."""
+
+_MAX_NS = (1 << 63) - 1
+"""Largest timestamp SQLite stores as an integer (an event of year 2262 or later is stored with this one)."""
+
+
 @dataclass(frozen=True)
 class HistoryLimits:
-    """Bounds of the SQLite history and of its write queue: it never grows past them."""
+    """Bounds of the SQLite history and of its write queue: it never grows past them.
+
+    :raises UsageError: a bound that is not positive, or an age past :data:`MAX_AGE_S`.
+    """
 
     max_bytes: int = 256 * MIB
     """The database file and its WAL together (``--history-max-mb``)."""
@@ -275,6 +293,15 @@ class HistoryLimits:
     """Events waiting for the writer (a burst of a few thousand connections); more are dropped and counted."""
     queue_bytes: int = 12 * MIB
     """Bytes waiting for the writer (JSON plus a per-row estimate); more are dropped and counted."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.max_age_s) and 0 < self.max_age_s <= MAX_AGE_S):
+            raise UsageError(f"the history age bound must be more than 0 and at most {MAX_AGE_S // 86400} days, "
+                             f"not {self.max_age_s:g} seconds", hint="e.g. --history-max-age 7d")
+        for name in ("max_bytes", "queue_events", "queue_bytes"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"the history bound {name} must be positive, not {getattr(self, name)}",
+                                 hint="e.g. --history-max-mb 256")
 
 
 _ROW_OVERHEAD = 200
@@ -304,10 +331,19 @@ def _insert_chunks(count: int) -> Iterator[tuple[int, int]]:
         start += rows
 
 
+DROP_CAUSES = ("queue_full", "write_failed", "writer_stopped")
+"""Why the history lost events: its write queue was full, a write transaction failed, or the writer thread had
+stopped (what was queued to it then, and everything queued after)."""
+
+READ_CHUNK_ROWS = 2048
+"""Rows one read statement returns: each chunk is its own read transaction, so a scan never holds the WAL."""
+
+
 class History:
     """The embedded event history (SQLite, WAL), written by its own thread.
 
     :param path: the database file (its directory is created, mode 0750).
+    :raises JalkiError: the database cannot be opened or read (not a database, unwritable, corrupt).
     """
 
     SCHEMA = (
@@ -317,30 +353,40 @@ class History:
         "CREATE INDEX IF NOT EXISTS events_type_ts ON events (type, ts_ns)",
     )
     PRUNE_EVERY_S = 30.0
-    """How often rows past the age bound are deleted (the size bound is checked after every write)."""
+    """How often rows past the age bound are deleted and the WAL is truncated (the size bound is checked after
+    every write)."""
     PRUNE_TO = 0.95
     """Past the size bound, rows are deleted until the live pages are back under this share of it."""
+    QUEUE_FULL_WINDOW_S = 60.0
+    """For this long after the write queue overflowed, :meth:`problems` names the loss."""
 
     def __init__(self, path: Path, limits: HistoryLimits | None = None) -> None:
         self.path = path
         self.limits = limits or HistoryLimits()
         self.written = 0
-        self.dropped = 0
+        self.drops: Counter[str] = Counter({cause: 0 for cause in DROP_CAUSES})
+        """Events not written, by cause (:data:`DROP_CAUSES`)."""
         self.errors = 0
         self.pruned = 0
         self.last_error: str | None = None
+        self.failure: str | None = None
+        """Why the writer thread stopped (``None`` while it runs or after a clean close)."""
+        self._failing: dict[str, str] = {}  # operation ("write", "prune", "read", "checkpoint") → its last error
+        self._queue_full_at: float | None = None  # monotonic
         self._pending: deque[list[_Row]] = deque()
         self._queued_events = 0
         self._queued_bytes = 0
+        self._in_flight = 0  # rows taken by the writer and not yet written or counted as dropped
         self._closing = False
         self._cond = threading.Condition(threading.Lock())
-        self._thread = threading.Thread(target=self._write_loop, name="jalki-history", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="jalki-history", daemon=True)
+        self._readers: set[sqlite3.Connection] = set()
+        self._readers_done = threading.Condition(threading.Lock())
+        self._reads_closed = False
         # the WAL's share of the bound: checkpointed past it, truncated back to it
         self._wal_bytes = max(256 * 1024, min(4 * MIB, self.limits.max_bytes // 8))
         # one write transaction adds at most about this much before the bound is checked again
         self._batch_bytes = max(8 * 1024, min(4 * MIB, self.limits.max_bytes // 64))
-        # the database file: the bound less the WAL's share and room for one transaction (rows, index entries)
-        self._file_bytes = max(self.limits.max_bytes - self._wal_bytes - 4 * self._batch_bytes, 64 * 1024)
         self._rows = 0
         self._unchecked_bytes = 0  # written since the size was last checked
         self._page_size = 4096
@@ -349,15 +395,31 @@ class History:
             path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             path.touch(mode=0o640, exist_ok=True)  # events name processes and peers: not for everyone
             self._db = self._connect()
-            for statement in self.SCHEMA:
-                self._db.execute(statement)
-            self._page_size = self._pragma("page_size")
-            self._needs_vacuum = self._pragma("auto_vacuum") != 2  # made by an older jalki: converted once
-            (self._rows,) = self._db.execute("SELECT count(*) FROM events").fetchone()
+            try:
+                for statement in self.SCHEMA:
+                    self._db.execute(statement)
+                self._page_size = self._pragma("page_size")
+                self._needs_vacuum = self._pragma("auto_vacuum") != 2  # made by an older jalki: converted once
+                (self._rows,) = self._db.execute("SELECT count(*) FROM events").fetchone()
+            except sqlite3.Error:
+                self._db.close()
+                raise
         except (OSError, sqlite3.Error) as exc:
             raise JalkiError(f"cannot open the event history {path}: {exc}",
-                             hint="give --history a writable path, or --history off") from exc
+                             hint="move the file aside, give --history another path, or --history off") from exc
         self._last_prune = 0.0
+
+    @property
+    def dropped(self) -> int:
+        """Events not written, all causes."""
+        return self.drops.total()
+
+    @property
+    def _file_bytes(self) -> int:
+        """The bound of the database file: the bound less the WAL (its share, or more while readers hold it)
+        and room for one transaction (rows, index entries)."""
+        wal = max(self._wal_bytes, self._wal_size())
+        return max(self.limits.max_bytes - wal - 4 * self._batch_bytes, 64 * 1024)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -367,11 +429,28 @@ class History:
         db.execute(f"PRAGMA journal_size_limit={self._wal_bytes}")
         db.execute(f"PRAGMA wal_autocheckpoint={max(16, self._wal_bytes // 4096 // 4)}")  # pages
         db.execute("PRAGMA cache_size=-2048")  # KiB
+        db.execute("PRAGMA busy_timeout=1000")  # a checkpoint waits this long for readers (they read in chunks)
         return db
 
     def _pragma(self, name: str) -> int:
         (value,) = self._db.execute(f"PRAGMA {name}").fetchone()
         return int(value)
+
+    def _wal_size(self) -> int:
+        try:
+            return Path(f"{self.path}-wal").stat().st_size
+        except OSError:
+            return 0
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        """Count a failed operation and name it until the same operation succeeds again."""
+        self.errors += 1
+        self.last_error = f"{operation}: {exc}"
+        self._failing[operation] = str(exc)
+        log.error("history %s failed: %s", operation, exc)
+
+    def _succeeded(self, operation: str) -> None:
+        self._failing.pop(operation, None)
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -381,10 +460,13 @@ class History:
 
     def add(self, probe: str, events: Sequence[Mapping[str, Any]], stamps: Sequence[int],
             raws: Sequence[bytes]) -> None:
-        """Queue encoded events of ``probe`` for writing; what does not fit in the queue is dropped and counted
-        (never blocks)."""
+        """Queue encoded events of ``probe`` for writing; what does not fit in the queue, or comes after the writer
+        stopped, is dropped and counted (never blocks)."""
         limits = self.limits
         with self._cond:
+            if self.failure is not None:
+                self.drops["writer_stopped"] += len(raws)
+                return
             room = limits.queue_events - self._queued_events
             room_bytes = limits.queue_bytes - self._queued_bytes
             rows: list[_Row] = []
@@ -393,9 +475,12 @@ class History:
                 cost = len(raw) + _ROW_OVERHEAD
                 if len(rows) >= room or size + cost > room_bytes:
                     break
-                rows.append((event.get("id"), stamp, event.get("type", ""), probe, raw))
+                rows.append((event.get("id"), stamp if stamp <= _MAX_NS else _MAX_NS, event.get("type", ""),
+                             probe, raw))
                 size += cost
-            self.dropped += len(raws) - len(rows)
+            if len(rows) < len(raws):
+                self.drops["queue_full"] += len(raws) - len(rows)
+                self._queue_full_at = time.monotonic()
             if rows:
                 self._pending.append(rows)
                 self._queued_events += len(rows)
@@ -429,7 +514,25 @@ class History:
                     del batch[:taken]
             self._queued_events -= len(rows)
             self._queued_bytes -= size
+            self._in_flight = len(rows)
             return rows
+
+    def _run(self) -> None:
+        """The writer thread: a failure nothing below expected stops it, visibly, and nothing queued is lost
+        uncounted."""
+        try:
+            self._write_loop()
+        except BaseException as exc:  # the thread ends here: say why, and count what it leaves
+            with self._cond:
+                self.failure = f"{type(exc).__name__}: {exc}"
+                self.errors += 1
+                self.last_error = f"writer stopped: {self.failure}"
+                lost = self._queued_events + self._in_flight
+                self.drops["writer_stopped"] += lost
+                self._pending.clear()
+                self._queued_events = self._queued_bytes = self._in_flight = 0
+            log.error("history writer stopped: %s; %d queued events not written, later events are dropped",
+                      self.failure, lost)
 
     def _write_loop(self) -> None:
         self._prune(time.monotonic(), force=True)  # bounds lowered since the last run apply at once
@@ -450,19 +553,34 @@ class History:
                 inserted += max(cursor.rowcount, 0)
             self._db.execute("COMMIT")
             self.written += len(rows)
+            self._in_flight = 0
             self._rows += inserted
             self._unchecked_bytes += sum(len(row[4]) for row in rows) + _ROW_OVERHEAD * len(rows)
+            self._succeeded("write")
         except sqlite3.Error as exc:
-            self.errors += 1
-            self.last_error = str(exc)
-            self.dropped += len(rows)
-            log.error("history write failed: %s", exc)
+            self.drops["write_failed"] += len(rows)
+            self._in_flight = 0
+            self._failed("write", exc)
             try:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             return
         self._prune(time.monotonic())
+        if "checkpoint" in self._failing or self._wal_size() > self._wal_bytes:  # failed before, or held by readers
+            self._checkpoint()
+
+    def _checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it; whether it is now empty."""
+        try:
+            (busy, _, _) = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            self._failed("checkpoint", exc)
+            return False
+        if busy:  # a reader held it past the busy timeout: tried again at the next write or prune
+            return False
+        self._succeeded("checkpoint")
+        return True
 
     def _prune(self, now: float, *, force: bool = False) -> None:
         """Delete rows past the age bound (every :attr:`PRUNE_EVERY_S`) and, once the live pages pass the size
@@ -476,11 +594,12 @@ class History:
             if now - self._last_prune >= self.PRUNE_EVERY_S:
                 self._last_prune = now
                 force = True
-                cutoff = time.time_ns() - int(self.limits.max_age_s * 1_000_000_000)
+                cutoff = max(0, time.time_ns() - int(self.limits.max_age_s * 1_000_000_000))
                 chunk = self._chunk_rows()
                 while self._delete_oldest(chunk, cutoff) >= chunk:
                     pass
-            if not force and self._unchecked_bytes < self._batch_bytes // 2:
+                self._checkpoint()
+            if not force and self._unchecked_bytes < self._batch_bytes // 2 and "prune" not in self._failing:
                 return
             self._unchecked_bytes = 0
             live = self._live_bytes()
@@ -494,10 +613,9 @@ class History:
             over = self._pragma("page_count") * self._page_size - self._file_bytes
             if over > 0 and not self._needs_vacuum:
                 self._db.execute(f"PRAGMA incremental_vacuum({math.ceil(over / self._page_size)})").fetchall()
+            self._succeeded("prune")
         except sqlite3.Error as exc:
-            self.errors += 1
-            self.last_error = str(exc)
-            log.error("history prune failed: %s", exc)
+            self._failed("prune", exc)
 
     def _live_bytes(self) -> int:
         return (self._pragma("page_count") - self._pragma("freelist_count")) * self._page_size
@@ -530,16 +648,22 @@ class History:
             self._db.execute("VACUUM")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._needs_vacuum = self._pragma("auto_vacuum") != 2
+            self._succeeded("convert")
         except sqlite3.Error as exc:
-            self.errors += 1
-            self.last_error = str(exc)
-            log.error("history conversion failed: %s", exc)
+            self._failed("convert", exc)
 
     # ---- any thread -----------------------------------------------------------------
 
     def query(self, where: EventFilter, *, since_ns: int | None, limit: int) -> list[dict[str, Any]]:
-        """Events from the history, oldest first (the newest ``limit`` after ``since_ns``)."""
-        clauses: list[str] = []
+        """Events from the history, oldest first (the newest ``limit`` after ``since_ns``).
+
+        The rows are read newest first in chunks of :data:`READ_CHUNK_ROWS`, each its own statement, so the
+        writer can truncate the WAL between them; :meth:`close` interrupts a scan in flight.
+
+        :raises JalkiError: the read failed (a corrupt page, the history closing); :meth:`problems` names it
+            until a read succeeds.
+        """
+        clauses: list[str] = ["(ts_ns, rowid) < (?, ?)"]
         params: list[int | str] = []
         if since_ns is not None:
             clauses.append("ts_ns >= ?")
@@ -550,37 +674,74 @@ class History:
         if where.probe is not None:
             clauses.append("probe = ?")
             params.append(where.probe)
-        sql = "SELECT event FROM events" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        sql += " ORDER BY ts_ns DESC"
+        sql = (f"SELECT ts_ns, rowid, event FROM events WHERE {' AND '.join(clauses)}"
+               f" ORDER BY ts_ns DESC, rowid DESC LIMIT {READ_CHUNK_ROWS}")
         raw_filter = RawFilter(where)
-        reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        found: list[dict[str, Any]] = []
         try:
-            found = []
-            for (blob,) in reader.execute(sql, params):
-                if raw_filter.decode and not raw_filter.candidate(blob):
-                    continue
-                event = orjson.loads(blob)
-                if where.matches(event):
-                    found.append(event)
-                    if len(found) >= limit:
-                        break
+            reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                     check_same_thread=False)
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            raise JalkiError(f"cannot read the event history {self.path}: {exc}") from exc
+        with self._readers_done:
+            if self._reads_closed:
+                reader.close()
+                raise JalkiError("the event history is closing")
+            self._readers.add(reader)
+        try:
+            after = (_MAX_NS, _MAX_NS)  # (ts_ns, rowid) of the last row read: the next chunk starts below it
+            while len(found) < limit:
+                chunk = reader.execute(sql, [*after, *params]).fetchall()
+                for ts_ns, rowid, blob in chunk:
+                    after = (ts_ns, rowid)
+                    if raw_filter.decode and not raw_filter.candidate(blob):
+                        continue
+                    event = orjson.loads(blob)
+                    if where.matches(event):
+                        found.append(event)
+                        if len(found) >= limit:
+                            break
+                if len(chunk) < READ_CHUNK_ROWS:
+                    break
+        except sqlite3.Error as exc:
+            if self._reads_closed:
+                raise JalkiError("the event history is closing") from exc
+            self._failed("read", exc)
+            raise JalkiError(f"cannot read the event history {self.path}: {exc}") from exc
         finally:
+            with self._readers_done:
+                self._readers.discard(reader)
+                self._readers_done.notify_all()
             reader.close()
+        self._succeeded("read")
         found.reverse()
         return found
 
     def close(self) -> None:
-        """Write what is queued, checkpoint the WAL, fsync, close."""
+        """Interrupt the reads in flight (and refuse new ones meanwhile), write what is queued, truncate the WAL,
+        close."""
+        with self._readers_done:
+            self._reads_closed = True
+            deadline = time.monotonic() + 10.0
+            while self._readers and time.monotonic() < deadline:
+                for reader in self._readers:
+                    reader.interrupt()  # the scan's next step fails with "interrupted"
+                self._readers_done.wait(0.05)
         if self._thread.is_alive():
             with self._cond:
                 self._closing = True
                 self._cond.notify()
             self._thread.join()
         try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not self._checkpoint():
+                log.warning("history %s: the WAL could not be truncated at close: %s", self.path,
+                            self._failing.get("checkpoint", "a reader held it"))
             self._db.close()
         except sqlite3.Error as exc:
             log.error("history close failed: %s", exc)
+        with self._readers_done:
+            self._reads_closed = False  # the file may be read again (it is not written any more)
 
     def size_bytes(self) -> int:
         """The database file and its WAL on disk."""
@@ -592,11 +753,59 @@ class History:
                 pass
         return total
 
+    def problems(self) -> list[str]:
+        """What is wrong with the history now, one phrase each (empty when it is healthy).
+
+        Recent state, not totals: a failed write, prune or read stays a problem until the same operation
+        succeeds again (a disk that was full and has room again is healthy after the next write); a full write
+        queue, for :attr:`QUEUE_FULL_WINDOW_S`. A stopped writer stays a problem.
+        """
+        problems = []
+        if self.failure is not None:
+            problems.append(f"the writer stopped ({self.failure}): "
+                            f"{self.drops['writer_stopped']} events not written since")
+        for operation, message in list(self._failing.items()):
+            problems.append(f"the last {operation} failed: {message}")
+        ago = self._queue_full_lately()
+        if ago is not None:
+            problems.append(f"the write queue overflowed {ago:.0f}s ago ({self.drops['queue_full']} events "
+                            "dropped in all)")
+        return problems
+
+    def _queue_full_lately(self) -> float | None:
+        """Seconds since the write queue last overflowed, if within :attr:`QUEUE_FULL_WINDOW_S`."""
+        at = self._queue_full_at
+        ago = None if at is None else time.monotonic() - at
+        return ago if ago is not None and ago < self.QUEUE_FULL_WINDOW_S else None
+
+    def state(self) -> str:
+        """``ok``; ``degraded`` (reads fail, or the queue overflowed lately: events are still written);
+        ``failing`` (the last write, prune or checkpoint failed); ``stopped`` (the writer thread died)."""
+        if self.failure is not None:
+            return "stopped"
+        failing = set(self._failing)
+        if failing - {"read"}:
+            return "failing"
+        if failing or self._queue_full_lately() is not None:
+            return "degraded"
+        return "ok"
+
     def stats(self) -> dict[str, Any]:
-        """Rows written, dropped and pruned, what waits in the queue, size on disk, errors."""
+        """Rows written, dropped (by cause) and pruned, what waits in the queue, size on disk, errors, and the
+        state now with its problems."""
         with self._cond:
             queued_batches, queued_events = len(self._pending), self._queued_events
-        return {"path": str(self.path), "written": self.written, "dropped": self.dropped,
-                "queued_batches": queued_batches, "queued_events": queued_events, "pruned": self.pruned,
-                "size_bytes": self.size_bytes(), "max_bytes": self.limits.max_bytes,
+            drops = dict(self.drops)
+        return {"path": str(self.path), "state": self.state(), "problems": self.problems(), "written": self.written,
+                "dropped": sum(drops.values()), "dropped_by_cause": drops, "queued_batches": queued_batches,
+                "queued_events": queued_events, "pruned": self.pruned, "size_bytes": self.size_bytes(),
+                "wal_bytes": self._wal_size(), "max_bytes": self.limits.max_bytes,
                 "max_age_s": self.limits.max_age_s, "errors": self.errors, "last_error": self.last_error}
+
+
+def disabled_history_stats(path: Path, limits: HistoryLimits, reason: str) -> dict[str, Any]:
+    """:meth:`History.stats` of a history the daemon could not open and runs without (state ``disabled``)."""
+    return {"path": str(path), "state": "disabled", "problems": [f"disabled: {reason}"], "written": 0,
+            "dropped": 0, "dropped_by_cause": dict.fromkeys(DROP_CAUSES, 0), "queued_batches": 0,
+            "queued_events": 0, "pruned": 0, "size_bytes": 0, "wal_bytes": 0, "max_bytes": limits.max_bytes,
+            "max_age_s": limits.max_age_s, "errors": 1, "last_error": reason}

@@ -649,7 +649,8 @@ def test_sigterm_while_events_flow_loses_none_of_them(netns: NetNs, tmp_path: Pa
     assert {event["source"] for event in events} == {"jalki/tcp_connect"}
     # the file holds every event the daemon read, and the kernel lost none
     assert summary_line(daemon.stderr) == (f"jalki daemon stopped: {len(events)} events from 1 probes, 0 dropped; "
-                                           f"emitter file: {len(events)} written, 0 dropped, 0 errors")
+                                           f"emitter file: {len(events)} written, 0 dropped, 0 errors; "
+                                           f"history: ok, {len(events)} written, 0 dropped")
     db = sqlite3.connect(f"file:{tmp_path / 'h.db'}?mode=ro", uri=True)
     try:
         assert db.execute("SELECT count(*) FROM events").fetchone() == (len(events),)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 
 from jalki_core.daemon.protocol import EventFilter
 from jalki_core.daemon.store import (
+    MAX_AGE_S,
+    READ_CHUNK_ROWS,
     RING_BLOCK_EVENTS,
     EventRings,
     History,
@@ -26,6 +29,7 @@ from jalki_core.daemon.store import (
     encode_events,
     event_stamps,
 )
+from jalki_core.errors import JalkiError, UsageError
 from jalki_core.kb import parse_timestamp
 
 BASE_NS = 1_790_000_000 * 1_000_000_000
@@ -301,3 +305,188 @@ def test_a_history_made_without_auto_vacuum_is_converted_and_pruned_to_the_bound
     finally:
         db.close()
     assert newest == event_stamps(recent_stream[-1:])[0]
+
+
+# ---- history faults: bounds, a dead writer, failures that recover, reads, stop (DAEMON-19) -----------------------
+
+@pytest.mark.parametrize("age", [1_000_000 * 86400.0, MAX_AGE_S + 1.0, 0.0, -1.0, float("nan"), float("inf")])
+def test_an_age_bound_sqlite_cannot_hold_is_refused_at_construction(age: float) -> None:
+    # 1,000,000 days was accepted, then its cutoff (-8.6e19 ns) overflowed SQLite's integers in the writer
+    with pytest.raises(UsageError, match="the history age bound must be more than 0 and at most 36500 days"):
+        HistoryLimits(max_age_s=age)
+
+
+def test_the_longest_age_bound_and_a_far_future_event_are_written(tmp_path: Path,
+                                                                   recent_stream: list[dict[str, Any]]) -> None:
+    history = History(tmp_path / "h.db", HistoryLimits(max_age_s=MAX_AGE_S))
+    history.start()
+    future = dict(recent_stream[1], id="future", timestamp="2300-01-01T00:00:00Z")  # past SQLite's integers in ns
+    add(history, [recent_stream[0], future])
+    wait_written(history, 2)
+    history.close()
+    assert (history.written, history.dropped, history.errors, history.failure) == (2, 0, 0, None)
+    assert history.query(EventFilter(), since_ns=None, limit=10) == [recent_stream[0], future]
+
+
+class InjectedFault(Exception):
+    """A failure of the writer thread nothing in History expects (what an OverflowError was)."""
+
+
+class FaultyHistory(History):
+    """A real history whose writer thread dies on the batch that holds the event ``boom``."""
+
+    def _write(self, rows: list[Any]) -> None:
+        if any(row[0] == "boom" for row in rows):
+            raise InjectedFault("injected writer failure")
+        super()._write(rows)
+
+
+def test_a_dead_writer_is_stopped_in_status_and_every_event_it_leaves_is_counted(
+        tmp_path: Path, recent_stream: list[dict[str, Any]]) -> None:
+    history = FaultyHistory(tmp_path / "h.db")
+    history.start()
+    add(history, recent_stream[:10])
+    wait_written(history, 10)
+    assert history.stats()["state"] == "ok" and history.problems() == []
+    add(history, [*recent_stream[10:40], dict(recent_stream[40], id="boom")])
+    wait_written(history, 41)
+    add(history, recent_stream[41:61])  # queued after the writer died
+    stats = history.stats()
+    assert stats["state"] == "stopped" and stats["errors"] == 1
+    assert stats["written"] == 10 and stats["dropped"] == 51
+    assert stats["dropped_by_cause"] == {"queue_full": 0, "write_failed": 0, "writer_stopped": 51}
+    assert stats["problems"] == ["the writer stopped (InjectedFault: injected writer failure): "
+                                 "51 events not written since"]
+    assert stats["last_error"] == "writer stopped: InjectedFault: injected writer failure"
+    history.close()  # returns: nothing waits on the dead thread
+    assert history.query(EventFilter(), since_ns=None, limit=100) == recent_stream[:10]
+
+
+def test_a_failed_write_is_a_problem_until_a_write_succeeds(tmp_path: Path,
+                                                            recent_stream: list[dict[str, Any]]) -> None:
+    path = tmp_path / "h.db"
+    history = History(path)
+    history.start()
+    add(history, recent_stream[:10])
+    wait_written(history, 10)
+    other = sqlite3.connect(path, isolation_level=None)  # another process holds the write lock: writes fail
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        add(history, recent_stream[10:30])
+        wait_written(history, 30)
+        stats = history.stats()
+        assert stats["state"] == "failing" and stats["dropped_by_cause"]["write_failed"] == 20
+        assert stats["problems"] == ["the last write failed: database is locked"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    add(history, recent_stream[30:40])  # the lock is gone: the next write succeeds
+    wait_written(history, 40)
+    stats = history.stats()
+    assert (stats["state"], stats["problems"]) == ("ok", [])  # the state now ...
+    assert (stats["written"], stats["dropped"], stats["errors"]) == (20, 20, 1)  # ... and the totals
+    history.close()
+
+
+def test_a_full_queue_is_a_problem_for_a_window_then_not(tmp_path: Path,
+                                                         recent_stream: list[dict[str, Any]]) -> None:
+    history = History(tmp_path / "h.db", HistoryLimits(queue_events=100))
+    add(history, recent_stream[:150])  # not started: 100 wait, 50 are dropped
+    stats = history.stats()
+    assert stats["state"] == "degraded" and stats["dropped_by_cause"]["queue_full"] == 50
+    assert stats["problems"][0].startswith("the write queue overflowed 0s ago (50 events dropped in all)")
+    history.QUEUE_FULL_WINDOW_S = 0.0  # the window has passed
+    assert (history.state(), history.problems()) == ("ok", [])
+    history.start()
+    history.close()
+    assert history.written == 100
+
+
+def leaf_pages(path: Path, table: str) -> list[int]:
+    db = sqlite3.connect(path)
+    try:
+        return [page for (page,) in db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf'",
+                                                 (table,))]
+    finally:
+        db.close()
+
+
+def test_a_corrupt_page_fails_reads_loudly_until_a_read_succeeds(tmp_path: Path,
+                                                                 recent_stream: list[dict[str, Any]]) -> None:
+    path = tmp_path / "h.db"
+    history = History(path)
+    history.start()
+    add(history, recent_stream[:3000])
+    wait_written(history, 3000)
+    history.close()
+    page = leaf_pages(path, "events")[-1]
+    with path.open("r+b") as file:
+        file.seek((page - 1) * 4096)
+        good = file.read(4096)
+        file.seek((page - 1) * 4096)
+        file.write(random.Random(9).randbytes(4096))
+    history = History(path)  # opens: only the rows' pages are bad
+    history.start()
+    with pytest.raises(JalkiError, match=r"cannot read the event history .*: database disk image is malformed"):
+        history.query(EventFilter(), since_ns=None, limit=5000)
+    stats = history.stats()
+    assert stats["state"] == "degraded"
+    assert stats["problems"] == ["the last read failed: database disk image is malformed"]
+    history.close()
+    with path.open("r+b") as file:  # repaired (restored from a copy, say)
+        file.seek((page - 1) * 4096)
+        file.write(good)
+    history = History(path)
+    assert len(history.query(EventFilter(), since_ns=None, limit=5000)) == 3000
+    assert (history.state(), history.problems()) == ("ok", [])
+    history.close()
+
+
+def test_reads_in_chunks_keep_ties_in_order(tmp_path: Path, recent_stream: list[dict[str, Any]]) -> None:
+    same = [dict(event, timestamp=recent_stream[0]["timestamp"]) for event in recent_stream[:READ_CHUNK_ROWS * 2 + 5]]
+    history = History(tmp_path / "h.db")
+    history.start()
+    add(history, same)
+    wait_written(history, len(same))
+    history.close()
+    assert history.query(EventFilter(), since_ns=None, limit=len(same)) == same
+    assert history.query(EventFilter(), since_ns=None, limit=READ_CHUNK_ROWS + 1) == same[-READ_CHUNK_ROWS - 1:]
+
+
+def test_scans_in_flight_neither_hold_the_wal_past_the_bound_nor_stop_close(
+        tmp_path: Path, recent_stream: list[dict[str, Any]]) -> None:
+    path = tmp_path / "h.db"
+    bound = 1 << 20
+    history = History(path, HistoryLimits(max_bytes=bound))
+    history.start()
+    add(history, recent_stream[:2000])
+    wait_written(history, 2000)
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def scan() -> None:  # a filter no event passes: every scan reads the whole history
+        while not stop.is_set():
+            try:
+                history.query(EventFilter(pid=1), since_ns=None, limit=10)
+            except JalkiError as exc:
+                outcomes.append(str(exc))
+                return
+        outcomes.append("stopped")
+
+    scanners = [threading.Thread(target=scan) for _ in range(3)]
+    for thread in scanners:
+        thread.start()
+    largest = 0
+    for start in range(2000, len(recent_stream), 200):
+        add(history, recent_stream[start:start + 200])
+        wait_written(history, start + 200)
+        largest = max(largest, disk_bytes(path))
+    history.close()  # while the scans run: they are interrupted, the WAL is truncated
+    stop.set()
+    for thread in scanners:
+        thread.join()
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert largest <= bound and disk_bytes(path) <= bound
+    assert history.written == len(recent_stream) and history.dropped == 0 and history.errors == 0
+    assert len(outcomes) == 3 and all(text in ("stopped", "the event history is closing") for text in outcomes)
