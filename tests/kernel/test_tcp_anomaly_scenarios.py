@@ -138,7 +138,7 @@ def test_rtt_aggregates_measure_the_queueing_delay_and_degradation(netns: NetNs,
     _rtt_path(netns, 60)
     server = netns.server()
     with tracing(pick("tcp_rtt")) as trace:
-        sender, _ = netns.spawn("bulk-sender", "--port", str(server["port"]), "--seconds", "20")
+        sender, sender_report = netns.spawn("bulk-sender", "--port", str(server["port"]), "--seconds", "20")
         time.sleep(6)  # the baseline is learned from the first aggregates
         _rtt_path(netns, 1000)
         sender.wait(timeout=60)
@@ -154,7 +154,8 @@ def test_rtt_aggregates_measure_the_queueing_delay_and_degradation(netns: NetNs,
         data = event["data"]
         assert data["samples"] >= 1 and data["interval_ms"] == 1000
         assert data["srtt_us_min"] <= data["srtt_us_avg"] <= data["srtt_us_max"]
-        assert event["network_data"]["dst_ip"] == "127.0.0.1" and event["network_data"]["src_port"] == 0
+        assert event["network_data"]["dst_ip"] == "127.0.0.1" and "src_port" not in event["network_data"]
+        assert event["data"]["direction"] == "active" and event["process_data"]["pid"] == sender_report["pid"]
     # measured values, not thresholds on our code: a 60 ms queue bound, then 1 s
     early = aggregates[1:4]
     assert all(20_000 <= e["data"]["srtt_us_avg"] <= 200_000 for e in early), early

@@ -308,6 +308,34 @@ def connect_modes(args: argparse.Namespace) -> None:
     report(results=results)
 
 
+def churn(args: argparse.Namespace) -> None:
+    """Serve in a child process, and from this one make --count short connections to it: each sends
+    --send bytes, half-closes and reads the --send-byte reply to EOF. Report both pids and the port."""
+    ready, told = os.pipe()
+    server = os.fork()
+    if server == 0:  # the server listens itself: accepted sockets inherit the listener's owner
+        listener = socket.socket(_family(args.host), socket.SOCK_STREAM)
+        listener.bind((args.host, 0))
+        listener.listen(1024)
+        os.write(told, listener.getsockname()[1].to_bytes(2, "little"))
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                while conn.recv(65536):
+                    pass
+                conn.sendall(b"r" * args.send)
+    port = int.from_bytes(os.read(ready, 2), "little")
+    for _ in range(args.count):
+        with socket.create_connection((args.host, port), timeout=10) as conn:
+            conn.sendall(b"s" * args.send)
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+    os.kill(server, 9)
+    os.waitpid(server, 0)
+    report(server_pid=server, port=port, count=args.count)
+
+
 REQUIRED = object()
 """Marks an option the sub-command cannot do without."""
 
@@ -338,6 +366,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], dict[str, tuple[
     "simultaneous-open": (simultaneous_open, {"go-file": (str, REQUIRED)}),
     "stale-owner": (stale_owner, {"go-file": (str, REQUIRED), "linger": (float, 1.5)}),
     "bulk-sender": (bulk_sender, {"port": (int, REQUIRED), "seconds": (float, 5)}),
+    "churn": (churn, {"count": (int, 100), "send": (int, 100)}),
     "connect-modes": (
         connect_modes,
         {"port": (int, REQUIRED), "modes": (str, "blocking"), "count": (int, 1), "timeout": (float, 10),

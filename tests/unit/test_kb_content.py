@@ -94,10 +94,12 @@ def real_events() -> dict[str, Event]:
         (TcpCloseProbe(), {"duration_ns": 9, "bytes_sent": 1, "bytes_received": 2, "oldstate": 9}),
         (TcpRetransmitProbe(), {"state": 1}),
         (TcpResetProbe(), {"state": 1, "direction": 1}),
-        (TcpRttProbe(), {"window": 1, "samples": 2, "sum_us": 10, "min_us": 4, "max_us": 6, "interval_ns": 10**9}),
+        (TcpRttProbe(), {"window": 1, "samples": 2, "sum_us": 10, "min_us": 4, "max_us": 6, "interval_ns": 10**9,
+                         "raddr": TUPLE["daddr"], "port": 5432, "direction": 1, "owner_tgid": 4242, "owner0": 4242}),
     ):
         ring = FakeRingBuffer(probe.layout)
-        ring.push_values(ts_ns=1, **OWNER, **TUPLE, **values)
+        record = {"ts_ns": 1, **OWNER, **TUPLE, **values}
+        ring.push_values(**{name: value for name, value in record.items() if name in probe.layout.fields})
         [event] = decode_all(probe, ring, make_event_context(probe.name, "tp_btf"))
         events[event["type"]] = event
     return events | derived_events(events)
@@ -121,7 +123,7 @@ def derived_events(events: dict[str, Event]) -> dict[str, Event]:
     return derived
 
 
-OPTIONAL_FIELDS = {"data.abandoned_by_application"}
+OPTIONAL_FIELDS = {"data.abandoned_by_application", "data.local_port", "data.processes_at_least"}
 """Fields the decoders add only in some cases (the schema does not require them)."""
 
 

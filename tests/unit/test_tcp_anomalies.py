@@ -226,9 +226,16 @@ def test_connect_failures_count_kernel_decided_failures_only() -> None:
     assert failures["data"]["window_start"] == _at(0) and failures["data"]["last_seen"] == _at(7)
 
 
-def rtt(t: float, avg: int, port: int = 5432) -> Event:
-    return {"type": "kernel.tcp.rtt", "timestamp": _at(t), "network_data": _net(dst_port=port),
-            "data": {"srtt_us_avg": avg, "srtt_us_max": avg + 10}}
+def rtt(t: float, avg: int, port: int = 5432, *, passive: bool = False) -> Event:
+    """An RTT aggregate as tcp_rtt emits it: only the remote side, the key's direction."""
+    net = {"dst_ip": "10.0.0.8", "protocol": "tcp", "family": "ipv4", "netns": 1}
+    data: dict[str, Any] = {"direction": "passive" if passive else "active", "srtt_us_avg": avg,
+                            "srtt_us_max": avg + 10}
+    if passive:
+        data["local_port"] = port
+    else:
+        net["dst_port"] = port
+    return {"type": "kernel.tcp.rtt", "timestamp": _at(t), "network_data": net, "data": data}
 
 
 def test_rtt_degradation_learns_a_baseline_per_destination() -> None:
@@ -249,7 +256,18 @@ def test_rtt_below_twice_the_baseline_is_not_degraded_and_rises_are_not_absorbed
     probe = TcpRttProbe()
     ramp = [rtt(i, 10_000) for i in range(3)] + [rtt(3 + i, 15_000 + 2_000 * i) for i in range(4)]
     assert run(probe, ramp) == []  # 15-21 ms: below 2 x 10 ms
-    assert probe._degradation().baseline((1, "10.0.0.8", 5432)) == 10_000  # rises above 1.25x never moved it
+    assert probe._degradation().baseline((1, "10.0.0.8", 5432, "active", None)) == 10_000  # rises never moved it
+
+
+def test_rtt_degradation_of_a_passive_key_names_the_service_not_a_client_port() -> None:
+    probe = TcpRttProbe()
+    events = [rtt(i, 10_000, port=8080, passive=True) for i in range(3)]
+    events += [rtt(3 + i, 30_000, port=8080, passive=True) for i in range(3)]
+    events += [rtt(i + 0.5, 10_000, port=8080) for i in range(6)]  # active key to remote port 8080: its own
+    [event] = run(probe, sorted(events, key=lambda e: e["timestamp"]))
+    assert event["network_data"] == {"dst_ip": "10.0.0.8", "protocol": "tcp", "family": "ipv4", "netns": 1}
+    assert (event["data"]["direction"], event["data"]["local_port"], event["data"]["count"]) == ("passive", 8080, 3)
+    assert "correlation_keys" not in event
 
 
 def test_rtt_above_the_absolute_limit_needs_no_baseline() -> None:

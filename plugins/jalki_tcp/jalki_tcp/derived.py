@@ -8,7 +8,9 @@ event type                          from probe     group (one window per group)
                                                    sent: the local endpoint (netns, src_ip,
                                                    src_port) — resets sent to many clients
                                                    of one closed or aborting local port
-``kernel.network.rtt_degradation``  tcp_rtt        destination; counts degraded RTT aggregates
+``kernel.network.rtt_degradation``  tcp_rtt        the aggregate's key (netns, remote address,
+                                                   direction, service port); counts degraded
+                                                   RTT aggregates
 ``kernel.network.connect_failures`` tcp_connect    destination; counts refused, timed-out and
                                                    unreachable connects
 =================================== ============== =========================================
@@ -257,6 +259,12 @@ class _RttCounts:
             self.baseline_us = baseline
 
 
+def _rtt_key(event: Event) -> tuple[Any, ...]:
+    """Group of an RTT aggregate: its kernel key (a passive one has no remote port, a local one)."""
+    data = event.get("data") or {}
+    return (*destination_key(event), data.get("direction"), data.get("local_port"))
+
+
 class RttDegradation(_Deriver):
     """``kernel.network.rtt_degradation``: RTT aggregates of one destination far above its baseline.
 
@@ -297,7 +305,7 @@ class RttDegradation(_Deriver):
         avg = (event.get("data") or {}).get("srtt_us_avg")
         if not isinstance(avg, int):
             return None
-        key = destination_key(event)
+        key = _rtt_key(event)
         baseline = self._baseline.get(key)
         degraded = avg > self.absolute_us or (baseline is not None and avg >= self.factor * baseline)
         if degraded:
@@ -322,7 +330,12 @@ class RttDegradation(_Deriver):
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _RttCounts = window.accumulator
         event = self._base(window, ctx)
-        event["network_data"] = _to_destination(window.sample)
+        # the aggregates' own remote side: no invented local endpoint
+        event["network_data"] = dict(window.sample.get("network_data") or {})
+        sample = window.sample.get("data") or {}
+        event["data"]["direction"] = sample.get("direction", "unknown")
+        if "local_port" in sample:
+            event["data"]["local_port"] = sample["local_port"]
         event["data"].update({
             "baseline_srtt_us": counts.baseline_us,
             "srtt_us_avg": round(sum(counts.avgs) / len(counts.avgs)) if counts.avgs else 0,
@@ -331,3 +344,7 @@ class RttDegradation(_Deriver):
             "absolute_threshold_us": self.absolute_us,
         })
         return event
+
+    def finish(self, events: list[Event]) -> list[Event]:
+        """No ``correlation_keys``: an aggregate names no connection (no 4-tuple)."""
+        return events

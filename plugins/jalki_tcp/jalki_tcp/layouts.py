@@ -65,14 +65,24 @@ RESET = RecordLayout(
     c_size=96,
 )
 
-_RTT_AGG_FMT = "QQQQIIIIII"
+_RTT_KEY_FMT = "16sHBBI"
+_RTT_KEY_FIELDS = ("raddr", "port", "family", "direction", "netns")
+_RTT_AGG_FMT = "QQQQIIIIIIII" + "Q16s" + "4I" + "II"
 _RTT_AGG_FIELDS = ("window", "first_ns", "last_ns", "sum_us", "samples", "min_us", "max_us", "peer_zero_wnd",
-                   "local_zero_wnd", "_agg_pad")
+                   "local_zero_wnd", "unowned", "foreign", "owner_tgid", "owner_cgroup_id", "owner_comm",
+                   "owner0", "owner1", "owner2", "owner3", "owners_overflow", "_agg_pad")
+
+RTT_UNKNOWN = 0
+"""``JALKI_TCP_RTT_UNKNOWN``: an RTT key of a socket born before the session (keyed like an active one)."""
+RTT_ACTIVE = 1
+"""``JALKI_TCP_RTT_ACTIVE``: an RTT key of connected sockets; its port is the remote one."""
+RTT_PASSIVE = 2
+"""``JALKI_TCP_RTT_PASSIVE``: an RTT key of accepted sockets; its port is the local service port."""
 
 RTT_KEY = RecordLayout(
     c_struct="tcp_rtt_key",
-    fmt="<16sHHI",
-    fields=("daddr", "dport", "family", "netns"),
+    fmt="<" + _RTT_KEY_FMT,
+    fields=_RTT_KEY_FIELDS,
     c_size=24,
 )
 """Key of the kernel map ``rtt_agg`` (read at stop by ``TcpRttProbe.final_events``)."""
@@ -81,13 +91,13 @@ RTT_AGG = RecordLayout(
     c_struct="tcp_rtt_agg",
     fmt="<" + _RTT_AGG_FMT,
     fields=_RTT_AGG_FIELDS,
-    c_size=56,
+    c_size=112,
 )
-"""Value of the kernel map ``rtt_agg``: one destination's current window."""
+"""Value of the kernel map ``rtt_agg``: one key's current window."""
 
 RTT = RecordLayout(
     c_struct="tcp_rtt_event",
-    fmt="<" + _HEADER_FMT + _TUPLE_FMT + _RTT_AGG_FMT + "QII",
-    fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, *_RTT_AGG_FIELDS, "interval_ns", "netns", "_pad"),
-    c_size=152,
+    fmt="<" + _HEADER_FMT + _RTT_KEY_FMT + _RTT_AGG_FMT + "Q",
+    fields=(*_HEADER_FIELDS, *_RTT_KEY_FIELDS, *_RTT_AGG_FIELDS, "interval_ns"),
+    c_size=184,
 )

@@ -22,6 +22,7 @@ _BPF_PACKAGE = "jalki_tcp.bpf"
 _EVENT_SCHEMA = ProbeResource("jalki_tcp", "events.schema.json")
 """The JSON Schema of the tcp events, beyond the core envelope."""
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+_RTT_DIRECTIONS: dict[int, str] = {layouts.RTT_ACTIVE: "active", layouts.RTT_PASSIVE: "passive"}
 
 
 def _endpoint(ip: str, port: int, family: int) -> str:
@@ -312,88 +313,117 @@ class TcpResetProbe(Probe):
 
 
 class TcpRttProbe(Probe):
-    """Smoothed RTT per destination, aggregated in the kernel: one event per destination per interval.
+    """Smoothed RTT per remote service, aggregated in the kernel: one event per key per interval.
 
     Every segment an established socket receives (``tcp:tcp_probe``) adds the
-    socket's smoothed RTT to its destination's aggregate (count, sum, min, max)
+    socket's smoothed RTT to its key's aggregate (count, sum, min, max, owners)
     for the current interval window (:attr:`interval_ns`, windows aligned to
-    multiples of it); the window's first sample after it ends emits it, and
-    the windows still open are read from the map at stop (see
-    ``bpf/tcp_rtt.bpf.c`` for the exact rules). An event's timestamp is its
-    window's last sample.
+    multiples of it). Keys: a connected (active) socket by its remote address
+    and port; an accepted (passive) socket by its remote address and its
+    **local** service port (``data.local_port``), so a server's clients do not
+    make one key per ephemeral port; a socket born before the session
+    (``data.direction`` ``unknown``) like an active one. A window is emitted
+    by the key's first sample after it ends or by the kernel's sweep at the
+    next window change; the windows still open are read from the map at stop
+    (see ``bpf/tcp_rtt.bpf.c`` for the exact rules). An event's timestamp is
+    its window's last sample, so it reaches the output after events stamped
+    later (see "Ordering" in ``specs/events.md``).
+
+    ``process_data`` names the process only when that one process owned the
+    sockets of every sample in the window; ``data.processes`` counts the
+    distinct owners seen and ``data.unattributed_samples`` the samples whose
+    socket had no recorded owner.
 
     Derived: ``kernel.network.rtt_degradation`` (:class:`jalki_tcp.derived.RttDegradation`)
-    when at least :attr:`degradation_threshold` aggregates of one destination
+    when at least :attr:`degradation_threshold` aggregates of one key
     within :attr:`degradation_seconds` are degraded: ``srtt_us_avg`` at least
-    :attr:`degradation_factor` × the destination's learned baseline, or above
+    :attr:`degradation_factor` × the key's learned baseline, or above
     :attr:`degradation_absolute_us`.
     """
 
     name = "tcp_rtt"
-    observes = "tcp:tcp_probe (per-destination aggregate in the kernel)"
+    observes = "tcp:tcp_probe (per-service aggregate in the kernel) + sock:inet_sock_set_state (direction, owners)"
     event_types = ("kernel.tcp.rtt", "kernel.network.rtt_degradation")
     bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_rtt.bpf.o")
     event_schema = _EVENT_SCHEMA
     layout = layouts.RTT
     ladder = (
-        AttachRung("tp_btf", ("tpbtf_tcp_probe",), "tp_btf/tcp_probe (srtt from struct tcp_sock)"),
-        AttachRung("tracepoint", ("tp_tcp_probe",), "tracepoint/tcp/tcp_probe"),
+        AttachRung("tp_btf", ("tpbtf_rtt_state", "tpbtf_tcp_probe"),
+                   "tp_btf/tcp_probe (srtt from struct tcp_sock) + tp_btf/inet_sock_set_state (direction, "
+                   "owners; + owners: tcp_sendmsg_locked, tcp_rcv_space_adjust, tcp_destroy_sock)",
+                   optional=("tpbtf_owner_send", "tpbtf_owner_recv", "tpbtf_owner_destroy")),
+        AttachRung("tracepoint", ("tp_rtt_state", "tp_tcp_probe"),
+                   "tracepoint/tcp/tcp_probe + tracepoint/sock/inet_sock_set_state (direction, owners; "
+                   "+ owners: tcp/tcp_rcv_space_adjust, tcp/tcp_destroy_sock)",
+                   optional=("tp_owner_recv", "tp_owner_destroy")),
     )
 
     interval_ns: int = 1_000_000_000
-    """The aggregation interval compiled into the object (``JALKI_TCP_RTT_INTERVAL_NS``, rodata
-    ``rtt_interval_ns``); each event also carries the interval it was aggregated over."""
+    """The aggregation interval, set in the object's rodata ``rtt_interval_ns`` before load (set it
+    before the session starts); each event also carries the interval it was aggregated over."""
     degradation_factor: float = 2.0
     """An aggregate at least this many times the baseline is degraded."""
     degradation_absolute_us: int = 500_000
     """An aggregate above this smoothed RTT (µs) is degraded whatever the baseline."""
     baseline_windows: int = 3
-    """Aggregates of a destination averaged into its first baseline."""
+    """Aggregates of a key averaged into its first baseline."""
     degradation_threshold: int = 3
-    """Degraded aggregates of one destination that make an ``rtt_degradation`` window."""
+    """Degraded aggregates of one key that make an ``rtt_degradation`` window."""
     degradation_seconds: float = 10.0
     """Window length of ``rtt_degradation``."""
 
+    def rodata(self) -> Mapping[str, int | bytes]:
+        """The aggregation interval (:attr:`interval_ns`) for the kernel side."""
+        return {"rtt_interval_ns": self.interval_ns}
+
+    _KEY_LEN = len(layouts.RTT_KEY.fields)
+    _AGG_LEN = len(layouts.RTT_AGG.fields)
+
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
-        return [self._event(record, ctx) for record in self.layout.struct.iter_unpack(batch)]
+        events = []
+        header = len(layouts.RTT.fields) - 1 - self._KEY_LEN - self._AGG_LEN
+        for record in self.layout.struct.iter_unpack(batch):
+            key = record[header:header + self._KEY_LEN]
+            agg = record[header + self._KEY_LEN:header + self._KEY_LEN + self._AGG_LEN]
+            events.append(self._aggregate_event(ctx, key, agg, record[-1]))
+        return events
 
-    def _event(self, record: tuple[Any, ...], ctx: EventContext) -> Event:
-        (_ts, _cgroup, _pid, _flags, _comm, _saddr, daddr, _sport, dport, family,
-         window, first_ns, last_ns, sum_us, samples, min_us, max_us, peer_zero, local_zero, _agg_pad,
-         interval_ns, netns, _pad) = record
-        return self._aggregate_event(ctx, daddr, dport, family, netns, window, first_ns, last_ns, sum_us,
-                                     samples, min_us, max_us, peer_zero, local_zero, interval_ns)
-
-    def _aggregate_event(self, ctx: EventContext, daddr: bytes, dport: int, family: int, netns: int,
-                         window: int, first_ns: int, last_ns: int, sum_us: int, samples: int, min_us: int,
-                         max_us: int, peer_zero: int, local_zero: int, interval_ns: int) -> Event:
+    def _aggregate_event(self, ctx: EventContext, key: tuple[Any, ...], agg: tuple[Any, ...],
+                         interval_ns: int) -> Event:
         fmt = self.__dict__.setdefault("_fmt", Rfc3339Formatter())
-        dst_ip = format_ip(family, daddr)
-        family_name = _FAMILY_NAMES.get(family, str(family))
+        raddr, port, family, direction, netns = key
+        (window, first_ns, last_ns, sum_us, samples, min_us, max_us, peer_zero, local_zero, unowned, foreign,
+         owner_tgid, owner_cgroup, owner_comm, *slots, overflow, _pad) = agg
         event = ctx.new_event("kernel.tcp.rtt", last_ns, severity="info")
-        event["network_data"] = {
-            "src_ip": "::" if family == socket.AF_INET6 else "0.0.0.0",
-            "src_port": 0,
-            "dst_ip": dst_ip,
-            "dst_port": dport,
-            "protocol": "tcp",
-            "family": family_name,
-            "netns": netns,
-        }
-        src_ip = event["network_data"]["src_ip"]
-        event["correlation_keys"] = [f"{_endpoint(src_ip, 0, family)}->{_endpoint(dst_ip, dport, family)}"]
-        event["data"] = {
+        # Only the real remote side: a passive key spans every client port of that address.
+        network: dict[str, Any] = {"dst_ip": format_ip(family, raddr)}
+        if direction != layouts.RTT_PASSIVE:
+            network["dst_port"] = port
+        network.update(protocol="tcp", family=_FAMILY_NAMES.get(family, str(family)), netns=netns)
+        event["network_data"] = network
+        if owner_tgid and not foreign and not unowned:
+            event["process_data"] = {"pid": owner_tgid, "command": kernel_comm(owner_comm),
+                                     "cgroup_id": owner_cgroup}
+        data: dict[str, Any] = {"direction": _RTT_DIRECTIONS.get(direction, "unknown")}
+        if direction == layouts.RTT_PASSIVE:
+            data["local_port"] = port
+        data.update({
             "srtt_us_avg": round(sum_us / samples) if samples else 0,
             "srtt_us_min": min_us,
             "srtt_us_max": max_us,
             "samples": samples,
+            "processes": len({tgid for tgid in slots if tgid}),
+            "unattributed_samples": unowned,
             "peer_zero_window_samples": peer_zero,
             "local_zero_window_samples": local_zero,
             "interval_ms": interval_ns // 1_000_000,
             "window_start": fmt(window * interval_ns + ctx.clock_offset_ns),
             "window_end": fmt((window + 1) * interval_ns + ctx.clock_offset_ns),
             "first_sample": fmt(first_ns + ctx.clock_offset_ns),
-        }
+        })
+        if overflow:
+            data["processes_at_least"] = True  # more owners than the kernel's slots
+        event["data"] = data
         return event
 
     def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
@@ -417,13 +447,9 @@ class TcpRttProbe(Probe):
             value = agg_map.lookup(key)
             if value is None:
                 continue
-            daddr, dport, family, netns = layouts.RTT_KEY.struct.unpack(key)
-            (window, first_ns, last_ns, sum_us, samples, min_us, max_us, peer_zero, local_zero,
-             _pad) = layouts.RTT_AGG.struct.unpack(value)
-            if samples:
-                events.append(self._aggregate_event(ctx, daddr, dport, family, netns, window, first_ns,
-                                                    last_ns, sum_us, samples, min_us, max_us, peer_zero,
-                                                    local_zero, self.interval_ns))
+            agg = layouts.RTT_AGG.struct.unpack(value)
+            if agg[4]:  # samples
+                events.append(self._aggregate_event(ctx, layouts.RTT_KEY.struct.unpack(key), agg, self.interval_ns))
         return events
 
     def _degradation(self) -> RttDegradation:

@@ -107,17 +107,27 @@ struct tcp_reset_event {
 };
 _Static_assert(sizeof(struct tcp_reset_event) == 96, "tcp_reset_event layout");
 
-/* Key of the per-destination RTT aggregate (tcp_rtt): the remote end and the
- * network namespace of the sockets that reached it. */
+/* tcp_rtt_key.direction: which end of the connection the key names. */
+#define JALKI_TCP_RTT_UNKNOWN 0 /* socket born before jalki saw it: keyed like an active one */
+#define JALKI_TCP_RTT_ACTIVE 1  /* this host connected: port is the remote (service) port */
+#define JALKI_TCP_RTT_PASSIVE 2 /* this host accepted: port is the LOCAL (service) port, so all
+				 * clients from one address to one local service are one key */
+
+/* Key of the RTT aggregate (tcp_rtt): the remote address, the service port
+ * (remote for active/unknown sockets, local for passive ones), the direction
+ * that says which, and the network namespace. family is AF_INET or AF_INET6. */
 struct tcp_rtt_key {
-	__u8 daddr[16];
-	__u16 dport;
-	__u16 family;
+	__u8 raddr[16];
+	__u16 port;
+	__u8 family;
+	__u8 direction; /* JALKI_TCP_RTT_* */
 	__u32 netns;
 };
 _Static_assert(sizeof(struct tcp_rtt_key) == 24, "tcp_rtt_key layout");
 
-/* The aggregate of one destination over one interval window. */
+#define JALKI_TCP_RTT_OWNER_SLOTS 4
+
+/* The aggregate of one key over one interval window. */
 struct tcp_rtt_agg {
 	__u64 window;    /* window number: bpf_ktime_get_ns() / interval */
 	__u64 first_ns;  /* first and last sample of the window */
@@ -128,22 +138,29 @@ struct tcp_rtt_agg {
 	__u32 max_us;
 	__u32 peer_zero_wnd;  /* samples where the peer advertised a zero window (snd_wnd 0) */
 	__u32 local_zero_wnd; /* samples where this host advertised a zero window (rcv_wnd 0) */
+	__u32 unowned;        /* samples of sockets with no recorded owner */
+	__u32 foreign;        /* samples of sockets owned by another process than owner_tgid */
+	__u32 owner_tgid;     /* owner of the window's first sample (0: none recorded) */
+	__u64 owner_cgroup_id;
+	char owner_comm[16];
+	/* distinct owners seen (slot 0 = owner_tgid), best effort under concurrent
+	 * updates; owners_overflow: more owners than slots */
+	__u32 owners[JALKI_TCP_RTT_OWNER_SLOTS];
+	__u32 owners_overflow;
 	__u32 _pad;
 };
-_Static_assert(sizeof(struct tcp_rtt_agg) == 56, "tcp_rtt_agg layout");
+_Static_assert(sizeof(struct tcp_rtt_agg) == 112, "tcp_rtt_agg layout");
 
-/* One emitted RTT aggregate: a destination over one closed window. The
- * header carries no owner (an aggregate spans every socket to the
- * destination); the tuple's source half is zero. */
+/* One emitted RTT aggregate: a key over one closed window. The header
+ * carries no owner (user space names one from agg when one process owned
+ * every sample); hdr.ts_ns is the emission time. */
 struct tcp_rtt_event {
 	struct jalki_event_header hdr;
-	struct jalki_tcp_tuple tuple;
+	struct tcp_rtt_key key;
 	struct tcp_rtt_agg agg;
 	__u64 interval_ns;
-	__u32 netns;
-	__u32 _pad;
 };
-_Static_assert(sizeof(struct tcp_rtt_event) == 152, "tcp_rtt_event layout");
+_Static_assert(sizeof(struct tcp_rtt_event) == 184, "tcp_rtt_event layout");
 
 /*
  * Programs on sock:inet_sock_set_state that pass TCP sockets to
