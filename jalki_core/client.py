@@ -10,14 +10,17 @@
             print(event)
 
 Errors: :class:`DaemonUnavailable` when nothing answers at the socket (or it
-is not ours to use), :class:`DaemonRequestError` for an error reply (its
+is not ours to use, or the connection is lost), :class:`DaemonStopped` when the
+daemon ends a stream by shutting down, :class:`DaemonRequestError` for an error reply (its
 ``code`` is the protocol's error code).
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import socket
+import struct
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -35,6 +38,10 @@ class DaemonUnavailable(JalkiError):
     exit_code = 69  # EX_UNAVAILABLE
 
 
+class DaemonStopped(DaemonUnavailable):
+    """The daemon shut down in order while a stream was open; every event it matched was sent or counted."""
+
+
 class DaemonRequestError(JalkiError):
     """The daemon answered a request with an error."""
 
@@ -42,6 +49,45 @@ class DaemonRequestError(JalkiError):
         super().__init__(f"daemon: {message} ({code})")
         self.code = code
         self.exit_code = 2 if code in ("bad_request", "unknown_probe", "not_attached", "unknown_type") else 1
+
+
+def connect_unix(path: Path, timeout: float | None) -> socket.socket:
+    """A connected Unix stream socket to ``path``, its timeout set to ``timeout``.
+
+    The connect itself blocks (bounded by ``SO_SNDTIMEO``, retried until ``timeout``): on a Unix socket a
+    connect with a socket timeout set fails at once with ``EAGAIN`` when the listener's backlog is full,
+    which would make a busy daemon look dead.
+
+    :raises TimeoutError: no room in the backlog within ``timeout``.
+    :raises OSError: anything else ``connect(2)`` says (``ENOENT``, ``ECONNREFUSED``, ``EACCES`` …).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(errno.ETIMEDOUT, "no room in the daemon's connection backlog")
+                _set_send_timeout(sock, remaining)
+            try:
+                sock.connect(str(path))
+                break
+            except (BlockingIOError, InterruptedError):  # the send timeout ran out, or a signal: retry
+                continue
+        _set_send_timeout(sock, 0)
+        sock.settimeout(timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _set_send_timeout(sock: socket.socket, seconds: float) -> None:
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("ll", whole, max(1 if whole == 0 and seconds > 0 else 0,
+                                                 int((seconds - whole) * 1e6))))
 
 
 class DaemonClient:
@@ -60,21 +106,16 @@ class DaemonClient:
         from jalki_core.daemon.agent import socket_path_from_env
 
         target = socket_path_from_env(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
         try:
-            sock.connect(str(target))
+            sock = connect_unix(target, timeout)
         except FileNotFoundError:
-            sock.close()
             raise DaemonUnavailable(f"no jalki daemon at {target}",
                                     hint="start one with 'jalki run --serve', or point --socket/JALKI_SOCKET "
                                          "at its socket") from None
         except PermissionError:
-            sock.close()
             raise DaemonUnavailable(f"not allowed to use the daemon socket {target}",
                                     hint="run as root or as a member of the daemon's --socket-group") from None
         except OSError as exc:
-            sock.close()
             raise DaemonUnavailable(f"the jalki daemon at {target} does not answer: {exc.strerror or exc}",
                                     hint="is it running? (jalki status)") from None
         return cls(sock, target)
@@ -122,6 +163,11 @@ class DaemonClient:
                     self._pushes.append(message)
                     continue
                 if message.get("id") != request_id:
+                    error = message.get("error") or {}
+                    if message.get("id") is None and error.get("code") == "limit_reached":
+                        # the daemon refused this connection (too many clients) and closed it
+                        raise DaemonUnavailable(f"the jalki daemon at {self.path} refused the connection: "
+                                                f"{error.get('message')}")
                     continue
                 if not message.get("ok"):
                     error = message.get("error") or {}
@@ -177,9 +223,14 @@ class DaemonClient:
         A ``dropped`` push (the client read too slowly) raises nothing: it is
         yielded as ``{"type": "jalki.dropped", "count": N}`` so the caller can
         count it.
+
+        :raises DaemonStopped: the daemon shut down in order (after sending every event of the stream it
+            did not count as lost).
+        :raises DaemonUnavailable: the connection to the daemon was lost (it was killed, or crashed).
         """
         subscription = self.request("subscribe", **filters)["subscription"]
         deadline = None if seconds is None else time.monotonic() + seconds
+        ended = False
         try:
             while True:
                 if self._pushes:
@@ -192,6 +243,7 @@ class DaemonClient:
                     try:
                         message = self._read()
                     except DaemonUnavailable:
+                        ended = True
                         if deadline is not None and time.monotonic() >= deadline:
                             return
                         raise
@@ -201,9 +253,15 @@ class DaemonClient:
                     yield message["event"]
                 elif message.get("push") == "dropped":
                     yield {"type": "jalki.dropped", "count": message.get("count", 0)}
+                elif message.get("push") == "end":
+                    ended = True
+                    raise DaemonStopped(f"the jalki daemon at {self.path} stopped; the stream ended "
+                                        f"({message.get('sent', 0)} events sent, {message.get('dropped', 0)} "
+                                        "lost)", hint="start the daemon again, then the stream")
         finally:
-            try:
-                self.request("unsubscribe", timeout=5, subscription=subscription)
-                self._pushes = [p for p in self._pushes if p.get("subscription") != subscription]
-            except JalkiError:
-                pass
+            if not ended:
+                try:
+                    self.request("unsubscribe", timeout=5, subscription=subscription)
+                    self._pushes = [p for p in self._pushes if p.get("subscription") != subscription]
+                except (JalkiError, OSError):  # the daemon went away meanwhile: nothing to undo
+                    pass

@@ -9,11 +9,13 @@ decoded and every decoded event is emitted and flushed before exit.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -166,6 +168,10 @@ class TraceSession:
         """Per probe: the share of its ring buffer filled (written, not yet read) when the latest drain began
         (0 to 1)."""
         self._run_id = ""
+        self.delivery_lost: Counter[str] = Counter()
+        """Events the ``on_events`` callback failed on, by cause (errno name or exception type): that batch
+        is lost to the callback's consumers, the emitters still get it."""
+        self.delivery_last_error: str | None = None
         self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._calls_lock = threading.Lock()
 
@@ -394,7 +400,14 @@ class TraceSession:
             return
         active.stats.events += len(events)
         if self.on_events is not None:
-            self.on_events(events)
+            try:
+                self.on_events(events)
+            except Exception as exc:  # e.g. EMFILE: costs the callback this batch (counted), never the session
+                cause = errno.errorcode.get(exc.errno or 0, "OSError") if isinstance(exc, OSError) \
+                    else type(exc).__name__
+                self.delivery_lost[cause] += len(events)
+                self.delivery_last_error = f"{type(exc).__name__}: {exc}"
+                log.error("the event consumer failed, its batch is lost (counted): %s", self.delivery_last_error)
         event_batch = EventBatch(events)
         for worker in self.workers:
             worker.submit(event_batch)

@@ -301,6 +301,7 @@ class Agent:
                                "events_dropped": w.stats.events_dropped,
                                "errors": w.stats.errors, "last_error": w.stats.last_error}
                          for key, w in zip(_emitter_keys(self.session.workers), self.session.workers, strict=True)},
+            "delivery": {"lost": dict(self.session.delivery_lost), "last_error": self.session.delivery_last_error},
         }
 
     # ---- any thread ----------------------------------------------------------
@@ -346,6 +347,7 @@ class Agent:
             "ring": {"capacity": self.rings.capacity, "events": self.rings.sizes(), "bytes": self.rings.stored_bytes()},
             "history": self.history_stats(),
             "subscribers": subscribers,
+            "connections": self._server.connection_stats() if self._server is not None else {},
         }
 
     def available_probes(self) -> list[dict[str, Any]]:
@@ -394,6 +396,10 @@ class Agent:
         """Begin the shutdown (safe from a signal handler)."""
         self.session.request_stop()
 
+    def request_trim(self) -> None:
+        """Hand freed heap back to the system at the next tick (e.g. after subscribers left; any thread)."""
+        self._untrimmed_events += 1
+
     def request_reopen(self) -> None:
         """Reopen file emitters at the next tick (SIGHUP; safe from a signal handler)."""
         self._reopen_requested = True
@@ -403,10 +409,21 @@ class Agent:
 
     def serve(self, initial: Sequence[DeploySpec] = (), *, install_signals: bool = True) -> None:
         """Run until stopped: the calling thread becomes the drain thread."""
+        from jalki_core.daemon.logfilter import install_repeat_filter
         from jalki_core.daemon.server import ApiServer
 
         self._malloc_trim = _tune_malloc()
-        self.session.start()
+        _preload()
+        install_repeat_filter()
+        # the socket first: a second daemon refused here has touched nothing of the first one's
+        self._server = ApiServer(self, self.config.socket_path, self.config.socket_group,
+                                 self.config.subscriber_queue)
+        self._server.claim()
+        try:
+            self.session.start()
+        except BaseException:
+            self._server.close()
+            raise
         previous: dict[int, Any] = {}
         try:
             for spec in initial:
@@ -421,8 +438,6 @@ class Agent:
 
                 self._metrics = MetricsServer(self, self.config.metrics_addr)
                 self._metrics.start()
-            self._server = ApiServer(self, self.config.socket_path, self.config.socket_group,
-                                     self.config.subscriber_queue)
             self._server.start()
             if install_signals:
                 previous = {sig: signal.signal(sig, lambda *_: self.request_stop())
@@ -445,6 +460,14 @@ class Agent:
                 self._metrics.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _preload() -> None:
+    """Import now what would be imported lazily later, when the process may be out of file descriptors
+    (an import opens files: one failing on the drain thread with ``EMFILE`` would cost events)."""
+    import jalki_core.daemon.ask  # noqa: F401  (imported by the first ask)
+
+    time.strptime("2000", "%Y")  # imports _strptime (event timestamps are parsed with it)
 
 
 def _json_emitters() -> tuple[type, ...]:

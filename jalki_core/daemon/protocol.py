@@ -56,6 +56,7 @@ ERROR_CODES: tuple[str, ...] = (
     "not_attached",         # undeploy/unsubscribe of something that is not there
     "attach_failed",        # every rung of the probe's ladder failed
     "unavailable",          # the daemon cannot do it now (history off, shutting down)
+    "limit_reached",        # a cap on clients or subscriptions (specs/protocol.md §5); try again later
     "internal",             # a bug; the daemon logs it and keeps serving
 )
 """Every ``error.code`` a reply may carry."""

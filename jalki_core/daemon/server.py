@@ -16,16 +16,31 @@ framed around its stored JSON (no re-encoding). A subscriber that reads too
 slowly loses events, counted per subscription and announced with a
 ``dropped`` push when it catches up; the drain thread and the other clients
 never wait for it.
+
+Reliability (``specs/protocol.md`` §5): client connections are capped below
+the open-file limit (:func:`connection_cap`; extra ones get one
+``limit_reached`` frame and are closed, counted), subscriptions are capped per
+connection and in total, and their queues share one byte budget. Requests run
+in separate pools: control requests (``status``, ``deploy``, ``undeploy``) never
+wait behind history scans (``recent``) or ring queries (``get_events``). One
+lock file next to the socket (``PATH.lock``, ``flock``) makes one daemon per
+socket: a second one never unlinks a live daemon's socket, and a daemon
+removes the socket on exit only if it is still the one it bound. At shutdown
+every subscription gets what was drained before its ``end`` push.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import grp
 import itertools
 import logging
 import os
+import resource
+import socket
 import stat
 import threading
 from collections import deque
@@ -62,13 +77,70 @@ SOCKET_MODE = 0o660
 MAX_CONCURRENT_ASKS = 4
 """``ask`` requests observed at once; more wait their turn (other requests are never held up by them)."""
 
+CONTROL_THREADS = 4
+"""Threads for ``status``, ``deploy`` and ``undeploy`` (they mostly wait for the drain thread)."""
+
+SCAN_THREADS = 2
+"""History scans (``recent``) running at once; more wait their turn, and nothing else waits for them."""
+
+RING_QUERY_THREADS = 2
+"""Ring queries (``get_events``) running at once."""
+
+MAX_CONNECTIONS = 1024
+"""Client connections served at once, at most (fewer when the open-file limit is low: :func:`connection_cap`)."""
+
+ACCEPT_BACKLOG = 128
+"""The listening socket's backlog (connects beyond it wait in ``connect(2)``)."""
+
+ACCEPT_BATCH = 32
+"""Clients accepted per wake-up of the API loop (then other work runs)."""
+
+ACCEPT_RETRY_S = 0.5
+"""After ``accept(2)`` failed for want of descriptors or memory, the pause before the next try."""
+
+FD_RESERVE = 64
+"""File descriptors kept free of client connections (probes, the history, the metrics server, imports),
+at least; a quarter of the open-file limit when that is more."""
+
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 16
+"""Subscriptions one connection may hold; more are refused with ``limit_reached``."""
+
+MAX_SUBSCRIPTIONS = 256
+"""Subscriptions of all connections together; more are refused with ``limit_reached``."""
+
+SUBSCRIPTION_QUEUES_BYTES = 64 << 20
+"""JSON bytes queued for all subscriptions together; beyond it events are dropped (counted per subscription)."""
+
+SHUTDOWN_FLUSH_S = 5.0
+"""At shutdown, how long subscribers get to receive what was drained and their ``end`` push."""
+
+LIVENESS_TIMEOUT_S = 5.0
+"""How long a starting daemon waits to connect to an existing socket before it calls that socket alive."""
+
+
+def connection_cap() -> int:
+    """Client connections served at once: below the open-file limit (read now, so ``prlimit`` applies)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(8, min(MAX_CONNECTIONS, soft - max(FD_RESERVE, soft // 4)))
+
+
+class QueueBudget:
+    """The byte budget all subscription queues share (API loop only)."""
+
+    def __init__(self, limit: int = SUBSCRIPTION_QUEUES_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+
 
 class Subscription:
     """One live event stream of one connection: a queue of encoded events bounded in events and bytes."""
 
     def __init__(self, number: int, where: EventFilter, capacity: int,
-                 capacity_bytes: int = SUBSCRIPTION_QUEUE_BYTES) -> None:
+                 capacity_bytes: int = SUBSCRIPTION_QUEUE_BYTES, budget: QueueBudget | None = None) -> None:
         self.number = number
+        self.budget = budget or QueueBudget()
         self.where = where
         self.filter = RawFilter(where)
         self.capacity = capacity
@@ -80,16 +152,21 @@ class Subscription:
         self.dropped = 0
         self.unreported_drops = 0
         self.task: asyncio.Task[None] | None = None
+        self.closing = False
+        """Set at shutdown: the writer sends what is queued, then the ``end`` push, and finishes."""
 
     def offer(self, raws: list[bytes]) -> None:
         """Queue encoded events that passed the filter (API loop); count those that do not fit as lost."""
         room = self.capacity - len(self.queue)
+        budget = self.budget
         taken = 0
         for raw in raws:
-            if taken >= room or self.queued_bytes + len(raw) > self.capacity_bytes:
+            if taken >= room or self.queued_bytes + len(raw) > self.capacity_bytes \
+                    or budget.used + len(raw) > budget.limit:
                 break
             self.queue.append(raw)
             self.queued_bytes += len(raw)
+            budget.used += len(raw)
             taken += 1
         if taken < len(raws):
             self.dropped += len(raws) - taken
@@ -107,7 +184,14 @@ class Subscription:
             size += len(raw)
             taken.append(raw)
         self.queued_bytes -= size
+        self.budget.used -= size
         return taken
+
+    def discard(self) -> None:
+        """Let go of the queued events (the subscription ended): their bytes go back to the budget."""
+        self.budget.used -= self.queued_bytes
+        self.queue = deque()
+        self.queued_bytes = 0
 
 
 class Connection:
@@ -171,6 +255,10 @@ class Connection:
                 task.cancel()
             for subscription in self.subscriptions.values():
                 self.server.retire(subscription)
+            if self.subscriptions:
+                self.server.agent.request_trim()  # their queues' memory goes back to the system
+            self.subscriptions.clear()
+            self.server.connections.discard(self)
             with contextlib.suppress(Exception):
                 self.writer.close()
 
@@ -216,6 +304,22 @@ class Connection:
                     self.writer.write(b"".join(parts))
                     subscription.sent += len(raws)  # in the socket's buffer: a cancelled drain cannot unsend them
                     await self.writer.drain()
+            if subscription.closing:
+                await self.finish(subscription)
+                return
+
+    async def finish(self, subscription: Subscription) -> None:
+        """At shutdown, after the last queued event: announce losses, send the ``end`` push, flush."""
+        parts: list[bytes] = []
+        if subscription.unreported_drops:
+            count, subscription.unreported_drops = subscription.unreported_drops, 0
+            parts.append(protocol.encode(protocol.push("dropped", subscription.number, count=count)))
+        parts.append(protocol.encode(protocol.push("end", subscription.number, reason="shutdown",
+                                                   sent=subscription.sent, dropped=subscription.dropped)))
+        async with self.write_lock:
+            self.writer.write(b"".join(parts))
+            self.writer.transport.set_write_buffer_limits(0)  # drain() returns once all of it is sent
+            await self.writer.drain()
 
 
 def _safe_type(line: bytes) -> str:
@@ -234,6 +338,10 @@ class ApiServer:
         self.group = group
         self.subscriber_queue = subscriber_queue
         self.subscriptions: set[Subscription] = set()
+        self.connections: set[Connection] = set()
+        self.connections_refused = 0
+        self.subscriptions_refused = 0
+        self.queue_budget = QueueBudget()
         self.requests: dict[tuple[str, str], int] = {}
         self.handoff_dropped = 0
         self.retired_sent = 0  # figures of ended subscriptions (the metrics are counters)
@@ -244,10 +352,19 @@ class ApiServer:
         self._handoff_bytes = 0
         self._handoff_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._open_connections = 0  # accepted and not yet closed (some not yet a Connection)
+        self.accept_failures = 0
         self._thread = threading.Thread(target=self._loop.run_forever, name="jalki-api", daemon=True)
         self._started = threading.Event()
         self._ask_pool = ThreadPoolExecutor(MAX_CONCURRENT_ASKS, thread_name_prefix="jalki-ask")
+        self._control_pool = ThreadPoolExecutor(CONTROL_THREADS, thread_name_prefix="jalki-control")
+        self._scan_pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="jalki-scan")
+        self._ring_pool = ThreadPoolExecutor(RING_QUERY_THREADS, thread_name_prefix="jalki-rings")
+        self._lock = SocketLock(path)
+        self._claimed = False
+        self._gid = -1
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket this server bound
         self.handlers: dict[str, Callable[[Connection, Request], Awaitable[Any]]] = {
             "ping": self.on_ping, "status": self.on_status, "probes": self.on_probes, "deploy": self.on_deploy,
             "undeploy": self.on_undeploy, "get_events": self.on_get_events, "subscribe": self.on_subscribe,
@@ -256,55 +373,94 @@ class ApiServer:
 
     # ---- lifecycle -----------------------------------------------------------
 
-    def start(self) -> None:
-        """Bind the socket (mode 0660, root:group) and serve on the API thread."""
+    def claim(self) -> None:
+        """Make the socket path this daemon's, before the daemon touches anything else.
+
+        Takes the lock file ``PATH.lock`` (held until :meth:`close`), then replaces a stale socket. A
+        live daemon's socket is never removed: its lock is held, or (a daemon without one) it accepts
+        connections, or its backlog is full and a connect waits past :data:`LIVENESS_TIMEOUT_S`.
+
+        :raises JalkiError: another daemon serves the path; the path is not a socket; unknown group.
+        """
         from jalki_core.errors import JalkiError
 
-        gid = -1
+        self._gid = -1
         if self.group is not None:
             try:
-                gid = grp.getgrnam(self.group).gr_gid
+                self._gid = grp.getgrnam(self.group).gr_gid
             except KeyError:
                 raise JalkiError(f"unknown group {self.group!r} for the API socket",
                                  hint="create it (groupadd) or give --socket-group an existing group") from None
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
-            if not stat.S_ISSOCK(self.path.lstat().st_mode):
-                raise JalkiError(f"{self.path} exists and is not a socket", hint="remove it or use --socket")
-            if _socket_alive(self.path):
-                raise JalkiError(f"another jalki daemon is serving {self.path}",
-                                 hint="stop it, or give this one another --socket")
-            self.path.unlink()
+        holder = self._lock.acquire()
+        if holder is not None:
+            raise JalkiError(f"another jalki daemon{f' (pid {holder})' if holder else ''} is serving {self.path}",
+                             hint="stop it, or give this one another --socket")
+        try:
+            if self.path.exists() or self.path.is_symlink():
+                if not stat.S_ISSOCK(self.path.lstat().st_mode):
+                    raise JalkiError(f"{self.path} exists and is not a socket", hint="remove it or use --socket")
+                if _socket_alive(self.path):
+                    raise JalkiError(f"another jalki daemon is serving {self.path}",
+                                     hint="stop it, or give this one another --socket")
+                self.path.unlink()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._claimed = True
+
+    def start(self) -> None:
+        """Bind the socket (mode 0660, root:group) and serve on the API thread (claiming it first)."""
+        if not self._claimed:
+            self.claim()
         self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._bind(gid), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._bind(self._gid), self._loop)
         future.result(10)
 
     async def _bind(self, gid: int) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o117)  # the socket is born 0660: never a window where others can connect
         try:
-            # limit: a line of MAX_FRAME_BYTES including its newline passes, one byte more does not
-            self._server = await asyncio.start_unix_server(self._on_client, path=str(self.path),
-                                                           limit=MAX_FRAME_BYTES - 1)
+            listener.bind(str(self.path))
+        except BaseException:
+            listener.close()
+            raise
         finally:
             os.umask(old_umask)
+        listener.listen(ACCEPT_BACKLOG)
+        listener.setblocking(False)
+        self._listener = listener
+        self._loop.add_reader(listener.fileno(), self._accept)
+        bound = self.path.stat()
+        self._bound = (bound.st_dev, bound.st_ino)
         os.chown(self.path, 0 if os.geteuid() == 0 else -1, gid)
         self.path.chmod(SOCKET_MODE)
 
     def stop_accepting(self) -> None:
         """Close the listening socket (connected clients keep being served until :meth:`close`)."""
         async def stop() -> None:
-            if self._server is not None:
-                self._server.close()
+            if self._listener is not None:
+                self._loop.remove_reader(self._listener.fileno())
+                self._listener.close()
+                self._listener = None
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
         self._unlink()
 
     def close(self) -> None:
-        """Deliver what is handed off, disconnect clients, stop the loop."""
+        """Deliver what is handed off to every subscriber and end its stream, disconnect clients, stop the
+        loop, release the socket's lock."""
         async def shutdown() -> None:
             self._fan_out()
-            await asyncio.sleep(0)
+            pumps = []
+            for subscription in list(self.subscriptions):
+                subscription.closing = True
+                subscription.ready.set()
+                if subscription.task is not None:
+                    pumps.append(subscription.task)
+            if pumps:  # a subscriber that does not read in time gets no end push: it sees the connection close
+                await asyncio.wait(pumps, timeout=SHUTDOWN_FLUSH_S)
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
@@ -312,20 +468,75 @@ class ApiServer:
 
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(SHUTDOWN_FLUSH_S + 5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
-        self._ask_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._ask_pool, self._control_pool, self._scan_pool, self._ring_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         self._unlink()
+        self._lock.release()
 
     def _unlink(self) -> None:
-        # only a socket this server bound: a daemon that failed to start never removes another one's socket
-        if self._server is not None:
-            with contextlib.suppress(FileNotFoundError):
+        # only the socket this server bound, if it is still there: never another daemon's
+        if self._bound is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            now = self.path.lstat()
+            if (now.st_dev, now.st_ino) == self._bound:
                 self.path.unlink()
+        self._bound = None
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await Connection(self, reader, writer).serve()
+    def _accept(self) -> None:
+        """Accept waiting clients (API loop). Each is checked against the cap as it is accepted, so a burst
+        never holds more descriptors than the cap allows; one over it gets one ``limit_reached`` frame and
+        is closed at once (counted)."""
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: other parts took the descriptors; retry soon
+                self.accept_failures += 1
+                log.error("cannot accept a client: %s; trying again in %g s", exc.strerror or exc,
+                          ACCEPT_RETRY_S)
+                self._loop.remove_reader(listener.fileno())
+                self._loop.call_later(ACCEPT_RETRY_S, self._resume_accepting, listener)
+                return
+            cap = connection_cap()
+            if self._open_connections >= cap:
+                self.connections_refused += 1
+                log.warning("refused a client: %d connections are open, the most the open-file limit allows", cap)
+                refusal = ProtocolError("limit_reached", f"the daemon serves at most {cap} clients at once (its "
+                                                         "open-file limit); try again later")
+                with contextlib.suppress(OSError):
+                    conn.setblocking(False)
+                    conn.send(protocol.encode(protocol.reply_error(None, refusal)))
+                conn.close()
+                continue
+            self._open_connections += 1
+            self._loop.create_task(self._serve_socket(conn))
+
+    def _resume_accepting(self, listener: socket.socket) -> None:
+        if self._listener is listener:
+            self._loop.add_reader(listener.fileno(), self._accept)
+
+    async def _serve_socket(self, conn: socket.socket) -> None:
+        try:
+            # limit: a line of MAX_FRAME_BYTES including its newline passes, one byte more does not
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_FRAME_BYTES - 1)
+        except Exception:
+            conn.close()
+            self._open_connections -= 1
+            raise
+        connection = Connection(self, reader, writer)
+        self.connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self._open_connections -= 1
 
     # ---- events from the drain thread ----------------------------------------------
 
@@ -383,13 +594,20 @@ class ApiServer:
             self.subscriptions.discard(subscription)
             self.retired_sent += subscription.sent
             self.retired_dropped += subscription.dropped
+            subscription.discard()
 
     def subscriber_stats(self) -> dict[str, Any]:
         """Subscriptions now and events they lost; ``*_total``: since start, ended subscriptions included."""
         subscriptions = list(self.subscriptions)
         sent, dropped = sum(s.sent for s in subscriptions), sum(s.dropped for s in subscriptions)
         return {"count": len(subscriptions), "sent": sent, "dropped": dropped, "handoff_dropped": self.handoff_dropped,
-                "sent_total": self.retired_sent + sent, "dropped_total": self.retired_dropped + dropped}
+                "sent_total": self.retired_sent + sent, "dropped_total": self.retired_dropped + dropped,
+                "queued_bytes": self.queue_budget.used, "refused": self.subscriptions_refused}
+
+    def connection_stats(self) -> dict[str, Any]:
+        """Client connections open now, the most served at once, and those refused since start."""
+        return {"open": self._open_connections, "max": connection_cap(), "refused": self.connections_refused,
+                "accept_failures": self.accept_failures}
 
     def count_request(self, kind: str, outcome: str) -> None:
         key = (kind if kind in self.handlers else "?", outcome)
@@ -397,8 +615,9 @@ class ApiServer:
 
     # ---- handlers --------------------------------------------------------------
 
-    async def _agent_call(self, func: Callable[[], Any]) -> Any:
-        return await asyncio.to_thread(func)
+    async def _agent_call(self, func: Callable[[], Any], pool: ThreadPoolExecutor | None = None) -> Any:
+        # each kind of work has its own threads: a control request never waits behind a scan
+        return await asyncio.get_running_loop().run_in_executor(pool or self._control_pool, func)
 
     async def on_ping(self, conn: Connection, request: Request) -> Any:
         return {"pong": True, "protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid()}
@@ -423,19 +642,27 @@ class ApiServer:
         where = protocol.parse_filter(request.fields)
         since = protocol.parse_since(request.fields)
         limit = protocol.parse_limit(request.fields)
-        events = await self._agent_call(lambda: self.agent.get_events(where, since, limit))
+        events = await self._agent_call(lambda: self.agent.get_events(where, since, limit), self._ring_pool)
         return {"events": events, "count": len(events)}
 
     async def on_recent(self, conn: Connection, request: Request) -> Any:
         where = protocol.parse_filter(request.fields)
         since = protocol.parse_since(request.fields)
         limit = protocol.parse_limit(request.fields)
-        events = await self._agent_call(lambda: self.agent.recent(where, since, limit))
+        events = await self._agent_call(lambda: self.agent.recent(where, since, limit), self._scan_pool)
         return {"events": events, "count": len(events)}
 
     async def on_subscribe(self, conn: Connection, request: Request) -> Any:
         where = protocol.parse_filter(request.fields)
-        subscription = Subscription(next(self._numbers), where, self.subscriber_queue)
+        if len(conn.subscriptions) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+            self.subscriptions_refused += 1
+            raise ProtocolError("limit_reached", f"at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per "
+                                                 "connection; unsubscribe one, or use another connection")
+        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            self.subscriptions_refused += 1
+            raise ProtocolError("limit_reached", f"the daemon serves at most {MAX_SUBSCRIPTIONS} subscriptions "
+                                                 "at once; try again later")
+        subscription = Subscription(next(self._numbers), where, self.subscriber_queue, budget=self.queue_budget)
         conn.subscriptions[subscription.number] = subscription
         self.subscriptions.add(subscription)
         subscription.task = asyncio.get_running_loop().create_task(conn.pump(subscription))
@@ -451,6 +678,7 @@ class ApiServer:
             subscription.task.cancel()
             conn.pumps.remove(subscription.task)
         self.retire(subscription)
+        self.agent.request_trim()
         return {"subscription": number, "sent": subscription.sent, "dropped": subscription.dropped}
 
     async def on_ask(self, conn: Connection, request: Request) -> Any:
@@ -462,12 +690,66 @@ class ApiServer:
 
 
 def _socket_alive(path: Path) -> bool:
-    import socket
+    """Whether something accepts connections at ``path``; only "nobody listens" counts as dead.
 
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
+    A full backlog (``EAGAIN``) is a live, busy daemon: the connect waits for room, and one that still
+    waits after :data:`LIVENESS_TIMEOUT_S` is taken as alive.
+    """
+    from jalki_core.client import connect_unix
+
+    try:
+        sock = connect_unix(path, LIVENESS_TIMEOUT_S)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return False
+    except OSError:
+        return True
+    sock.close()
     return True
+
+
+class SocketLock:
+    """``PATH.lock`` next to the socket, held with ``flock`` while a daemon serves ``PATH``.
+
+    The kernel releases it when the daemon dies, however it dies, so a stale lock file never blocks the
+    next daemon. The holder writes its pid into it, for the message of a daemon that finds it held.
+    """
+
+    def __init__(self, socket_path: Path) -> None:
+        self.path = Path(f"{socket_path}.lock")
+        self._fd = -1
+
+    def acquire(self) -> int | None:
+        """Take the lock: ``None`` when taken, else the holder's pid (0 when unknown)."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                holder = os.pread(fd, 32, 0).strip()
+                os.close(fd)
+                return int(holder) if holder.isdigit() else 0
+            # its previous holder may have removed the file between our open and our flock: take the one
+            # at the path
+            opened = os.fstat(fd)
+            try:
+                current = self.path.stat()
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._fd = fd
+                return None
+            os.close(fd)
+
+    def release(self) -> None:
+        """Remove the lock file and let go of the lock (removed first, so nobody takes a file about to go)."""
+        if self._fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = -1

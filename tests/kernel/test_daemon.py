@@ -391,8 +391,8 @@ def test_many_clients_at_once_are_all_answered(tmp_path: Path) -> None:
         second = subprocess.run([JALKI, "run", "--serve", "--socket", str(daemon.socket), "--history", "off",
                                  "--metrics-addr", "off"], capture_output=True, text=True, timeout=30, check=False)
         assert second.returncode == 1
-        assert second.stderr.endswith(f"error: another jalki daemon is serving {daemon.socket} (stop it, or give "
-                                      "this one another --socket)\n")
+        assert second.stderr.endswith(f"error: another jalki daemon (pid {daemon.proc.pid}) is serving "
+                                      f"{daemon.socket} (stop it, or give this one another --socket)\n")
         with daemon.client() as client:
             assert client.ping() == {"pong": True, "protocol": 1, "pid": daemon.proc.pid}
 
