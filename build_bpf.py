@@ -2,7 +2,8 @@
 """Build jalki's BPF objects (a thin CLI over ``jalki_core.bpf_build``).
 
     python3 build_bpf.py                    compile every package of the repo in place
-    python3 build_bpf.py PKG_DIR ...        compile those packages in place
+    python3 build_bpf.py PKG_DIR ...        compile those packages in place (a plugin folder such as
+                                            plugins/jalki_tcp, or any folder: its *.bpf.c at any depth)
     python3 build_bpf.py --check            compile every *.bpf.c into a temp dir, OK/FAIL each
     --vmlinux auto|generated|minimal        which vmlinux.h to compile against
     --force                                 rebuild even when the objects are up to date
@@ -23,13 +24,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 
-# Where the repository keeps BPF sources (relative to the repo root).
+# Where the repository keeps BPF sources (relative to the repo root); plugins
+# are searched whole (any folder of their packages), like their build hook does.
 SOURCE_GLOBS = (
     "jalki_core/bpf/*.bpf.c",
-    "plugins/*/*/bpf/*.bpf.c",
     "bench/bpf/*.bpf.c",
     "tests/**/bpf/*.bpf.c",
 )
+PLUGIN_DIRS = "plugins/*/"
 
 
 def _load_bpf_build() -> types.ModuleType:
@@ -49,15 +51,17 @@ def _load_bpf_build() -> types.ModuleType:
     return module
 
 
-def all_sources() -> list[Path]:
+def all_sources(bb: types.ModuleType) -> list[Path]:
     found: set[Path] = set()
     for pattern in SOURCE_GLOBS:
         found.update(p for p in REPO.glob(pattern) if p.is_file())
+    for plugin in REPO.glob(PLUGIN_DIRS):
+        found.update(bb.find_sources(plugin))
     return sorted(found)
 
 
 def check(bb: types.ModuleType, vmlinux: str) -> int:
-    sources = all_sources()
+    sources = all_sources(bb)
     if not sources:
         print("no *.bpf.c sources found", file=sys.stderr)
         return 1
@@ -83,11 +87,11 @@ def build(bb: types.ModuleType, packages: list[str], vmlinux: str, force: bool) 
         sources = [s for pkg in packages for s in bb.find_sources(pkg)]
         missing = [pkg for pkg in packages if not bb.find_sources(pkg)]
         for pkg in missing:
-            print(f"no *.bpf.c in {pkg} (nor in {pkg}/bpf)", file=sys.stderr)
+            print(f"no *.bpf.c under {pkg}", file=sys.stderr)
         if missing:
             return 2
     else:
-        sources = all_sources()
+        sources = all_sources(bb)
     failed = 0
     for src in sources:
         try:

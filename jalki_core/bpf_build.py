@@ -3,9 +3,16 @@
 Standard library only, and importable on its own (``build_bpf.py`` loads this
 file without importing the rest of ``jalki_core``). Each source is built with::
 
-    clang -g -O2 -target bpf -D__TARGET_ARCH_<arch> \\
+    clang -g -O2 -target bpf -D__TARGET_ARCH_<arch> [cflags] \\
           -I<bpf_src> -I<vmlinux dir> -I<source dir> -c x.bpf.c -o x.bpf.o
     llvm-strip -g x.bpf.o          # drops DWARF, keeps .BTF / .BTF.ext
+
+No ``-mcpu``: clang's default BPF CPU (``generic``, i.e. v1) is used unless
+the package asks for more. ``[cflags]`` are the package's own flags, read from
+the nearest ``pyproject.toml`` above the source::
+
+    [tool.jalki.bpf]
+    cflags = ["-mcpu=v3"]   # e.g. 32-bit compare-and-swap (clang 14 crashes without it)
 
 ``vmlinux.h`` is either generated from the running kernel's BTF with bpftool
 (cached per kernel) or the minimal hand-written CO-RE header shipped in
@@ -25,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -40,6 +48,8 @@ __all__ = [
     "find_sources",
     "include_dirs",
     "object_path",
+    "package_cflags",
+    "stale_sources",
     "vmlinux_header",
 ]
 
@@ -250,14 +260,81 @@ def _resolve_vmlinux(mode: str) -> Path:
 # --------------------------------------------------------------------------
 
 
+# Folders under a distribution that never hold its sources (build output, venvs, metadata).
+_SKIP_DIRS = frozenset({"build", "dist", ".venv", "venv", "__pycache__", ".git", ".tox", ".eggs"})
+
+
 def find_sources(pkg_dir: str | os.PathLike[str]) -> list[Path]:
-    """The ``*.bpf.c`` sources of a package: in ``pkg_dir`` itself, or in its ``bpf/``."""
+    """The ``*.bpf.c`` sources under a package or distribution folder, in any sub-folder.
+
+    ``pkg/x.bpf.c``, ``pkg/bpf/x.bpf.c`` and deeper are all found; build
+    output (``build/``, ``dist/``), virtual environments, ``*.egg-info`` and
+    hidden folders are skipped.
+    """
     base = Path(pkg_dir)
-    found: set[Path] = set()
-    for folder in (base, base / "bpf"):
-        if folder.is_dir():
-            found.update(p for p in folder.glob("*" + SOURCE_SUFFIX) if p.is_file())
+    found: list[Path] = []
+    if not base.is_dir():
+        return found
+    for root, dirs, files in os.walk(base):
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".") and not d.endswith(".egg-info")]
+        found.extend(Path(root) / name for name in files if name.endswith(SOURCE_SUFFIX))
     return sorted(found)
+
+
+def package_cflags(src: str | os.PathLike[str]) -> list[str]:
+    """Extra clang flags for ``src``: ``[tool.jalki.bpf] cflags`` of the nearest ``pyproject.toml`` above it.
+
+    ``[]`` when there is none or it has no such table. Raises
+    :class:`BpfBuildError` when the table is malformed.
+    """
+    pyproject = _nearest_pyproject(src)
+    if pyproject is not None:
+        try:
+            data = tomllib.loads(pyproject.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise BpfBuildError(f"cannot read {pyproject}: {exc}") from exc
+        cflags = data.get("tool", {}).get("jalki", {}).get("bpf", {}).get("cflags", [])
+        if not isinstance(cflags, list) or not all(isinstance(flag, str) for flag in cflags):
+            raise BpfBuildError(
+                f"{pyproject}: [tool.jalki.bpf] cflags must be a list of strings",
+                hint='e.g. cflags = ["-mcpu=v3"]',
+            )
+        return list(cflags)
+    return []
+
+
+def _nearest_pyproject(src: str | os.PathLike[str]) -> Path | None:
+    for folder in Path(src).resolve().parents:
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            return pyproject
+    return None
+
+
+def stale_sources(obj: str | os.PathLike[str]) -> list[Path]:
+    """The sources next to a ``x.bpf.o`` that are newer than it (``x.bpf.c``, ``*.h``).
+
+    Only sources in the object's own folder count (an editable or development
+    install); an installed wheel ships none, or ships them with the object's
+    build time, so this returns ``[]`` there.
+    """
+    path = Path(obj)
+    name = path.name
+    if not name.endswith(".o"):
+        return []
+    try:
+        built = path.stat().st_mtime_ns
+    except OSError:
+        return []
+    candidates = [path.with_name(name[: -len(".o")] + ".c"), *path.parent.glob("*.h")]
+    stale = []
+    for dep in candidates:
+        try:
+            if dep.stat().st_mtime_ns > built:
+                stale.append(dep)
+        except OSError:
+            continue
+    return sorted(stale)
 
 
 def object_path(src: str | os.PathLike[str]) -> Path:
@@ -290,10 +367,11 @@ def compile_command(
     include_dirs: Sequence[str | os.PathLike[str]] = (),
     vmlinux_dir: Path,
     clang: str = "clang",
+    cflags: Sequence[str] = (),
 ) -> list[str]:
-    """The clang command line that builds ``src`` into ``out``."""
+    """The clang command line that builds ``src`` into ``out`` (``cflags`` after jalki's own)."""
     bpf_src = _bpf_src_dir()
-    cmd = [clang, "-g", "-O2", "-target", "bpf", arch_define()]
+    cmd = [clang, "-g", "-O2", "-target", "bpf", arch_define(), *cflags]
     for inc in (bpf_src, vmlinux_dir, src.parent, *include_dirs):
         cmd.append(f"-I{inc}")
     asm_dir = _multiarch_include()
@@ -352,10 +430,13 @@ def compile_source(
     include_dirs: Sequence[str | os.PathLike[str]] = (),
     vmlinux: VmlinuxMode | str = "auto",
     force: bool = False,
+    cflags: Sequence[str] | None = None,
 ) -> Path:
     """Compile one ``*.bpf.c`` into a stripped CO-RE object; return its path.
 
-    ``out`` defaults to ``x.bpf.o`` next to the source. Skipped when ``out``
+    ``out`` defaults to ``x.bpf.o`` next to the source. ``cflags`` are extra
+    clang flags; ``None`` reads them from the package (:func:`package_cflags`).
+    Skipped when ``out``
     is newer than the source, the headers next to it, jalki's headers and the
     ``vmlinux.h`` in use (``force=True`` rebuilds). Raises
     :class:`BpfBuildError` (with the full clang command line and its stderr)
@@ -367,7 +448,9 @@ def compile_source(
     out_path = Path(out) if out is not None else object_path(src_path)
     header = vmlinux_header(vmlinux)
     bpf_src = _bpf_src_dir()
-    if not force and _up_to_date(out_path, _dependencies(src_path, bpf_src, header)):
+    # the package's pyproject.toml is a dependency too: its cflags change the object
+    deps = [*_dependencies(src_path, bpf_src, header), *filter(None, [_nearest_pyproject(src_path)])]
+    if not force and _up_to_date(out_path, deps):
         log.debug("up to date: %s", out_path)
         return out_path
 
@@ -378,8 +461,9 @@ def compile_source(
             hint="install clang (Debian/Ubuntu: apt install clang llvm)",
         )
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    flags = package_cflags(src_path) if cflags is None else list(cflags)
     cmd = compile_command(
-        src_path, out_path, include_dirs=include_dirs, vmlinux_dir=header.parent, clang=clang
+        src_path, out_path, include_dirs=include_dirs, vmlinux_dir=header.parent, clang=clang, cflags=flags
     )
     log.info("compiling %s", src_path)
     try:
@@ -400,5 +484,5 @@ def compile_source(
 def compile_package(
     pkg_dir: str | os.PathLike[str], *, vmlinux: VmlinuxMode | str = "auto", force: bool = False
 ) -> list[Path]:
-    """Compile every ``*.bpf.c`` of a package in place; return the objects."""
+    """Compile every ``*.bpf.c`` under a package (or distribution) folder in place; return the objects."""
     return [compile_source(src, vmlinux=vmlinux, force=force) for src in find_sources(pkg_dir)]

@@ -2,7 +2,7 @@
 
 For every rung the loader opens the probe's object afresh, switches autoload
 on for exactly that rung's programs, checks the record layout against the
-object's BTF, loads, writes the run-time configuration, lets the probe fill
+object's BTF field by field (names, offsets, sizes), loads, writes the run-time configuration, lets the probe fill
 its maps (``Probe.prepare``), and attaches. The
 first rung that loads and attaches is kept; each failed rung is recorded with
 its errno name and an excerpt of the verifier/libbpf log. The kernel's answer
@@ -15,6 +15,7 @@ import logging
 import os
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jalki_core.errors import (
@@ -24,7 +25,7 @@ from jalki_core.errors import (
     ProbeError,
     ProbeUnavailableError,
 )
-from jalki_core.probe import AttachRung, Probe
+from jalki_core.probe import AttachRung, Probe, ProbeResource
 
 if TYPE_CHECKING:
     from jalki_core._libbpf import BpfLink, BpfObject
@@ -169,11 +170,14 @@ class ProbeLoader:
         """
         from jalki_core._libbpf import capture_libbpf_log
 
-        reason = probe.unavailable_reason()
+        try:
+            reason = probe.unavailable_reason()
+        except ProbeUnavailableError as exc:  # raising it is the same answer as returning a reason
+            reason = exc.message
         if reason is not None:
-            raise ProbeUnavailableError(f"probe {probe.name} is unavailable here: {reason}",
-                                        hint="nothing is faked: this probe needs what this machine lacks")
-        data = probe.bpf_object.read_bytes()
+            raise _unavailable(probe, reason)
+        warn_if_stale(probe)
+        data = ProbeResource.of(probe, "bpf_object").read_bytes()
         failures: list[RungFailure] = []
         for rung in probe.ladder:
             for programs in rung.variants():
@@ -184,6 +188,8 @@ class ProbeLoader:
                     except LibbpfError as exc:
                         failures.append(self._failure(label, exc, log_lines))
                         log.info("probe %s: rung %s failed: %s", probe.name, label, exc.one_line())
+                    except ProbeUnavailableError as exc:  # from rodata() or prepare(): no other rung can help
+                        raise _unavailable(probe, exc.message, exc.hint) from None
         error = AttachLadderExhausted(
             f"probe {probe.name}: every attach rung failed ("
             + "; ".join(failure.one_line() for failure in failures)
@@ -244,15 +250,9 @@ class ProbeLoader:
         if missing:
             raise ProbeError(
                 f"probe {probe.name}: rung {rung.name} names programs missing from "
-                f"{probe.bpf_object.filename}: {', '.join(missing)}"
+                f"{ProbeResource.of(probe, 'bpf_object').filename}: {', '.join(missing)}"
             )
-        btf_size = obj.btf_struct_size(probe.layout.c_struct)
-        if btf_size is not None and btf_size != probe.layout.size:
-            raise LayoutMismatchError(
-                f"probe {probe.name}: struct {probe.layout.c_struct} is {btf_size} bytes in "
-                f"{probe.bpf_object.filename} but {probe.layout.size} in the Python layout",
-                hint="rebuild the plugin so its object and Python code match",
-            )
+        self._check_layout(probe, obj)
         if probe.ring_buffer not in obj.maps:
             raise ProbeError(f"probe {probe.name}: no ring buffer map named {probe.ring_buffer!r}")
         wanted = set(programs)
@@ -270,6 +270,61 @@ class ProbeLoader:
                 raise ProbeError(f"probe {probe.name}: cannot set {var!r} in .rodata: {exc.one_line()}",
                                  hint="the probe's rodata() must name const volatile globals of its object, "
                                       "with values of their size") from exc
+
+
+    @staticmethod
+    def _check_layout(probe: Probe, obj: BpfObject) -> None:
+        """Check the probe's Python record layout against its C struct in the object's BTF, field by field."""
+        layout = probe.layout
+        members = obj.btf_struct_members(layout.c_struct)
+        c_size = obj.btf_struct_size(layout.c_struct)
+        if members is None or c_size is None:
+            if layout.c_struct not in _UNCHECKED_WARNED:
+                _UNCHECKED_WARNED.add(layout.c_struct)
+                log.warning("probe %s: struct %s is not in the BTF of %s, so its layout is not checked "
+                            "(add JALKI_BTF_EXPORT(%s); to the C source)", probe.name, layout.c_struct,
+                            ProbeResource.of(probe, 'bpf_object').filename, layout.c_struct)
+            return
+        try:
+            layout.check_btf(members, c_size, c_side=f"BTF of {ProbeResource.of(probe, 'bpf_object').filename}")
+        except LayoutMismatchError as exc:
+            raise LayoutMismatchError(f"probe {probe.name}: {exc.message}", hint=exc.hint) from None
+
+
+_UNCHECKED_WARNED: set[str] = set()
+_STALE_WARNED: set[str] = set()
+
+
+def warn_if_stale(probe: Probe) -> None:
+    """Log one warning when the probe's ``.bpf.o`` is older than the ``.bpf.c``/``.h`` next to it.
+
+    That happens only in an editable or development install, where the C
+    sources sit beside the object: the C was edited but not rebuilt, so the
+    loaded object is not what the sources say. Once per object per process.
+    """
+    from importlib import resources
+
+    from jalki_core.bpf_build import stale_sources
+
+    resource = ProbeResource.of(probe, "bpf_object")
+    try:
+        path = resources.files(resource.package).joinpath(resource.filename)
+    except (AttributeError, ModuleNotFoundError, TypeError):
+        return
+    if not isinstance(path, Path) or str(path) in _STALE_WARNED:
+        return
+    stale = stale_sources(path)
+    if stale:
+        _STALE_WARNED.add(str(path))
+        log.warning("%s is older than %s next to it; rebuild it: python -m jalki_core.build_hook %s",
+                    path, ", ".join(source.name for source in stale), path.parent)
+
+
+def _unavailable(probe: Probe, reason: str, hint: str | None = None) -> ProbeUnavailableError:
+    """The one form of "this probe cannot run here", whether returned by ``unavailable_reason`` or raised."""
+    prefix = f"probe {probe.name} is unavailable here: "
+    return ProbeUnavailableError(reason if reason.startswith(prefix) else prefix + reason,
+                                 hint=hint or "nothing is faked: this probe needs what this machine lacks")
 
 
 def _rodata_vars(obj: BpfObject) -> set[str]:

@@ -2,24 +2,36 @@
 
 A probe is one BPF object with one ring buffer, an ordered attach ladder of
 program variants, a fixed-size record layout (defined once in the plugin's C
-header and mirrored here with a size check) and a batch decoder that turns
-records into events.
+header and mirrored here; the loader checks the mirror field by field against
+the struct in the object's BTF) and a batch decoder that turns records into
+events.
 """
 
 from __future__ import annotations
 
+import re
 import struct
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from importlib import resources
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from jalki_core.errors import LayoutMismatchError, ProbeError
+from jalki_core.package_data import anchor_of, check_relative, package_file
 
 if TYPE_CHECKING:
+    from jalki_core._libbpf.objects import BtfMember
     from jalki_core.events import Event, EventContext
+
+_PADDING_NAME = re.compile(r"_+\w*pad\d*|_*(pad|reserved|unused)\d*")
+"""Padding names: ``pad``, ``_pad``, ``pad2``, ``__reserved``, ``_agg_pad`` (see :meth:`RecordLayout.check_btf`)."""
+
+
+def is_padding_name(name: str) -> bool:
+    """True for a padding member or field name (``_pad``, ``pad1``, ``reserved``, ``_agg_pad``)."""
+    return _PADDING_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -48,24 +60,45 @@ class AttachRung:
 
 
 @dataclass(frozen=True)
+class LayoutField:
+    """Where one Python field of a :class:`RecordLayout` lies in the record."""
+
+    name: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
 class RecordLayout:
     """The Python mirror of a C record struct.
 
     :param c_struct: the struct's name in the C header (``tcp_connect_event``);
-        the loader compares its size in the object's BTF with :attr:`size`.
+        the loader checks :attr:`fmt` and :attr:`fields` against that struct
+        in the object's BTF, member by member (:meth:`check_btf`).
     :param fmt: a :mod:`struct` format with explicit byte order (``<`` or ``=``)
-        and explicit padding, matching the C layout byte for byte.
-    :param fields: names of the unpacked values, in order (documentation and
-        the fake ring buffer use them).
-    :param c_size: the size the C header asserts with ``_Static_assert``.
+        and explicit padding (``x``), matching the C layout byte for byte.
+    :param fields: names of the unpacked values, in order: the C member names
+        (the leaf name of a nested member: ``pid`` for ``hdr.pid``).
+    :param c_size: the record size, copied by hand from the C header's
+        ``_Static_assert`` (a first check, before any object is opened).
+    :param c_names: Python field → C member path where the names must differ,
+        e.g. ``{"open_flags": "flags"}`` when a record's own ``flags`` would
+        clash with the header's ``hdr.flags``.
+
+    ``defined_in`` (set automatically) is the module that built the layout,
+    named in mismatch messages.
     """
 
     c_struct: str
     fmt: str
     fields: tuple[str, ...]
     c_size: int
+    c_names: Mapping[str, str] = field(default_factory=dict, compare=False)
+    defined_in: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        if not self.defined_in:
+            object.__setattr__(self, "defined_in", _caller_module())
         if self.fmt[:1] not in ("<", "=", ">", "!"):
             raise LayoutMismatchError(
                 f"record layout {self.c_struct}: format {self.fmt!r} must start with a byte order",
@@ -73,9 +106,20 @@ class RecordLayout:
             )
         if self.size != self.c_size:
             raise LayoutMismatchError(
-                f"record layout {self.c_struct}: Python format is {self.size} bytes, "
-                f"the C header says {self.c_size}",
-                hint="make the struct format match the C header field by field",
+                f"record layout {self.c_struct} in {self.defined_in}: its format {self.fmt!r} is {self.size} "
+                f"bytes but its c_size says {self.c_size}",
+                hint="make the format match the C struct field by field, and c_size the C header's _Static_assert",
+            )
+        if len(_field_codes(self.fmt)) != len(self.fields):
+            raise LayoutMismatchError(
+                f"record layout {self.c_struct} in {self.defined_in}: its format {self.fmt!r} has "
+                f"{len(_field_codes(self.fmt))} values but {len(self.fields)} field names",
+                hint="give every value of the format one name in fields (padding is 'x', unnamed)",
+            )
+        unknown = sorted(set(self.c_names) - set(self.fields))
+        if unknown:
+            raise LayoutMismatchError(
+                f"record layout {self.c_struct} in {self.defined_in}: c_names names unknown fields {unknown}"
             )
 
     @cached_property
@@ -88,6 +132,130 @@ class RecordLayout:
         """Size of one record in bytes."""
         return struct.calcsize(self.fmt)
 
+    @cached_property
+    def field_offsets(self) -> tuple[LayoutField, ...]:
+        """Each field's offset and size in the record, from :attr:`fmt` (padding excluded)."""
+        order = self.fmt[0]
+        spans: list[tuple[int, int]] = []
+        offset = 0
+        count = ""
+        for char in self.fmt[1:]:
+            if char.isdigit():
+                count += char
+                continue
+            if char.isspace():
+                continue
+            n = int(count) if count else 1
+            count = ""
+            if char == "x":
+                offset += n
+            elif char in "sp":
+                spans.append((offset, n))
+                offset += n
+            else:
+                width = struct.calcsize(order + char)
+                for _ in range(n):
+                    spans.append((offset, width))
+                    offset += width
+        return tuple(LayoutField(name, off, size) for name, (off, size) in zip(self.fields, spans, strict=True))
+
+    def check_btf(self, members: Sequence[BtfMember], c_size: int, *, c_side: str) -> None:
+        """Check this layout against the struct's leaf members in a BPF object's BTF.
+
+        ``members`` are the struct's leaves (nested structs flattened, see
+        :meth:`jalki_core._libbpf.BpfObject.btf_struct_members`), ``c_size``
+        its size, ``c_side`` names the object (``BTF of tcp_connect.bpf.o``).
+        The rules:
+
+        - every C member is covered by exactly one Python field at the same
+          offset with the same size, named like the member (its leaf name,
+          its path with ``_`` for ``.``, or the path given in :attr:`c_names`);
+        - an array of scalars may instead be split into equal Python fields
+          that tile it exactly (``__u64 count[4]`` as ``cycles, instructions…``);
+        - a C member with a padding name (``_pad``, ``pad*``, ``reserved*``,
+          ``_…pad``) may be left to ``x`` padding in Python, and a Python
+          field with a padding name may cover a C padding member or a hole;
+        - any other Python field must lie on a C member; the sizes must agree.
+
+        :raises LayoutMismatchError: naming the field, its offset and size on
+            both sides, and which side is which.
+        """
+        where = f"the Python RecordLayout in {self.defined_in or '?'}"
+        theirs = f"the C struct {self.c_struct} ({c_side})"
+        fields = sorted(self.field_offsets, key=lambda f: f.offset)
+        covered: set[str] = set()
+
+        def fail(message: str) -> LayoutMismatchError:
+            return LayoutMismatchError(
+                f"record layout {self.c_struct}: {message}",
+                hint="make the Python fields and format follow the C struct member by member "
+                "(names, order, sizes), then rebuild the object if the C changed",
+            )
+
+        def c_at(name: str) -> str:
+            wanted = self.c_names.get(name, name)
+            for member in members:
+                if wanted in (member.path, member.name, member.path.replace(".", "_")):
+                    return f"; the C struct has {member.path!r} at offset {member.offset} ({member.size} bytes)"
+            return f"; the C struct has no member named {wanted!r}"
+
+        for member in members:
+            if member.bitfield:
+                raise fail(f"C member {member.path!r} is a bit field, which a struct format cannot mirror "
+                           f"({theirs})")
+            end = member.offset + member.size
+            inside = [f for f in fields if f.offset < end and f.offset + f.size > member.offset]
+            for f in inside:
+                if f.offset < member.offset or f.offset + f.size > end:
+                    raise fail(
+                        f"field {f.name!r} is at offset {f.offset} ({f.size} bytes) in {where}, straddling "
+                        f"C member {member.path!r} at offset {member.offset} ({member.size} bytes) in {theirs}"
+                    )
+            if not inside:
+                if is_padding_name(member.name):
+                    continue
+                raise fail(
+                    f"C member {member.path!r} at offset {member.offset} ({member.size} bytes) in {theirs} "
+                    f"has no field in {where}"
+                )
+            if len(inside) == 1 and inside[0].offset == member.offset and inside[0].size == member.size:
+                f = inside[0]
+                if not self._same_name(f.name, member) and not (
+                        is_padding_name(f.name) and is_padding_name(member.name)):
+                    raise fail(
+                        f"field {f.name!r} is at offset {f.offset} ({f.size} bytes) in {where}, where "
+                        f"{theirs} has {member.path!r}" + c_at(f.name)
+                    )
+                covered.add(f.name)
+                continue
+            sizes = {f.size for f in inside}
+            tiled = sum(f.size for f in inside) == member.size and inside[0].offset == member.offset
+            if member.element_size < member.size and len(sizes) == 1 and tiled \
+                    and next(iter(sizes)) % member.element_size == 0:
+                covered.update(f.name for f in inside)
+                continue
+            f = inside[0]
+            raise fail(
+                f"field {f.name!r} is at offset {f.offset} ({f.size} bytes) in {where}, but {theirs} has "
+                f"{member.path!r} at offset {member.offset} ({member.size} bytes) there"
+            )
+        for f in fields:
+            if f.name in covered:
+                continue
+            if is_padding_name(f.name) and f.offset + f.size <= c_size:
+                continue
+            raise fail(
+                f"field {f.name!r} at offset {f.offset} ({f.size} bytes) in {where} lies on no member of "
+                f"{theirs}" + c_at(f.name)
+            )
+        if c_size != self.size:
+            raise fail(f"{theirs} is {c_size} bytes but {where} is {self.size}")
+
+    def _same_name(self, name: str, member: BtfMember) -> bool:
+        if name in self.c_names:
+            return self.c_names[name] == member.path
+        return name in (member.name, member.path.replace(".", "_"))
+
     def pack(self, **values: Any) -> bytes:
         """Pack one record from field values (missing fields are zero); for tests."""
         unknown = set(values) - set(self.fields)
@@ -96,6 +264,14 @@ class RecordLayout:
         args = [values.get(name, _zero_for(code)) for name, code in zip(
             self.fields, _field_codes(self.fmt), strict=True)]
         return self.struct.pack(*args)
+
+
+def _caller_module() -> str:
+    """The module that constructed a RecordLayout (the first frame outside this module)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back  # type: ignore[assignment]
+    return str(frame.f_globals.get("__name__", "?")) if frame is not None else "?"
 
 
 def _field_codes(fmt: str) -> list[str]:
@@ -123,16 +299,51 @@ def _zero_for(code: str) -> Any:
 
 @dataclass(frozen=True)
 class ProbeResource:
-    """A file shipped in a plugin's package (its compiled BPF object, its event schema)."""
+    """A file shipped in a plugin's package (its compiled BPF object, its event schema).
+
+    :param package: the package whose folder holds the file (a top-level
+        module: the folder holding the module).
+    :param filename: the file's path inside that folder, ``/``-separated
+        (``oom_kill.bpf.o``, ``bpf/oom_kill.bpf.o``); no data folder needs an
+        ``__init__.py``.
+
+    A probe usually writes only the path, as a string: ``bpf_object =
+    "oom_kill.bpf.o"``. :meth:`of` resolves it against the package of the
+    module whose class set the attribute.
+    """
 
     package: str
     filename: str
 
+    @classmethod
+    def of(cls, probe: object, attribute: str) -> ProbeResource:
+        """The resource a probe's ``attribute`` (``bpf_object``, ``event_schema``) names.
+
+        A :class:`ProbeResource` is returned as it is; a string is a path
+        relative to the package of the module that defines the class which
+        set the attribute (so a subclass in another package inherits its
+        base's file).
+
+        :raises ProbeError: the attribute is unset (``None``) or not a relative path.
+        """
+        value = getattr(probe, attribute, None)
+        if isinstance(value, str):
+            owner = next((klass for klass in type(probe).__mro__ if attribute in vars(klass)), type(probe))
+            problem = check_relative(value)
+            if problem is not None:
+                raise ProbeError(f"probe {type(probe).__name__}: {attribute} {problem}",
+                                 hint="name the file relative to the probe's package, or use "
+                                      "ProbeResource(package, filename)")
+            return cls(anchor_of(owner.__module__), value)
+        if value is None:
+            raise ProbeError(f"probe {type(probe).__name__} has no {attribute}")
+        return cast(ProbeResource, value)  # a ProbeResource, or any object with read_bytes() and filename
+
     def read_bytes(self) -> bytes:
         """The file's bytes, from the installed package."""
         try:
-            return resources.files(self.package).joinpath(self.filename).read_bytes()
-        except (FileNotFoundError, ModuleNotFoundError) as exc:
+            return package_file(self.package, self.filename).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, ModuleNotFoundError) as exc:
             raise ProbeError(
                 f"{self.filename} is missing from package {self.package}",
                 hint="reinstall the plugin with pip so its package data (BPF objects, schemas) is installed",
@@ -147,12 +358,15 @@ class Probe(ABC):
     - ``name``: unique probe name (``tcp_connect``).
     - ``observes``: the kernel function or tracepoint it observes.
     - ``event_types``: the ``type`` values its events carry.
-    - ``bpf_object``: a :class:`ProbeResource` naming the compiled object.
+    - ``bpf_object``: the compiled object: a path relative to the probe's
+      package (``"oom_kill.bpf.o"``, ``"bpf/oom_kill.bpf.o"``) or a
+      :class:`ProbeResource`; read it with ``ProbeResource.of(probe, "bpf_object")``.
     - ``ring_buffer``: the name of its ring buffer map (``events``).
     - ``ring_buffer_bytes``: ring size the loader sets before load (power of two).
     - ``layout``: the :class:`RecordLayout` of its records.
     - ``ladder``: the ordered :class:`AttachRung` variants, best first.
-    - ``event_schema``: optional :class:`ProbeResource` naming a JSON Schema
+    - ``event_schema``: optional path (relative to the probe's package, like
+      ``bpf_object``) or :class:`ProbeResource` of a JSON Schema
       (draft 2020-12) file in the plugin's package that every event of this
       probe must also satisfy, usually ``if type == … then …`` blocks for its
       ``event_types``. The core's ``specs/event.schema.json`` covers only the
@@ -163,7 +377,9 @@ class Probe(ABC):
       ``tracking_full``), e.g. ``("issue_unseen",)``.
 
     Optional hooks: :meth:`unavailable_reason` (the machine lacks what the
-    probe needs), :meth:`rodata` (per-instance kernel-side settings),
+    probe needs; any hook may instead raise
+    :class:`~jalki_core.errors.ProbeUnavailableError` with the reason),
+    :meth:`rodata` (per-instance kernel-side settings),
     :meth:`prepare` (fill maps after load, before attach),
     :meth:`derive` (events computed from this probe's own
     events, e.g. windowed anomalies) and :meth:`final_events` (events read
@@ -173,12 +389,12 @@ class Probe(ABC):
     name: ClassVar[str]
     observes: ClassVar[str]
     event_types: ClassVar[tuple[str, ...]]
-    bpf_object: ClassVar[ProbeResource]
+    bpf_object: ClassVar[ProbeResource | str]
     ring_buffer: ClassVar[str] = "events"
     ring_buffer_bytes: ClassVar[int] = 1 << 20
     layout: ClassVar[RecordLayout]
     ladder: ClassVar[tuple[AttachRung, ...]]
-    event_schema: ClassVar[ProbeResource | None] = None
+    event_schema: ClassVar[ProbeResource | str | None] = None
     extra_drop_causes: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
@@ -279,9 +495,11 @@ def batch_records(layout: RecordLayout, records: Sequence[bytes]) -> bytes:
 
 __all__ = [
     "AttachRung",
+    "LayoutField",
     "Probe",
     "ProbeResource",
     "RecordLayout",
     "batch_records",
     "check_probe_contract",
+    "is_padding_name",
 ]

@@ -79,6 +79,27 @@ int ring_buffer__epoll_fd(const struct ring_buffer *rb);
 void ring_buffer__free(struct ring_buffer *rb);
 
 int bpf_enable_stats(int type);
+
+/* BTF (libbpf 1.1 btf.h): reading a record struct's members for the layout check. */
+struct btf;
+struct btf_type { uint32_t name_off; uint32_t info; ...; };
+struct btf_member { uint32_t name_off; uint32_t type; uint32_t offset; };
+struct btf_array { uint32_t type; uint32_t index_type; uint32_t nelems; };
+#define BTF_KIND_STRUCT ...
+#define BTF_KIND_UNION ...
+#define BTF_KIND_ARRAY ...
+struct btf *bpf_object__btf(const struct bpf_object *obj);
+int32_t btf__find_by_name_kind(const struct btf *btf, const char *type_name, uint32_t kind);
+const struct btf_type *btf__type_by_id(const struct btf *btf, uint32_t id);
+int64_t btf__resolve_size(const struct btf *btf, uint32_t type_id);
+int btf__resolve_type(const struct btf *btf, uint32_t type_id);
+const char *btf__name_by_offset(const struct btf *btf, uint32_t offset);
+uint16_t btf_kind(const struct btf_type *t);
+uint16_t btf_vlen(const struct btf_type *t);
+struct btf_member *btf_members(const struct btf_type *t);
+uint32_t btf_member_bit_offset(const struct btf_type *t, uint32_t member_idx);
+uint32_t btf_member_bitfield_size(const struct btf_type *t, uint32_t member_idx);
+struct btf_array *btf_array(const struct btf_type *t);
 int libbpf_num_possible_cpus(void);
 
 extern "Python" void jalki_py_print(int level, const char *msg);

@@ -6,6 +6,7 @@ import errno
 import os
 import re
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jalki_core._libbpf import _check
@@ -22,6 +23,68 @@ if TYPE_CHECKING:
 _LOG_BLOCK = re.compile(r"prog '([^']+)': -- BEGIN PROG LOAD LOG --\n(.*?)-- END PROG LOAD LOG --", re.S)
 _PROG_FAILED = re.compile(r"prog '([^']+)': (?:failed to load|BPF program load failed)")
 _NOT_A_REASON = ("processed ", "verification time", "stack depth", "max_states_per_insn")
+
+
+@dataclass(frozen=True)
+class BtfMember:
+    """One leaf member of a struct in an object's BTF, nested structs flattened.
+
+    :param path: the member's C path (``hdr.pid``, ``tuple.sport``, ``items[1].len``).
+    :param name: its own name, the last part of the path (``pid``).
+    :param offset: byte offset from the start of the outer struct.
+    :param size: its size in bytes (a whole array or union is one leaf).
+    :param element_size: for an array of scalars, the size of one innermost
+        element (``__u64 count[4]`` → 8, ``char names[8][64]`` → 1); else ``size``.
+    :param bitfield: the member is a bit field (not a whole number of bytes).
+    """
+
+    path: str
+    name: str
+    offset: int
+    size: int
+    element_size: int
+    bitfield: bool = False
+
+
+def _btf_leaves(btf: Any, type_id: int, base: int, prefix: str, out: list[BtfMember]) -> None:
+    """Append the leaf members of struct ``type_id`` at byte ``base`` to ``out``."""
+    t = lib.btf__type_by_id(btf, type_id)
+    members = lib.btf_members(t)
+    for index in range(int(lib.btf_vlen(t))):
+        member = members[index]
+        name = ffi.string(lib.btf__name_by_offset(btf, member.name_off)).decode()
+        path = f"{prefix}.{name}" if prefix and name else (name or prefix)
+        bit_offset = int(lib.btf_member_bit_offset(t, index))
+        bits = int(lib.btf_member_bitfield_size(t, index))
+        offset = base + bit_offset // 8
+        resolved = int(lib.btf__resolve_type(btf, member.type))
+        size = int(lib.btf__resolve_size(btf, member.type))
+        if bits or bit_offset % 8:
+            out.append(BtfMember(path, name, offset, (bits + 7) // 8, (bits + 7) // 8, bitfield=True))
+            continue
+        kind = int(lib.btf_kind(lib.btf__type_by_id(btf, resolved)))
+        if kind == lib.BTF_KIND_STRUCT:
+            _btf_leaves(btf, resolved, offset, path, out)
+        elif kind == lib.BTF_KIND_ARRAY:
+            _btf_array(btf, resolved, offset, path, name, size, out)
+        else:  # scalars, pointers, enums; a union is one leaf
+            out.append(BtfMember(path, name, offset, size, size))
+
+
+def _btf_array(btf: Any, type_id: int, offset: int, path: str, name: str, size: int, out: list[BtfMember]) -> None:
+    """An array member: one leaf for scalars (any dimensions), element by element for structs."""
+    array = lib.btf_array(lib.btf__type_by_id(btf, type_id))
+    element = int(lib.btf__resolve_type(btf, array.type))
+    element_type = lib.btf__type_by_id(btf, element)
+    while int(lib.btf_kind(element_type)) == lib.BTF_KIND_ARRAY:
+        element = int(lib.btf__resolve_type(btf, lib.btf_array(element_type).type))
+        element_type = lib.btf__type_by_id(btf, element)
+    element_size = int(lib.btf__resolve_size(btf, element))
+    if int(lib.btf_kind(element_type)) == lib.BTF_KIND_STRUCT and element_size > 0:
+        for i in range(size // element_size):
+            _btf_leaves(btf, element, offset + i * element_size, f"{path}[{i}]", out)
+        return
+    out.append(BtfMember(path, name, offset, size, element_size or size))
 
 
 def _verifier_reason(log: str) -> str | None:
@@ -233,6 +296,24 @@ class BpfObject(Closeable):
         if res in (-errno.ENOENT, -errno.ENODATA):
             return None
         return _check.rc(res, "btf_struct_size", BpfOpenError, obj=self._name, detail=f"struct {name}")
+
+    def btf_struct_members(self, name: str) -> list[BtfMember] | None:
+        """The leaf members of ``struct name`` in the object's BTF, by offset; None when absent.
+
+        Nested structs are walked (``struct jalki_event_header hdr`` gives
+        ``hdr.ts_ns`` … ``hdr.comm``); arrays of scalars and unions are one
+        leaf each; arrays of structs are walked element by element.
+        """
+        handle = self._handle("btf_struct_members")
+        btf = lib.bpf_object__btf(handle)
+        if btf == ffi.NULL:
+            return None
+        type_id = int(lib.btf__find_by_name_kind(btf, name.encode(), lib.BTF_KIND_STRUCT))
+        if type_id < 0:
+            return None
+        members: list[BtfMember] = []
+        _btf_leaves(btf, type_id, 0, "", members)
+        return sorted(members, key=lambda member: member.offset)
 
     def load(self) -> None:
         """Load every autoload program and create the maps (once per object).

@@ -61,6 +61,9 @@ class FakeObject:
     def btf_struct_size(self, name: str) -> int | None:
         return None
 
+    def btf_struct_members(self, name: str) -> list[Any] | None:
+        return None
+
     def set_rodata(self, var: str, value: int | bytes) -> None:
         pass
 

@@ -9,7 +9,7 @@ from jalki_core.probe import RecordLayout, batch_records
 
 
 def test_layout_size_must_match_c_size() -> None:
-    with pytest.raises(LayoutMismatchError, match="C header says 16"):
+    with pytest.raises(LayoutMismatchError, match="its c_size says 16"):
         RecordLayout("x_event", "<QI", ("a", "b"), 16)
 
 

@@ -35,4 +35,5 @@ OPEN_FAILED = RecordLayout(
     fields=("ts_ns", "cgroup_id", "pid", "flags", "comm",
             "error", "dfd", "open_flags", "mode", "syscall", "path_len", "path"),
     c_size=320,
+    c_names={"open_flags": "flags"},  # the C member is `flags`; the header has its own `flags`
 )
