@@ -15,7 +15,8 @@
  *                     task context, read later in softirq/timer context
  *
  * Each probe .bpf.c declares its own ring buffer, named `events`, before it
- * calls jalki_reserve() (a macro, so that it binds to that object's map):
+ * calls jalki_reserve() (a macro, so that it binds to that object's map; it
+ * returns the record zeroed, see jalki_ringbuf_reserve()):
  *
  *   struct {
  *           __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -226,13 +227,31 @@ static __always_inline bool jalki_sampled_out(void)
 	return true;
 }
 
-/* Reserve in a ring buffer; counts JALKI_DROP_RINGBUF_FULL on failure. */
+/*
+ * Reserve `size` bytes in a ring buffer and return them zeroed; counts
+ * JALKI_DROP_RINGBUF_FULL on failure.
+ *
+ * The zeroed-record rule: every byte of a record that reaches user space is
+ * written on every path. Ring buffer memory is not cleared between records
+ * (it holds whatever the last record at that place held), and a field left
+ * out on some path, a string's tail after its NUL, or padding would carry
+ * it. Zeroing here, in the one place every record is reserved, makes the
+ * rule hold for every probe; programs then write only what they know.
+ * `size` is a compile-time constant at every call (sizeof the record), so
+ * the memset becomes plain 8-byte stores (records are 8-byte aligned in the
+ * ring). Values built on the stack and copied into a record (tuples, owner
+ * snapshots) must be zero-initialised as well (`= {}`).
+ */
 static __always_inline void *jalki_ringbuf_reserve(void *ringbuf, __u64 size)
 {
 	void *rec = bpf_ringbuf_reserve(ringbuf, size, 0);
 
-	if (!rec)
+	if (!rec) {
 		jalki_count_drop(JALKI_DROP_RINGBUF_FULL);
+		return NULL;
+	}
+	/* the __u64 cast tells clang the alignment, so it stores 8 bytes at a time */
+	__builtin_memset((__u64 *)rec, 0, size);
 	return rec;
 }
 
@@ -257,7 +276,7 @@ static __always_inline void jalki_owner_current(struct jalki_owner *owner)
 static __always_inline void jalki_owner_record(const void *sk)
 {
 	__u64 key = (__u64)(unsigned long)sk;
-	struct jalki_owner owner;
+	struct jalki_owner owner = {};
 
 	jalki_owner_current(&owner);
 	bpf_map_update_elem(&jalki_sock_owner, &key, &owner, BPF_ANY);
@@ -278,7 +297,7 @@ static __always_inline void jalki_owner_record(const void *sk)
 static __always_inline void jalki_owner_record_if_absent(const void *sk, int state)
 {
 	__u64 key = (__u64)(unsigned long)sk;
-	struct jalki_owner owner;
+	struct jalki_owner owner = {};
 
 	if (state == JALKI_TCP_CLOSE || state == JALKI_TCP_LISTEN)
 		return;
@@ -334,10 +353,10 @@ static __always_inline void jalki_fill_header_current(struct jalki_event_header 
 /* Inet socket readers                                                 */
 /* ------------------------------------------------------------------ */
 /*
- * Addresses are written in network byte order into 16-byte arrays (IPv4 in
- * the first 4 bytes, the rest zeroed); ports in host byte order: sport is
- * skc_num (0 once the local port has been released, e.g. at CLOSE),
- * dport is ntohs(skc_dport).
+ * Addresses are written in network byte order into 16-byte arrays, all 16
+ * bytes on every path (IPv4 in the first 4 bytes, the rest zeroed); ports in
+ * host byte order: sport is skc_num (0 once the local port has been
+ * released, e.g. at CLOSE), dport is ntohs(skc_dport).
  */
 
 static __always_inline void jalki_put_addr4(__u8 *dst, __be32 addr)
@@ -383,8 +402,11 @@ static __always_inline void jalki_sk_addrs_probed(const struct sock *sk, __u8 *s
 	*sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	*dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (fam == JALKI_AF_INET6) {
-		BPF_CORE_READ_INTO(saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		/* all 16 bytes: BPF_CORE_READ_INTO(dst, ...) copies sizeof(*dst),
+		 * one byte through a __u8 *. bpf_probe_read_kernel zeroes dst when
+		 * the read fails. */
+		bpf_core_read(saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(daddr, 16, &sk->__sk_common.skc_v6_daddr);
 	} else {
 		jalki_put_addr4(saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
 		jalki_put_addr4(daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));

@@ -274,7 +274,7 @@ static __always_inline void emit_attempt(void *ctx, const struct sock *sk,
 					 bool btf)
 {
 	struct tcp_connect_event *ev;
-	struct jalki_tcp_tuple t;
+	struct jalki_tcp_tuple t = {};
 
 	/* the live tuple is complete now (the port is bound after SYN_SENT) */
 	if (btf) {
@@ -578,7 +578,7 @@ int tp_connect_exit(struct connect_exit_record *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct connect_call *found = bpf_map_lookup_elem(&connect_calls, &pid_tgid);
 	struct tcp_connect_event *ev;
-	struct jalki_tcp_tuple t;
+	struct jalki_tcp_tuple t = {};
 	struct connect_call call;
 	const struct sock *sk;
 	long ret = ctx->ret;

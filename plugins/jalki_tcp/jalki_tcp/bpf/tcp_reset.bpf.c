@@ -156,7 +156,7 @@ static __always_inline void emit(const struct jalki_owner *owner, const struct j
 static __always_inline int handle_send(const struct sock *sk, const void *skb, int state, bool btf)
 {
 	const struct jalki_owner *owner = NULL;
-	struct jalki_tcp_tuple t;
+	struct jalki_tcp_tuple t = {};
 	__u32 netns = 0;
 
 	if (sk && state != ST_TIME_WAIT && state != ST_NEW_SYN_RECV) {
@@ -185,7 +185,7 @@ static __always_inline int handle_send(const struct sock *sk, const void *skb, i
 /* A reset received on a full socket, before the kernel closes it. */
 static __always_inline int handle_receive(const struct sock *sk, bool btf)
 {
-	struct jalki_tcp_tuple t;
+	struct jalki_tcp_tuple t = {};
 	__u32 state, netns;
 
 	if (!sk)

@@ -67,7 +67,7 @@ static __always_inline int handle_retransmit(const struct sock *sk, bool btf)
 {
 	const struct jalki_owner *owner = jalki_owner_lookup(sk);
 	struct tcp_retransmit_event *ev;
-	struct jalki_tcp_tuple t;
+	struct jalki_tcp_tuple t = {};
 	__u32 tgid = owner ? owner->tgid : 0;
 
 	if (jalki_is_self(tgid))
