@@ -20,6 +20,34 @@ Event = dict[str, Any]
 
 SEVERITIES = ("debug", "info", "warning", "error", "critical")
 
+HEADER_FMT = "QQII16s"
+"""``struct jalki_event_header`` (``bpf_src/jalki/common.bpf.h``) as a :mod:`struct` format, without byte order."""
+
+HEADER_FIELDS = ("ts_ns", "cgroup_id", "pid", "flags", "comm")
+"""The header's members, in order: the first five values of every record that starts with it."""
+
+HEADER_SIZE = 40
+"""``sizeof(struct jalki_event_header)``."""
+
+OWNER_KNOWN = 1
+"""``JALKI_HDR_OWNER_KNOWN``: the header's pid, comm and cgroup id name the event's owner.
+
+Bits 0-7 of the header's ``flags`` are the core's; a probe's own flags start at ``1 << 8``.
+"""
+
+
+def header_process_data(record: tuple[Any, ...]) -> dict[str, Any]:
+    """``process_data`` from a record's header (its first five values: ``ts_ns, cgroup_id, pid, flags, comm``).
+
+    The owner's ``pid``, ``command`` and ``cgroup_id`` when the header has
+    :data:`OWNER_KNOWN`, else all three null (an event in softirq context
+    whose owner was never seen).
+    """
+    _ts, cgroup_id, pid, flags, comm = record[:5]
+    if flags & OWNER_KNOWN:
+        return {"pid": pid, "command": kernel_comm(comm), "cgroup_id": cgroup_id}
+    return {"pid": None, "command": None, "cgroup_id": None}
+
 
 def monotonic_to_realtime_offset() -> int:
     """Nanoseconds to add to a CLOCK_MONOTONIC reading to get wall-clock (UTC) time.
@@ -109,6 +137,25 @@ class EventContext:
         }
         if outcome is not None:
             event["outcome"] = outcome
+        return event
+
+    def from_header(
+        self,
+        event_type: str,
+        record: tuple[Any, ...],
+        *,
+        severity: str = "info",
+        outcome: str | None = None,
+    ) -> Event:
+        """An event for a record that starts with ``struct jalki_event_header``.
+
+        Like :meth:`new_event`, with ``timestamp`` from the header's ``ts_ns``
+        and ``process_data`` from its owner (:func:`header_process_data`).
+        ``record`` is the unpacked record of a layout made with
+        :meth:`RecordLayout.with_header <jalki_core.probe.RecordLayout.with_header>`.
+        """
+        event = self.new_event(event_type, record[0], severity=severity, outcome=outcome)
+        event["process_data"] = header_process_data(record)
         return event
 
 

@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from jalki_core.errors import LayoutMismatchError, ProbeError
+from jalki_core.events import HEADER_FIELDS, HEADER_FMT
 from jalki_core.package_data import anchor_of, check_relative, package_file
 
 if TYPE_CHECKING:
@@ -121,6 +122,31 @@ class RecordLayout:
             raise LayoutMismatchError(
                 f"record layout {self.c_struct} in {self.defined_in}: c_names names unknown fields {unknown}"
             )
+
+    @classmethod
+    def with_header(
+        cls,
+        c_struct: str,
+        fmt: str,
+        fields: Sequence[str],
+        c_size: int,
+        *,
+        c_names: Mapping[str, str] | None = None,
+    ) -> RecordLayout:
+        """The layout of a record whose first member is ``struct jalki_event_header hdr``.
+
+        ``fmt`` and ``fields`` describe only the members after the header
+        (``fmt`` without byte order: little-endian is prepended with the
+        header); ``c_size`` is the whole record's size. The header's fields
+        come first: ``ts_ns, cgroup_id, pid, flags, comm``, so a decoder can
+        hand each unpacked record to
+        :meth:`EventContext.from_header <jalki_core.events.EventContext.from_header>`::
+
+            RUNQ = RecordLayout.with_header("runq_event", "IIQ", ("tid", "cpu", "latency_ns"), c_size=56)
+        """
+        body = fmt[1:] if fmt[:1] in ("<", "=") else fmt
+        return cls(c_struct, f"<{HEADER_FMT}{body}", (*HEADER_FIELDS, *fields), c_size,
+                   c_names=dict(c_names or {}), defined_in=_caller_module())
 
     @cached_property
     def struct(self) -> struct.Struct:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from jalki_memory import layouts
 from jalki_memory.probes import OomKillProbe, memcg_path
 
-from jalki_core.events import Event
+from jalki_core.events import OWNER_KNOWN, Event
 from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
 
 VICTIM = {"pid": 3001, "comm": b"java", "cgroup_id": 812}
@@ -29,7 +29,7 @@ def decode(values: dict[str, object], *, page_size: int = 4096, attach: str = "t
 
 def test_tp_btf_record_pages_become_bytes(jalki_validate_event: Callable[[Event], None]) -> None:
     event = decode({
-        "flags": layouts.OWNER_KNOWN | layouts.SCORE_ADJ_KNOWN,
+        "flags": OWNER_KNOWN | layouts.SCORE_ADJ_KNOWN,
         "total_vm": 12066, "anon_rss": 9344, "file_rss": 1371, "shmem_rss": 2, "pgtables": 139264,
         "memcg_id": 12971, "memcg_depth": 2, "memcg_names": names("web", "kubepods"), "oom_score_adj": -500,
         "uid": 1000,
@@ -47,7 +47,7 @@ def test_tp_btf_record_pages_become_bytes(jalki_validate_event: Callable[[Event]
 
 
 def test_page_size_is_the_probes(jalki_validate_event: Callable[[Event], None]) -> None:
-    event = decode({"flags": layouts.OWNER_KNOWN, "anon_rss": 10}, page_size=65536)
+    event = decode({"flags": OWNER_KNOWN, "anon_rss": 10}, page_size=65536)
     jalki_validate_event(event)
     assert event["data"]["anon_rss_bytes"] == 655360
     assert event["data"]["memcg_path"] == "/" and event["data"]["oom_score_adj"] is None
@@ -55,7 +55,7 @@ def test_page_size_is_the_probes(jalki_validate_event: Callable[[Event], None]) 
 
 def test_classic_record_kb_become_bytes(jalki_validate_event: Callable[[Event], None]) -> None:
     event = decode({
-        "flags": layouts.OWNER_KNOWN | layouts.FIGURES_KB | layouts.SCORE_ADJ_KNOWN,
+        "flags": OWNER_KNOWN | layouts.FIGURES_KB | layouts.SCORE_ADJ_KNOWN,
         "total_vm": 48264, "anon_rss": 37376, "file_rss": 5484, "shmem_rss": 0, "pgtables": 136,
         "memcg_id": 77, "memcg_depth": 1, "memcg_names": names("jalki-oom"),
     }, attach="tracepoint")
@@ -76,7 +76,7 @@ def test_victim_unseen_on_the_classic_rung(jalki_validate_event: Callable[[Event
 
 
 def test_old_kernel_without_figures(jalki_validate_event: Callable[[Event], None]) -> None:
-    event = decode({"flags": layouts.OWNER_KNOWN | layouts.FIGURES_ABSENT, "comm": b""}, attach="tracepoint")
+    event = decode({"flags": OWNER_KNOWN | layouts.FIGURES_ABSENT, "comm": b""}, attach="tracepoint")
     jalki_validate_event(event)
     assert event["process_data"]["command"] is None
     assert all(event["data"][f"{name}_bytes"] is None
@@ -84,8 +84,8 @@ def test_old_kernel_without_figures(jalki_validate_event: Callable[[Event], None
 
 
 def test_no_memcg_and_deep_memcg(jalki_validate_event: Callable[[Event], None]) -> None:
-    none = decode({"flags": layouts.OWNER_KNOWN | layouts.NO_MEMCG})
-    deep = decode({"flags": layouts.OWNER_KNOWN | layouts.MEMCG_TRUNCATED, "memcg_depth": 8,
+    none = decode({"flags": OWNER_KNOWN | layouts.NO_MEMCG})
+    deep = decode({"flags": OWNER_KNOWN | layouts.MEMCG_TRUNCATED, "memcg_depth": 8,
                    "memcg_names": names(*(f"l{i}" for i in range(8, 0, -1)))})
     for event in (none, deep):
         jalki_validate_event(event)

@@ -8,7 +8,7 @@ from pathlib import Path
 from jalki_memory import layouts
 from jalki_memory.probes import OomKillProbe
 
-from jalki_core.events import Event
+from jalki_core.events import OWNER_KNOWN, Event
 from jalki_core.kb import default_kb, evaluate
 from jalki_core.kb.conditions import get_path
 from jalki_core.plugins import JalkiPlugins
@@ -22,7 +22,7 @@ def oom_event() -> Event:
     probe = OomKillProbe(page_size=4096)
     ring = FakeRingBuffer(probe.layout)
     ring.push_values(ts_ns=1, pid=77, comm=b"java", cgroup_id=5, trigger_pid=77, trigger_comm=b"java",
-                     flags=layouts.OWNER_KNOWN | layouts.SCORE_ADJ_KNOWN, anon_rss=51200, total_vm=60000,
+                     flags=OWNER_KNOWN | layouts.SCORE_ADJ_KNOWN, anon_rss=51200, total_vm=60000,
                      file_rss=10, pgtables=4096, memcg_id=9, memcg_depth=1, memcg_names=b"app")
     [event] = decode_all(probe, ring, make_event_context(probe.name, "tp_btf"))
     return event

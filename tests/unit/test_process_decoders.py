@@ -9,14 +9,14 @@ from jalki_process import layouts
 from jalki_process.probes import ProcessExecProbe, ProcessExitProbe, split_argv
 from jalki_process.signals import decode_wait_status, signal_name
 
-from jalki_core.events import Event
+from jalki_core.events import OWNER_KNOWN, Event
 from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
 
 PROC = {"pid": 4242, "comm": b"api-server", "cgroup_id": 99}
 PARENT = {"ppid": 1, "parent_comm": b"systemd"}
 
 
-def exit_event(status: int, flags: int = layouts.OWNER_KNOWN | layouts.GROUP_EXIT, **extra: object) -> Event:
+def exit_event(status: int, flags: int = OWNER_KNOWN | layouts.GROUP_EXIT, **extra: object) -> Event:
     probe = ProcessExitProbe()
     ring = FakeRingBuffer(probe.layout)
     ring.push_values(ts_ns=2_000_000_000, status=status, runtime_ns=1_500_000_000, tid=4242, flags=flags,
@@ -48,7 +48,7 @@ def test_sigkill_is_137_and_an_error(jalki_validate_event: Callable[[Event], Non
 
 
 def test_oom_victim_flag_and_core_dump(jalki_validate_event: Callable[[Event], None]) -> None:
-    oom = exit_event(9, layouts.OWNER_KNOWN | layouts.GROUP_EXIT | layouts.OOM_VICTIM)
+    oom = exit_event(9, OWNER_KNOWN | layouts.GROUP_EXIT | layouts.OOM_VICTIM)
     segv = exit_event(11 | 0x80)
     for event in (oom, segv):
         jalki_validate_event(event)
@@ -58,14 +58,14 @@ def test_oom_victim_flag_and_core_dump(jalki_validate_event: Callable[[Event], N
 
 
 def test_clean_exit_is_info_and_not_abnormal(jalki_validate_event: Callable[[Event], None]) -> None:
-    event = exit_event(0, layouts.OWNER_KNOWN)
+    event = exit_event(0, OWNER_KNOWN)
     jalki_validate_event(event)
     assert event["severity"] == "info"
     assert (event["data"]["exit_code"], event["data"]["signal"], event["data"]["abnormal"]) == (0, None, False)
 
 
 def test_unknown_parent_is_null(jalki_validate_event: Callable[[Event], None]) -> None:
-    event = exit_event(0, layouts.OWNER_KNOWN | layouts.NO_PARENT, ppid=0, parent_comm=b"")
+    event = exit_event(0, OWNER_KNOWN | layouts.NO_PARENT, ppid=0, parent_comm=b"")
     jalki_validate_event(event)
     assert (event["data"]["ppid"], event["data"]["parent_command"]) == (None, None)
 
@@ -90,7 +90,7 @@ def exec_records(*records: dict[str, object]) -> list[Event]:
     probe = ProcessExecProbe()
     ring = FakeRingBuffer(probe.layout)
     for values in records:
-        ring.push_values(**{"ts_ns": 5, "flags": layouts.OWNER_KNOWN, **PROC, "pid": 5000, "old_pid": 5000,
+        ring.push_values(**{"ts_ns": 5, "flags": OWNER_KNOWN, **PROC, "pid": 5000, "old_pid": 5000,
                             **PARENT, **values})
     return decode_all(probe, ring, make_event_context("process_exec", "tracepoint"))
 
@@ -110,9 +110,9 @@ def test_exec_argv_truncated_unreadable_and_thread_exec(jalki_validate_event: Ca
     long_argv = b"\0".join([b"x" * 100] * 3) + b"\0"  # 303 bytes: the kernel keeps 256
     cut, unreadable = exec_records(
         {"filename": b"/usr/bin/x", "argv": long_argv[:256], "argv_len": 256, "argv_full_len": len(long_argv),
-         "flags": layouts.OWNER_KNOWN | layouts.ARGV_TRUNCATED, "old_pid": 5003},
+         "flags": OWNER_KNOWN | layouts.ARGV_TRUNCATED, "old_pid": 5003},
         {"filename": b"/usr/bin/y", "argv_len": 0, "argv_full_len": 12,
-         "flags": layouts.OWNER_KNOWN | layouts.ARGV_UNREADABLE},
+         "flags": OWNER_KNOWN | layouts.ARGV_UNREADABLE},
     )
     for event in (cut, unreadable):
         jalki_validate_event(event)
@@ -133,7 +133,7 @@ def test_batches_decode_in_order() -> None:
     probe = ProcessExitProbe()
     ring = FakeRingBuffer(probe.layout, batch_records=2)
     for code in range(5):
-        ring.push_values(ts_ns=code, status=code << 8, flags=layouts.OWNER_KNOWN, **PROC)
+        ring.push_values(ts_ns=code, status=code << 8, flags=OWNER_KNOWN, **PROC)
     events = decode_all(probe, ring)
     assert [e["data"]["exit_code"] for e in events] == [0, 1, 2, 3, 4]
     assert ring.size_mismatches == 0

@@ -9,7 +9,7 @@ from typing import Any
 from jalki_process import layouts
 from jalki_process.probes import ProcessExecProbe, ProcessExitProbe
 
-from jalki_core.events import Event
+from jalki_core.events import OWNER_KNOWN, Event
 from jalki_core.kb import default_kb, evaluate
 from jalki_core.kb.conditions import get_path
 from jalki_core.plugins import JalkiPlugins
@@ -28,7 +28,7 @@ def decoded(probe: Probe, **values: Any) -> Event:
     return event
 
 
-def exit_event(status: int, flags: int = layouts.OWNER_KNOWN | layouts.GROUP_EXIT) -> Event:
+def exit_event(status: int, flags: int = OWNER_KNOWN | layouts.GROUP_EXIT) -> Event:
     return decoded(ProcessExitProbe(), status=status, flags=flags, runtime_ns=10)
 
 
@@ -50,7 +50,7 @@ def test_entries_are_this_plugins_and_unique() -> None:
 
 def test_entry_fields_are_real_event_paths() -> None:
     events = {"process_exit": exit_event(9),
-              "process_exec": decoded(ProcessExecProbe(), flags=layouts.OWNER_KNOWN, filename=b"/bin/true",
+              "process_exec": decoded(ProcessExecProbe(), flags=OWNER_KNOWN, filename=b"/bin/true",
                                       argv=b"true\0", argv_len=5, argv_full_len=5)}
     for entry_id, event in events.items():
         entry = KB.get(entry_id)
@@ -60,7 +60,7 @@ def test_entry_fields_are_real_event_paths() -> None:
 
 
 def test_exit_137_by_the_oom_killer_says_so() -> None:
-    [finding] = evaluate([exit_event(9, layouts.OWNER_KNOWN | layouts.GROUP_EXIT | layouts.OOM_VICTIM)], KB)
+    [finding] = evaluate([exit_event(9, OWNER_KNOWN | layouts.GROUP_EXIT | layouts.OOM_VICTIM)], KB)
     assert (finding.interpretation_id, finding.severity) == ("exit_oom_killed", "critical")
     assert "killed by the OOM killer" in finding.conclusion
 
@@ -74,4 +74,4 @@ def test_plain_sigkill_keeps_its_meaning() -> None:
 def test_status_3_is_a_failure_status_and_clean_exit_nothing() -> None:
     [finding] = evaluate([exit_event(3 << 8)], KB)
     assert finding.interpretation_id == "exit_failure_status"
-    assert evaluate([exit_event(0, layouts.OWNER_KNOWN)], KB) == []
+    assert evaluate([exit_event(0, OWNER_KNOWN)], KB) == []

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from jalki_core.probe import RecordLayout
 
-OWNER_KNOWN = 1
-"""``JALKI_HDR_OWNER_KNOWN``."""
 PATH_TRUNCATED = 1 << 8
 """``JALKI_FS_PATH_TRUNCATED``: the path was longer than the record keeps."""
 PATH_UNREADABLE = 1 << 9
@@ -29,11 +27,10 @@ FS_STATS = ("opens_succeeded",)
 EXTRA_DROP_CAUSES = ("enter_unseen",)
 """Probe-specific drop causes, in the order of ``enum jalki_fs_drop_cause``."""
 
-OPEN_FAILED = RecordLayout(
+OPEN_FAILED = RecordLayout.with_header(
     c_struct="open_failed_event",
-    fmt="<QQII16s" + f"iiIIII{PATH_MAX}s",
-    fields=("ts_ns", "cgroup_id", "pid", "flags", "comm",
-            "error", "dfd", "open_flags", "mode", "syscall", "path_len", "path"),
+    fmt=f"iiIIII{PATH_MAX}s",
+    fields=("error", "dfd", "open_flags", "mode", "syscall", "path_len", "path"),
     c_size=320,
     c_names={"open_flags": "flags"},  # the C member is `flags`; the header has its own `flags`
 )

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jalki_core.errors import LibbpfError, ProbeError, errno_name
-from jalki_core.events import Event, EventContext, errno_message, kernel_comm
+from jalki_core.events import Event, EventContext, errno_message
 from jalki_core.probe import AttachRung, Probe, ProbeResource
 from jalki_fs import layouts
 
@@ -101,12 +101,12 @@ class OpenFailedProbe(Probe):
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
         events = []
         for record in self.layout.struct.iter_unpack(batch):
-            ts, cgroup_id, pid, flags, comm, error, dfd, open_flags, mode, syscall, path_len, path = record
+            flags = record[3]
+            error, dfd, open_flags, mode, syscall, path_len, path = record[5:]
             code = errno_name(error)
-            event = ctx.new_event("kernel.fs.open_failed", ts, severity=_SEVERITY.get(code, "info"),
-                                  outcome="failure")
+            event = ctx.from_header("kernel.fs.open_failed", record, severity=_SEVERITY.get(code, "info"),
+                                    outcome="failure")
             event["error"] = {"code": code, "message": errno_message(error)}
-            event["process_data"] = {"pid": pid, "command": kernel_comm(comm), "cgroup_id": cgroup_id}
             unreadable = bool(flags & layouts.PATH_UNREADABLE)
             event["data"] = {
                 "path": None if unreadable else path[:path_len].decode("utf-8", "backslashreplace"),

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from jalki_core.probe import RecordLayout
 
-OWNER_KNOWN = 1
-"""``JALKI_HDR_OWNER_KNOWN``: the header's cgroup id is the victim's."""
-
 FIGURES_KB = 1 << 8
 """``JALKI_MEM_FIGURES_KB``: figures are kB (the classic record); else pages, pgtables in bytes."""
 
@@ -35,11 +32,10 @@ MEMCG_DEPTH = 8
 MEMCG_NAME = 64
 """``JALKI_MEM_MEMCG_NAME``: bytes kept of each level's name, with the NUL."""
 
-OOM_KILL = RecordLayout(
+OOM_KILL = RecordLayout.with_header(
     c_struct="oom_kill_event",
-    fmt="<QQII16s" + "QQQQQQ" + "IiII16s" + f"{MEMCG_DEPTH * MEMCG_NAME}s",
-    fields=("ts_ns", "cgroup_id", "pid", "flags", "comm",
-            "total_vm", "anon_rss", "file_rss", "shmem_rss", "pgtables", "memcg_id",
+    fmt="QQQQQQ" + "IiII16s" + f"{MEMCG_DEPTH * MEMCG_NAME}s",
+    fields=("total_vm", "anon_rss", "file_rss", "shmem_rss", "pgtables", "memcg_id",
             "uid", "oom_score_adj", "trigger_pid", "memcg_depth", "trigger_comm", "memcg_names"),
     c_size=632,
 )

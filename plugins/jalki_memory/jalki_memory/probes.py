@@ -5,7 +5,7 @@ from __future__ import annotations
 import resource
 from typing import Any
 
-from jalki_core.events import Event, EventContext, kernel_comm
+from jalki_core.events import OWNER_KNOWN, Event, EventContext, kernel_comm
 from jalki_core.probe import AttachRung, Probe, ProbeResource
 from jalki_memory import layouts
 
@@ -64,15 +64,12 @@ class OomKillProbe(Probe):
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
         events = []
         for record in self.layout.struct.iter_unpack(batch):
-            _ts, cgroup_id, pid, flags, comm = record[:5]
+            _ts, _cgroup_id, pid, flags, comm = record[:5]
             memcg_id, uid, score_adj, trigger_pid, depth, trigger_comm, names = record[10:17]
-            victim_known = bool(flags & layouts.OWNER_KNOWN)
-            event = ctx.new_event("kernel.memory.oom_kill", record[0], severity="critical")
-            event["process_data"] = {
-                "pid": pid,
-                "command": kernel_comm(comm) or None,
-                "cgroup_id": cgroup_id if victim_known else None,
-            }
+            victim_known = bool(flags & OWNER_KNOWN)  # here: the header's cgroup id is the victim's
+            event = ctx.from_header("kernel.memory.oom_kill", record, severity="critical")
+            # the victim's pid (and comm, where the kernel's record has it) are known on every rung
+            event["process_data"].update(pid=pid, command=kernel_comm(comm) or None)
             data: dict[str, Any] = self._figures(flags, record)
             if victim_known and not flags & layouts.NO_MEMCG:
                 data["memcg_path"] = memcg_path(depth, names, truncated=bool(flags & layouts.MEMCG_TRUNCATED))

@@ -8,13 +8,6 @@ from __future__ import annotations
 
 from jalki_core.probe import RecordLayout
 
-# struct jalki_event_header (40)
-_HEADER_FMT = "QQII16s"
-_HEADER_FIELDS = ("ts_ns", "cgroup_id", "pid", "flags", "comm")
-
-OWNER_KNOWN = 1
-"""``JALKI_HDR_OWNER_KNOWN``: the header's pid/comm/cgroup name the process."""
-
 ARGV_TRUNCATED = 1 << 8
 """``JALKI_PROC_ARGV_TRUNCATED`` (exec): argv was longer than :data:`ARGV_MAX` bytes."""
 
@@ -36,17 +29,17 @@ FILENAME_MAX = 256
 ARGV_MAX = 256
 """``JALKI_PROC_ARGV_MAX``: bytes of argv kept."""
 
-EXEC = RecordLayout(
+EXEC = RecordLayout.with_header(
     c_struct="process_exec_event",
-    fmt=f"<{_HEADER_FMT}IIII16s{FILENAME_MAX}s{ARGV_MAX}s",
-    fields=(*_HEADER_FIELDS, "ppid", "old_pid", "argv_len", "argv_full_len", "parent_comm",
+    fmt=f"IIII16s{FILENAME_MAX}s{ARGV_MAX}s",
+    fields=("ppid", "old_pid", "argv_len", "argv_full_len", "parent_comm",
             "filename", "argv"),
     c_size=584,
 )
 
-EXIT = RecordLayout(
+EXIT = RecordLayout.with_header(
     c_struct="process_exit_event",
-    fmt=f"<{_HEADER_FMT}IIQII16s",
-    fields=(*_HEADER_FIELDS, "ppid", "status", "runtime_ns", "tid", "nr_threads_seen", "parent_comm"),
+    fmt="IIQII16s",
+    fields=("ppid", "status", "runtime_ns", "tid", "nr_threads_seen", "parent_comm"),
     c_size=80,
 )

@@ -14,12 +14,6 @@ _EVENT_SCHEMA = ProbeResource("jalki_process", "events.schema.json")
 """The JSON Schema of the process events, beyond the core envelope."""
 
 
-def _process_data(record: tuple[Any, ...]) -> dict[str, Any]:
-    """``process_data`` from a record's header (``ts, cgroup_id, pid, flags, comm``)."""
-    _ts, cgroup_id, pid, _flags, comm = record[:5]
-    return {"pid": pid, "command": kernel_comm(comm), "cgroup_id": cgroup_id}
-
-
 def _parent(flags: int, ppid: int, parent_comm: bytes) -> dict[str, Any]:
     """``data.ppid`` and ``data.parent_command`` (null when the kernel could not read the parent)."""
     if flags & layouts.NO_PARENT:
@@ -62,8 +56,7 @@ class ProcessExecProbe(Probe):
         for record in self.layout.struct.iter_unpack(batch):
             flags = record[3]
             ppid, old_pid, argv_len, argv_full_len, parent_comm, filename, argv = record[5:12]
-            event = ctx.new_event("kernel.process.exec", record[0], severity="info")
-            event["process_data"] = _process_data(record)
+            event = ctx.from_header("kernel.process.exec", record, severity="info")
             data: dict[str, Any] = _parent(flags, ppid, parent_comm)
             data["filename"] = filename.split(b"\0", 1)[0].decode("utf-8", "replace")
             if flags & layouts.ARGV_UNREADABLE:
@@ -114,8 +107,7 @@ class ProcessExitProbe(Probe):
                 severity = "warning"
             else:
                 severity = "info"
-            event = ctx.new_event("kernel.process.exit", record[0], severity=severity)
-            event["process_data"] = _process_data(record)
+            event = ctx.from_header("kernel.process.exit", record, severity=severity)
             data: dict[str, Any] = {
                 "exit_code": exit_code,
                 "signal": signal_name(signo) if signo is not None else None,

@@ -10,14 +10,10 @@ import struct
 
 from jalki_core.probe import RecordLayout
 
-OWNER_KNOWN = 1
-"""``JALKI_HDR_OWNER_KNOWN``: the header names the task that issued the request."""
-
-BLOCK_IO = RecordLayout(
+BLOCK_IO = RecordLayout.with_header(
     c_struct="block_io_event",
-    fmt="<QQII16s" + "QQIIIi",
-    fields=("ts_ns", "cgroup_id", "pid", "flags", "comm",
-            "latency_ns", "sector", "dev", "bytes", "op", "error"),
+    fmt="QQIIIi",
+    fields=("latency_ns", "sector", "dev", "bytes", "op", "error"),
     c_size=72,
 )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from jalki_core.errors import ProbeError, errno_name
-from jalki_core.events import Event, EventContext, errno_message, kernel_comm
+from jalki_core.events import Event, EventContext, errno_message
 from jalki_core.probe import AttachRung, Probe, ProbeResource
 from jalki_storage import layouts
 
@@ -155,17 +155,13 @@ class BlockIoProbe(Probe):
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
         events = []
         for record in self.layout.struct.iter_unpack(batch):
-            ts, cgroup_id, pid, flags, comm, latency_ns, sector, dev, size, op, error = record
+            latency_ns, sector, dev, size, op, error = record[5:]
             if error:
-                event = ctx.new_event("kernel.storage.io_error", ts, severity="critical", outcome="failure")
+                event = ctx.from_header("kernel.storage.io_error", record, severity="critical", outcome="failure")
                 event["error"] = {"code": errno_name(error), "message": errno_message(error)}
             else:
                 severity = "critical" if latency_ns >= self.critical_ns else "warning"
-                event = ctx.new_event("kernel.storage.io_latency", ts, severity=severity)
-            if flags & layouts.OWNER_KNOWN:
-                event["process_data"] = {"pid": pid, "command": kernel_comm(comm), "cgroup_id": cgroup_id}
-            else:
-                event["process_data"] = {"pid": None, "command": None, "cgroup_id": None}
+                event = ctx.from_header("kernel.storage.io_latency", record, severity=severity)
             event["data"] = {
                 "device": device_number(dev),
                 "disk": disk_name(dev),
