@@ -137,17 +137,9 @@ def first_sentence(text: str) -> str:
 
 
 def _evidence_phrase(finding: Finding) -> str:
-    parts = [f"{finding.events} {finding.entry_id} event{'s' if finding.events != 1 else ''}"]
-    group = finding.evidence[0]
-    if group.destinations:
-        more = len({d.address for g in finding.evidence for d in g.destinations}) - 1
-        parts.append(f"to {group.destinations[0].address}" + (f" and {more} more" if more > 0 else ""))
-    if group.processes:
-        process = group.processes[0]
-        parts.append(f"from {process.command or '?'} (pid {process.pid})")
-    elif group.unattributed:
-        parts.append("no single known process")
-    return ", ".join(parts)
+    """``13 process_exit events: SIGSEGV (exit 139, core dumped) from crashy (13 processes)``."""
+    count = f"{finding.events} {finding.entry_id} event{'s' if finding.events != 1 else ''}"
+    return f"{count}: {finding.detail}" if finding.detail else count
 
 
 def _observed_answer(findings: list[Finding], probes: list[ProbeUse], events: int, seconds: float) -> str:

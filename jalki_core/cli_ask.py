@@ -61,6 +61,28 @@ class _Progress:
             self._bar.stop()
 
 
+def _command_words(command: Mapping[str, Any]) -> str:
+    """``crashy ×13 (pids 812, 815, …, 13 in all)``: short-lived processes of one program on one line."""
+    from rich.markup import escape
+
+    from jalki_core.kb.summarize import CommandGroup
+
+    group = CommandGroup(command["command"], command["events"], command["processes"], tuple(command["pids"]))
+    return escape(group.phrase())
+
+
+def _field_words(summary: Mapping[str, Any]) -> str:
+    """``signal SIGSEGV ×13``; a spread of numbers as its range (``latency_ns 31000–52000``)."""
+    from rich.markup import escape
+
+    name, values = summary["field"].rsplit(".", 1)[-1], summary["values"]
+    if summary["min"] is not None and (len(values) > 3 or summary["other"]):
+        return f"{name} {summary['min']}–{summary['max']}"
+    words = ", ".join(f"{escape(str(v['value']).lower() if isinstance(v['value'], bool) else str(v['value']))} "
+                      f"×{v['events']}" for v in values[:3])
+    return f"{name} {words}" + (", …" if len(values) > 3 or summary["other"] else "")
+
+
 def _evidence_lines(finding: Mapping[str, Any]) -> list[str]:
     from rich.markup import escape
 
@@ -74,7 +96,12 @@ def _evidence_lines(finding: Mapping[str, Any]) -> list[str]:
             parts.append(f"peak {group['peak_in_window']} within the window")
         if group["destinations"]:
             parts.append("to " + ", ".join(f"{d['address']} ×{d['events']}" for d in group["destinations"][:3]))
-        if group["processes"]:
+        parts.extend(_field_words(summary) for summary in group.get("fields", ()))
+        commands = group.get("commands")
+        if commands:
+            parts.append("from " + ", ".join(_command_words(c) for c in commands[:3])
+                         + (f" and {len(commands) - 3} more" if len(commands) > 3 else ""))
+        elif group["processes"]:
             parts.append("from " + ", ".join(f"{escape(p['command'] or '?')} (pid {p['pid']}) ×{p['events']}"
                                              for p in group["processes"][:3]))
         if group["unattributed"]:
@@ -102,6 +129,8 @@ def print_answer(answer: Mapping[str, Any], console: Console) -> None:
         kernel = " ".join(value for value in (finding["errno"], finding["tcp_state"]) if value)
         console.print(f"{rank}. [{style}]{finding['severity'].upper()}[/] {finding['interpretation']} "
                       f"[dim]({finding['entry']}{', ' + kernel if kernel else ''})[/]")
+        if finding.get("detail"):
+            console.print(f"   [bold]seen:[/] {escape(finding['detail'])}")
         console.print(f"   {escape(finding['conclusion'])}")
         for line in _evidence_lines(finding):
             console.print(f"   [bold]evidence:[/] {line}")

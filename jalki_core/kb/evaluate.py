@@ -22,9 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 from jalki_core.kb.conditions import Window, get_path, holds
 from jalki_core.kb.model import SEVERITY_RANK, Interpretation
+from jalki_core.kb.summarize import (
+    CommandGroup,
+    FieldSummary,
+    decisive_fields,
+    detail_phrase,
+    group_by_command,
+    pinned_values,
+    summarize_fields,
+    values_phrase,
+)
 
 if TYPE_CHECKING:
-    from jalki_core.kb.model import KnowledgeBase
+    from jalki_core.kb.model import KbEntry, KnowledgeBase
 
 MAX_LISTED = 20
 """Most destinations and processes listed per evidence group (the busiest first)."""
@@ -81,6 +91,8 @@ class Evidence:
     :param group: ``(field, value)`` pairs of the window's ``group_by`` (empty for per-event rules).
     :param peak_in_window: most matching events inside one window (windowed rules only).
     :param unattributed: events whose process the kernel could not tell (``process_data.pid`` null).
+    :param fields: the values of the finding's decisive fields over these events, with their counts.
+    :param commands: the attributed events grouped by command (short-lived processes: one line per program).
     """
 
     group: tuple[tuple[str, Any], ...]
@@ -91,6 +103,8 @@ class Evidence:
     destinations: tuple[Destination, ...]
     processes: tuple[ProcessRef, ...]
     unattributed: int
+    fields: tuple[FieldSummary, ...] = ()
+    commands: tuple[CommandGroup, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -103,12 +117,20 @@ class Evidence:
             "destinations": [{"address": d.address, "events": d.events} for d in self.destinations],
             "processes": [{"pid": p.pid, "command": p.command, "events": p.events} for p in self.processes],
             "unattributed": self.unattributed,
+            "fields": [summary.as_dict() for summary in self.fields],
+            "commands": [command.as_dict() for command in self.commands],
         }
 
 
 @dataclass(frozen=True)
 class Finding:
-    """An interpretation that holds over the events, with its evidence."""
+    """An interpretation that holds over the events, with its evidence.
+
+    :param detail: the decisive values, destination and process in a few words
+        (``SIGSEGV (exit 139, core dumped) from crashy (13 processes)``).
+    :param decisive_fields: the fields whose values the evidence carries: those
+        the rule tests, then those the entry marks important.
+    """
 
     entry_id: str
     interpretation_id: str
@@ -119,6 +141,8 @@ class Finding:
     tcp_state: str | None
     windowed: bool
     evidence: tuple[Evidence, ...]
+    detail: str = ""
+    decisive_fields: tuple[str, ...] = ()
 
     @property
     def events(self) -> int:
@@ -141,6 +165,8 @@ class Finding:
             "tcp_state": self.tcp_state,
             "windowed": self.windowed,
             "events": self.events,
+            "detail": self.detail,
+            "decisive_fields": list(self.decisive_fields),
             "evidence": [group.as_dict() for group in self.evidence],
         }
 
@@ -154,7 +180,7 @@ def _destination(event: Mapping[str, Any]) -> str | None:
 
 
 def _evidence(events: Sequence[Mapping[str, Any]], group: tuple[tuple[str, Any], ...],
-              peak: int | None) -> Evidence:
+              peak: int | None, fields: Sequence[tuple[str, str]] = ()) -> Evidence:
     destinations: Counter[str] = Counter()
     processes: Counter[tuple[int, str | None]] = Counter()
     unattributed = 0
@@ -182,6 +208,8 @@ def _evidence(events: Sequence[Mapping[str, Any]], group: tuple[tuple[str, Any],
         processes=tuple(ProcessRef(pid, command, count) for (pid, command), count in
                         sorted(processes.items(), key=lambda item: (-item[1], item[0][0]))[:MAX_LISTED]),
         unattributed=unattributed,
+        fields=summarize_fields(fields, events),
+        commands=group_by_command(events),
     )
 
 
@@ -199,7 +227,9 @@ def _peak(stamps: Sequence[int], window_ns: int) -> int:
     return best
 
 
-def _window_evidence(window: Window, events: Sequence[Mapping[str, Any]]) -> list[Evidence]:
+def _window_evidence(window: Window, events: Sequence[Mapping[str, Any]], fields: Sequence[tuple[str, str]]
+                     ) -> list[tuple[Evidence, list[Mapping[str, Any]]]]:
+    """One evidence group (with its events) per window group that reached ``at_least``, the biggest first."""
     groups: dict[tuple[Any, ...], list[tuple[int, int, Mapping[str, Any]]]] = {}
     for order, event in enumerate(events):
         if window.where is not None and not holds(window.where, event):
@@ -215,25 +245,48 @@ def _window_evidence(window: Window, events: Sequence[Mapping[str, Any]]) -> lis
         members.sort(key=lambda item: (item[0], item[1]))
         peak = _peak([ns for ns, _, _ in members], window_ns)
         if peak >= window.at_least:
-            result.append(_evidence([event for _, _, event in members], tuple(zip(window.group_by, key, strict=True)),
-                                    peak))
-    result.sort(key=lambda evidence: (-evidence.events, repr(evidence.group)))
+            in_group = [event for _, _, event in members]
+            result.append((_evidence(in_group, tuple(zip(window.group_by, key, strict=True)), peak, fields),
+                           in_group))
+    result.sort(key=lambda item: (-item[0].events, repr(item[0].group)))
     return result
 
 
-def evaluate_interpretation(interpretation: Interpretation, events: Sequence[Mapping[str, Any]]) -> Finding | None:
+def _detail(interpretation: Interpretation, fields: Sequence[tuple[str, str]],
+            groups: Sequence[tuple[Evidence, Sequence[Mapping[str, Any]]]]) -> str:
+    """The finding's phrase, over its biggest evidence group.
+
+    The groups of a window are separate occurrences (a crash loop of each
+    program): mixing them would blur what each one was. A per-event rule has
+    one group, all its events.
+    """
+    evidence, events = groups[0]
+    values = values_phrase(summarize_fields(fields, events), len(events), pinned_values(interpretation.rule),
+                           kept=[value for value in (interpretation.errno, interpretation.tcp_state) if value])
+    phrase = detail_phrase(values, [d.address for d in evidence.destinations], evidence.commands,
+                           evidence.unattributed)
+    more = len(groups) - 1
+    return phrase + (f"; {more} more group{'s' if more > 1 else ''}" if more else "")
+
+
+def evaluate_interpretation(interpretation: Interpretation, events: Sequence[Mapping[str, Any]],
+                            entry: KbEntry | None = None) -> Finding | None:
     """The finding of one interpretation over events of its entry's type, or ``None``.
 
     The caller passes only events of the entry's ``event_type`` (see :func:`evaluate`).
+    With ``entry``, the evidence also carries the values of the entry's
+    important fields (else only those the rule tests).
     """
     rule = interpretation.rule
+    fields = decisive_fields(interpretation, entry)
     if isinstance(rule, Window):
-        evidence = _window_evidence(rule, events)
+        groups = _window_evidence(rule, events, fields)
     else:
         matching = [event for event in events if rule is None or holds(rule, event)]
-        evidence = [_evidence(matching, (), None)] if matching else []
-    if not evidence:
+        groups = [(_evidence(matching, (), None, fields), matching)] if matching else []
+    if not groups:
         return None
+    evidence = [group for group, _ in groups]
     return Finding(
         entry_id=interpretation.entry_id,
         interpretation_id=interpretation.id,
@@ -244,6 +297,8 @@ def evaluate_interpretation(interpretation: Interpretation, events: Sequence[Map
         tcp_state=interpretation.tcp_state,
         windowed=isinstance(rule, Window),
         evidence=tuple(evidence),
+        detail=_detail(interpretation, fields, groups),
+        decisive_fields=tuple(name for name, _ in fields),
     )
 
 
@@ -270,7 +325,7 @@ def evaluate(events: Iterable[Mapping[str, Any]], kb: KnowledgeBase | None = Non
             continue
         of_type = by_type.get(entry.event_type)
         if of_type:
-            finding = evaluate_interpretation(interpretation, of_type)
+            finding = evaluate_interpretation(interpretation, of_type, entry)
             if finding is not None:
                 findings.append(finding)
     return sorted(findings, key=Finding.rank_key)

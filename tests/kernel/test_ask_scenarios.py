@@ -47,9 +47,11 @@ class RunningAsk:
 
 
 @contextmanager
-def asking(question: str, seconds: float) -> Iterator[RunningAsk]:
-    """Start `jalki ask`; enter the body once its probes are attached (it prints "observing")."""
-    proc = subprocess.Popen([str(JALKI), "ask", "--json", "--seconds", str(seconds), question],
+def asking(question: str, seconds: float, *options: str) -> Iterator[RunningAsk]:
+    """Start `jalki ask` (with ``options``); enter the body once its probes are attached (it prints "observing")."""
+    # --in-process: the answer must not depend on whether a daemon happens to serve the default socket
+    proc = subprocess.Popen([str(JALKI), "ask", "--json", "--in-process", "--seconds", str(seconds), *options,
+                             question],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     running = RunningAsk(proc)
     assert proc.stderr is not None

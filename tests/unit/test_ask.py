@@ -118,13 +118,15 @@ def test_answer_sentences(collection: Any) -> None:
     collection(FakeCollection([connect_failure(s, "ECONNREFUSED") for s in range(4)]))
     answer = ask("connection refused", seconds=1).answer
     assert answer == ("ERROR: Nothing is listening on the destination port: the destination answered the SYN "
-                      "with a reset (RST). (4 tcp_connect events, to 10.42.2.8:5432, from api-server (pid 4242))")
+                      "with a reset (RST). (4 tcp_connect events: ECONNREFUSED to 10.42.2.8:5432 from api-server "
+                      "(pid 4242))")
 
     collection(FakeCollection([retransmit(s, "ESTABLISHED", pid=None) for s in range(4)]))
     answer = ask("packet loss", seconds=1).answer
     assert answer.startswith("WARNING: Data segments to this destination are retransmitted on established "
                              "connections: packets are lost on the network path")
-    assert answer.endswith("(4 tcp_retransmit_skb events, to 10.42.2.8:5432, no single known process)")
+    assert answer.endswith("(4 tcp_retransmit_skb events: ESTABLISHED to 10.42.2.8:5432 from no single known "
+                           "process)")
 
     collection(FakeCollection([]))
     answer = ask("packet loss", seconds=2).answer
