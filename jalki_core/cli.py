@@ -19,6 +19,8 @@ import typer
 from jalki_core.errors import EmitterError, JalkiError, UnknownEmitterError, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from jalki_core.emitters.base import Emitter
     from jalki_core.plugins import JalkiPlugins
     from jalki_core.session import SessionSummary
@@ -81,77 +83,101 @@ def _build_emitters(plugins: JalkiPlugins, specs: list[str]) -> list[Emitter]:
 
 
 def _validate_run_options(pid: int | None, port: int | None, sample: float, seconds: float | None) -> None:
-    if pid is not None and pid <= 0:
-        raise UsageError(f"--pid must be a positive process id, not {pid}")
-    if port is not None and not 0 < port < 65536:
-        raise UsageError(f"--port must be between 1 and 65535, not {port}")
-    if not 0.0 < sample <= 1.0:
-        raise UsageError(f"--sample must be in (0, 1], not {sample}", hint="e.g. --sample 0.1 keeps 10%")
-    if seconds is not None and seconds <= 0:
-        raise UsageError(f"--seconds must be positive, not {seconds}")
+    from jalki_core.cli_options import check_pid, check_port, check_sample, check_seconds
+
+    check_pid(pid)
+    check_port(port)
+    check_sample(sample)
+    check_seconds(seconds)
+
+
+PluginOption = Annotated[list[str] | None, typer.Option("--plugin", "-p", help="Plugin (or single probe) to run; "
+                                                          "repeatable.")]
+EmitOption = Annotated[list[str] | None, typer.Option(help="stdout, or file:PATH[,max_bytes=N][,backups=K]; "
+                                                        "repeatable.")]
+ClusterOption = Annotated[str | None, typer.Option(help="Cluster name written into every event.")]
+PidOption = Annotated[int | None, typer.Option(help="Only events of this process id.")]
+PortOption = Annotated[int | None, typer.Option(help="Only events with this source or destination port.")]
+SampleOption = Annotated[float, typer.Option(help="Fraction of events to keep, in (0, 1]; the rest are counted "
+                                             "as drops.")]
+SocketOption = Annotated[Path | None, typer.Option("--socket", help="The API socket "
+                                                   "(default: $JALKI_SOCKET or /run/jalki/jalki.sock).")]
+SocketGroupOption = Annotated[str | None, typer.Option(help="Group allowed to use the socket (mode 0660).")]
+HistoryOption = Annotated[str | None, typer.Option(help="SQLite event history PATH, or off "
+                                                   "(default /var/lib/jalki/history.db).")]
+HistoryMaxMbOption = Annotated[int | None, typer.Option(help="Most MiB the history takes on disk (database and "
+                                                        "WAL; default 256); the oldest events go first.")]
+HistoryMaxAgeOption = Annotated[str | None, typer.Option(help="History events older than this are deleted: 90s, "
+                                                         "30m, 12h, 7d (default 7d, at most 36500d).")]
+MetricsAddrOption = Annotated[str | None, typer.Option(help="Prometheus HOST:PORT, [IPv6]:PORT, or off "
+                                                       "(default 127.0.0.1:9464).")]
+
+DAEMON_ONLY_OPTIONS = ("--socket", "--socket-group", "--history", "--history-max-mb", "--history-max-age",
+                       "--metrics-addr")
+"""Options of ``jalki serve`` (and ``run --serve``) that a plain ``jalki run`` refuses."""
+
+RUN_ONLY_OPTIONS = ("--seconds", "--strict", "--summary-json")
+"""Options of a plain ``jalki run`` that the daemon refuses (it runs until SIGTERM and has no run summary)."""
+
+
+def _refuse_daemon_options(given: Mapping[str, object]) -> None:
+    """One line for the first daemon-only option given to a plain ``jalki run``."""
+    for option, value in given.items():
+        if value is not None:
+            raise UsageError(f"{option} is an option of the daemon, not of a plain 'jalki run'",
+                             hint=f"use 'jalki serve {option} …' to run the daemon")
+
+
+def _refuse_run_options(given: Mapping[str, object]) -> None:
+    """One line for the first run-only option given to the daemon (``serve`` or ``run --serve``)."""
+    for option, value in given.items():
+        if value is not None and value is not False:
+            raise UsageError(f"{option} is an option of a plain 'jalki run', not of the daemon (it runs until "
+                             "SIGTERM and has no run summary)", hint=f"leave {option} out, or use 'jalki run'")
+
+
+MAX_HISTORY_MB = 1 << 30
+"""Largest --history-max-mb (1 PiB): any real disk is smaller; a bigger number is a typo."""
 
 
 @app.command()
 def run(
-    plugin: Annotated[
-        list[str] | None, typer.Option("--plugin", "-p", help="Plugin (or single probe) to run; repeatable.")
-    ] = None,
-    emit: Annotated[
-        list[str] | None, typer.Option(help="stdout, or file:PATH[,max_bytes=N][,backups=K]; repeatable.")
-    ] = None,
+    plugin: PluginOption = None,
+    emit: EmitOption = None,
     seconds: Annotated[float | None, typer.Option(help="Stop after N seconds (default: until Ctrl-C/SIGTERM).")] = None,
-    cluster: Annotated[str | None, typer.Option(help="Cluster name written into every event.")] = None,
-    pid: Annotated[int | None, typer.Option(help="Only events of this process id.")] = None,
-    port: Annotated[int | None, typer.Option(help="Only events with this source or destination port.")] = None,
-    sample: Annotated[
-        float, typer.Option(help="Fraction of events to keep, in (0, 1]; the rest are counted as drops.")
-    ] = 1.0,
+    cluster: ClusterOption = None,
+    pid: PidOption = None,
+    port: PortOption = None,
+    sample: SampleOption = 1.0,
     strict: Annotated[bool, typer.Option(help="Fail if any probe cannot be attached.")] = False,
     summary_json: Annotated[Path | None, typer.Option(help="Also write the run summary as JSON to this file.")] = None,
-    serve: Annotated[bool, typer.Option("--serve", help="Stay up as a node agent behind a local API "
-                                        "(specs/protocol.md); probes can be deployed at run time.")] = False,
-    socket: Annotated[Path | None, typer.Option("--socket", help="With --serve: the API socket "
-                                                "(default: $JALKI_SOCKET or /run/jalki/jalki.sock).")] = None,
-    socket_group: Annotated[str | None, typer.Option(help="With --serve: group allowed to use the socket "
-                                                     "(mode 0660).")] = None,
-    history: Annotated[str, typer.Option(help="With --serve: SQLite event history PATH, or off "
-                                         "(default /var/lib/jalki/history.db).")] = "",
-    history_max_mb: Annotated[int, typer.Option(help="With --serve: most MiB the history takes on disk "
-                                                "(database and WAL); the oldest events go first.")] = 256,
-    history_max_age: Annotated[str, typer.Option(help="With --serve: history events older than this are "
-                                                 "deleted: 90s, 30m, 12h, 7d.")] = "7d",
-    metrics_addr: Annotated[str, typer.Option(help="With --serve: Prometheus HOST:PORT, or off.")]
-    = "127.0.0.1:9464",
+    serve: Annotated[bool, typer.Option("--serve", help="Same as 'jalki serve' (which see for its options).")]
+    = False,
+    # the daemon's options, for the 'run --serve' alias (refused without --serve; see 'jalki serve --help')
+    socket: Annotated[Path | None, typer.Option("--socket", hidden=True)] = None,
+    socket_group: Annotated[str | None, typer.Option(hidden=True)] = None,
+    history: Annotated[str | None, typer.Option(hidden=True)] = None,
+    history_max_mb: Annotated[int | None, typer.Option(hidden=True)] = None,
+    history_max_age: Annotated[str | None, typer.Option(hidden=True)] = None,
+    metrics_addr: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Attach the probes of the given plugins and stream their events."""
+    """Attach the probes of the given plugins and stream their events (--serve: as 'jalki serve')."""
+    daemon_options = dict(zip(DAEMON_ONLY_OPTIONS, (socket, socket_group, history, history_max_mb, history_max_age,
+                                                    metrics_addr), strict=True))
+    if serve:
+        serve_command(plugin, emit, cluster, pid, port, sample, socket, socket_group, history, history_max_mb,
+                      history_max_age, metrics_addr, seconds, strict, summary_json)
+        return
+    _refuse_daemon_options(daemon_options)
     from jalki_core.loader import ProbeOptions
     from jalki_core.session import TraceSession
 
     _validate_run_options(pid, port, sample, seconds)
-    from jalki_core.cli_daemon import parse_duration
-
-    if history_max_mb <= 0:
-        raise UsageError(f"--history-max-mb must be a positive number of MiB, not {history_max_mb}",
-                         hint="e.g. --history-max-mb 256")
-    history_max_age_s = parse_duration(history_max_age, "--history-max-age")
     _check_summary_path(summary_json)
-    plugins = _load_plugins()
-    if serve:
-        from jalki_core import cli_daemon
-        from jalki_core.daemon.protocol import DeploySpec
-        from jalki_core.daemon.store import MIB, HistoryLimits
-        from jalki_core.privileges import require_bpf_privileges
-
-        require_bpf_privileges()
-        initial = [DeploySpec(entry.probe.name, sample=sample, pid=pid, port=port)
-                   for entry in plugins.probes_for(plugin or [])]
-        cli_daemon.serve(plugins, initial, _build_emitters(plugins, emit or []), socket_path=socket,
-                         socket_group=socket_group, history=history, metrics_addr=metrics_addr, cluster=cluster,
-                         history_limits=HistoryLimits(max_bytes=history_max_mb * MIB, max_age_s=history_max_age_s))
-        return
     if not plugin:
-        raise UsageError("--plugin is required (or --serve to deploy probes at run time)",
+        raise UsageError("--plugin is required (or 'jalki serve' to deploy probes at run time)",
                          hint="e.g. jalki run --plugin tcp")
+    plugins = _load_plugins()
     selected = plugins.probes_for(plugin)
     emitters = _build_emitters(plugins, emit or ["stdout"])
     options = ProbeOptions(filter_pid=pid or 0, filter_port=port or 0, sample_rate=sample)
@@ -172,7 +198,6 @@ def run(
                 _stderr_console().print(
                     f"[green]tracing[/] {', '.join(session.attached)} "
                     + ("until Ctrl-C" if seconds is None else f"for {seconds:g}s"),
-                    soft_wrap=True,
                 )
                 session.run(seconds)
         finally:
@@ -201,6 +226,58 @@ def run(
         )
 
 
+@app.command("serve")
+def serve_command(
+    plugin: Annotated[list[str] | None, typer.Option("--plugin", "-p", help="Plugin (or single probe) to deploy "
+                                                     "at start; repeatable (more with 'jalki deploy').")] = None,
+    emit: Annotated[list[str] | None, typer.Option(help="Also write every event to stdout, or "
+                                                   "file:PATH[,max_bytes=N][,backups=K]; repeatable.")] = None,
+    cluster: ClusterOption = None,
+    pid: Annotated[int | None, typer.Option(help="Probes deployed at start: only events of this process id.")]
+    = None,
+    port: Annotated[int | None, typer.Option(help="Probes deployed at start: only events with this source or "
+                                             "destination port.")] = None,
+    sample: Annotated[float, typer.Option(help="Probes deployed at start: fraction of events to keep, in (0, 1].")]
+    = 1.0,
+    socket: SocketOption = None,
+    socket_group: SocketGroupOption = None,
+    history: HistoryOption = None,
+    history_max_mb: HistoryMaxMbOption = None,
+    history_max_age: HistoryMaxAgeOption = None,
+    metrics_addr: MetricsAddrOption = None,
+    # run-only options, accepted here only to be refused with the fix rather than "no such option"
+    seconds: Annotated[float | None, typer.Option(hidden=True)] = None,
+    strict: Annotated[bool, typer.Option("--strict", hidden=True)] = False,
+    summary_json: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Stay up as a node agent behind a local API (specs/protocol.md) until SIGTERM; probes can be deployed at
+    run time ('jalki deploy'), and clients read status, live and recent events, and ask questions."""
+    from jalki_core import cli_daemon
+    from jalki_core.cli_options import check_pid, check_port, check_sample, parse_address, parse_duration
+    from jalki_core.daemon.protocol import DeploySpec
+    from jalki_core.daemon.store import MIB, HistoryLimits
+    from jalki_core.privileges import require_bpf_privileges
+
+    _refuse_run_options(dict(zip(RUN_ONLY_OPTIONS, (seconds, strict, summary_json), strict=True)))
+    check_pid(pid)
+    check_port(port)
+    check_sample(sample)
+    max_mb = 256 if history_max_mb is None else history_max_mb
+    if not 0 < max_mb <= MAX_HISTORY_MB:
+        raise UsageError(f"--history-max-mb must be a number of MiB from 1 to {MAX_HISTORY_MB}, not {max_mb}",
+                         hint="e.g. --history-max-mb 256")
+    max_age_s = parse_duration(history_max_age or "7d", "--history-max-age")
+    metrics = metrics_addr or "127.0.0.1:9464"
+    parse_address(metrics)
+    plugins = _load_plugins()
+    require_bpf_privileges()
+    initial = [DeploySpec(entry.probe.name, sample=sample, pid=pid, port=port)
+               for entry in plugins.probes_for(plugin or [])]
+    cli_daemon.serve(plugins, initial, _build_emitters(plugins, emit or []), socket_path=socket,
+                     socket_group=socket_group, history=history or "", metrics_addr=metrics, cluster=cluster,
+                     history_limits=HistoryLimits(max_bytes=max_mb * MIB, max_age_s=max_age_s))
+
+
 def _check_summary_path(path: Path | None) -> None:
     """Fail before tracing, not after, when the summary file cannot be written."""
     if path is None:
@@ -212,23 +289,25 @@ def _check_summary_path(path: Path | None) -> None:
 
 def _print_summary(summary: SessionSummary) -> None:
     from rich.markup import escape
-    from rich.table import Table
+
+    from jalki_core.tables import Column, print_table
 
     console = _stderr_console()
-    table = Table(title=f"jalki run summary ({summary.duration_s:.1f}s)", title_justify="left")
-    for column in ("probe", "attach", "events", "dropped", "drop causes"):
-        table.add_column(column)
+    rows = []
     for probe in summary.probes:
         cause_text = ", ".join(f"{k}={v}" for k, v in probe.drops_by_cause.items() if v) or "-"
-        table.add_row(probe.name, probe.rung or "[red]not attached[/]", str(probe.events),
-                      str(probe.dropped), cause_text)
-    console.print(table)
+        rows.append([probe.name, probe.rung or "[red]not attached[/]", str(probe.events), str(probe.dropped),
+                     cause_text])
+    columns = [Column("probe"), Column("attach"), Column("events", justify="right"),
+               Column("dropped", justify="right"), Column("drop causes")]
+    print_table(console, f"jalki run summary ({summary.duration_s:.1f}s)", columns, rows,
+                more="see --summary-json")
     for probe in summary.probes:
         if probe.error and not probe.failed_rungs:
             # no failed rung explains it (e.g. Probe.unavailable_reason: none was tried): say the error itself
-            console.print(f"  {probe.name}: not attached: {escape(probe.error)}", soft_wrap=True)
+            console.print(f"  {probe.name}: not attached: {escape(probe.error)}")
         for failure in probe.failed_rungs:
-            console.print(f"  {probe.name}: rung {escape(failure.one_line())}", soft_wrap=True)
+            console.print(f"  {probe.name}: rung {escape(failure.one_line())}")
             if failure.log_excerpt and os.environ.get("JALKI_DEBUG"):
                 console.print(escape(failure.log_excerpt), soft_wrap=True)
     for name, stats in summary.emitters.items():
@@ -237,7 +316,7 @@ def _print_summary(summary: SessionSummary) -> None:
             line += f", [red]{stats['events_dropped']} dropped, {stats['errors']} errors[/]"
             if stats["last_error"]:
                 line += f" (last: {escape(stats['last_error'])})"
-        console.print(line, soft_wrap=True)
+        console.print(line)
 
 
 @app.command()
@@ -253,17 +332,19 @@ def plugins(
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
-    table = Table(title="jalki plugins", title_justify="left")
-    for column in ("plugin", "distribution", "version", "probes", "emitters", "status"):
-        table.add_column(column)
+    from jalki_core.tables import Column, print_table
+
+    cells = []
     for row in rows:
-        status = "ok" if row["status"] == "ok" else f"[red]broken: {row['error']}[/]"
-        table.add_row(row["plugin"], row["distribution"], row["version"],
-                      ", ".join(p["name"] for p in row["probes"]) or "-",
-                      ", ".join(row["emitters"]) or "-", status)
-    Console().print(table)
+        status = "ok" if row["status"] == "ok" else f"[red]broken: {escape(row['error'])}[/]"
+        cells.append([row["plugin"], f"{row['distribution']} {row['version']}",
+                      ", ".join(p["name"] for p in row["probes"]) or "-", ", ".join(row["emitters"]) or "-",
+                      status])
+    columns = [Column("plugin"), Column("distribution"), Column("probes"), Column("emitters", drop=1),
+               Column("status", min_width=12)]
+    print_table(Console(highlight=False), "jalki plugins", columns, cells)
 
 
 @app.command()
@@ -280,15 +361,16 @@ def doctor(
         sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
-    table = Table(title="jalki doctor", title_justify="left")
-    for column in ("check", "result", "detail"):
-        table.add_column(column)
+    from jalki_core.tables import Column, print_table
+
+    rows = []
     for check in report["checks"]:
         mark = {"ok": "[green]ok[/]", "fail": "[red]fail[/]", "warn": "[yellow]warn[/]"}[check["status"]]
-        table.add_row(check["name"], mark, check["detail"])
-    Console().print(table)
+        rows.append([escape(check["name"]), mark, escape(check["detail"])])
+    print_table(Console(highlight=False), "jalki doctor",
+                [Column("check", wrap=False), Column("result"), Column("detail", min_width=20)], rows)
 
 
 def _print_error(message: str) -> None:

@@ -201,8 +201,11 @@ def ask_command(
     text = " ".join(question).strip()
     if not text:
         raise UsageError("the question is empty", hint='e.g. jalki ask "why are connections to my database failing"')
-    if not seconds > 0:
-        raise UsageError(f"--seconds must be positive, not {seconds:g}")
+    from jalki_core.cli_options import check_pid, check_port, check_seconds
+
+    check_seconds(seconds)
+    check_pid(pid)
+    check_port(port)
     stderr = Console(stderr=True, highlight=False)
     answer = None if in_process else _ask_daemon(socket, text, seconds, pid, port, stderr)
     if answer is None:

@@ -1,4 +1,4 @@
-"""Daemon commands: ``jalki run --serve`` (via :func:`serve`) and the clients ``status``, ``deploy``,
+"""Daemon commands: ``jalki serve`` (via :func:`serve`) and the clients ``status``, ``deploy``,
 ``undeploy``, ``watch``, ``stream``, ``recent``, ``health``.
 
 Clients find the daemon at ``--socket``, else ``JALKI_SOCKET``, else
@@ -7,7 +7,6 @@ Clients find the daemon at ``--socket``, else ``JALKI_SOCKET``, else
 
 from __future__ import annotations
 
-import re
 import signal
 import sys
 from collections import Counter
@@ -16,6 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from jalki_core.cli_options import (
+    check_pid,
+    check_port,
+    check_sample,
+    check_seconds,
+    parse_address,
+    parse_duration,
+)
 from jalki_core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -30,26 +37,8 @@ SocketOption = Annotated[Path | None, typer.Option("--socket", readable=False, h
                                                    "(default: $JALKI_SOCKET or /run/jalki/jalki.sock).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, option: str) -> float:
-    """``90``, ``90s``, ``10m``, ``2h``, ``1d`` → seconds."""
-    match = _DURATION.match(text.strip())
-    if match is None or float(match.group(1)) <= 0:
-        raise UsageError(f"{option} must be a positive duration like 30s, 10m, 2h or 1d, not {text!r}")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-
-
-def parse_address(text: str) -> tuple[str, int] | None:
-    """``HOST:PORT`` (or ``off``) for ``--metrics-addr``."""
-    if text == "off":
-        return None
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--metrics-addr must be HOST:PORT or off, not {text!r}", hint="e.g. 127.0.0.1:9464")
-    return host.strip("[]"), int(port)
+MAX_TTL_S = 7 * 86400
+"""Longest ``--ttl`` the daemon takes (``specs/protocol.md``: ``ttl`` in (0, 604800] seconds)."""
 
 
 def _connect(socket_path: Path | None) -> DaemonClient:
@@ -76,7 +65,7 @@ def _console() -> Any:
 def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitter], *, socket_path: Path | None,
           socket_group: str | None, history: str, metrics_addr: str, cluster: str | None,
           history_limits: HistoryLimits | None = None) -> None:
-    """Run the agent until SIGTERM/SIGINT (``jalki run --serve``)."""
+    """Run the agent until SIGTERM/SIGINT (``jalki serve``, or its alias ``jalki run --serve``)."""
     from jalki_core.daemon.agent import DEFAULT_HISTORY, Agent, AgentConfig, socket_path_from_env
     from jalki_core.daemon.store import HistoryLimits
 
@@ -90,8 +79,11 @@ def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitt
     )
     agent = Agent(plugins, config, emitters)
     console = __import__("rich.console", fromlist=["Console"]).Console(stderr=True, highlight=False)
+    metrics = config.metrics_addr
+    metrics_url = None if metrics is None else (
+        (f"[{metrics[0]}]" if ":" in metrics[0] else metrics[0]) + f":{metrics[1]}")  # an IPv6 host in brackets
     console.print(f"[green]jalki daemon[/] on {config.socket_path}"
-                  + (f", metrics on http://{metrics_addr}/metrics" if config.metrics_addr else "")
+                  + (f", metrics on http://{metrics_url}/metrics" if metrics_url else "")
                   + (f", history {config.history_path}" if config.history_path else ", history off"),
                   soft_wrap=True)
     agent.serve(initial)
@@ -121,49 +113,55 @@ def _drops_text(drops: dict[str, int]) -> str:
     return ", ".join(f"{cause}={count}" for cause, count in drops.items() if count) or "0"
 
 
-def status_command(socket: SocketOption = None, as_json: JsonOption = False) -> None:
-    """Show the daemon's probes (rung, since, events, drops, filters, run time), emitters and subscribers."""
+def status_command(
+    socket: SocketOption = None,
+    as_json: JsonOption = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also each BPF program's run time and runs.")]
+    = False,
+) -> None:
+    """Show the daemon's probes (rung, since, events, drops, filters, BPF run time), emitters and subscribers."""
     with _connect(socket) as client:
         status = client.status()
     if as_json:
         _print_json(status)
         return
-    from rich.table import Table
+    from rich.markup import escape
+
+    from jalki_core.tables import Column, print_table
 
     console = _console()
-    console.print(f"jalki daemon {status['version']} (pid {status['pid']}) on {status['socket']}, "
+    console.print(f"jalki daemon {status['version']} (pid {status['pid']}) on {escape(str(status['socket']))}, "
                   f"up {status['uptime_s']:.0f}s, {'ready' if status['ready'] else 'not ready'}")
-    table = Table(title="probes", title_justify="left")
-    for column in ("probe", "attach", "since (UTC)", "ttl", "events", "drops", "options", "bpf time"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for name, probe in sorted(status["probes"].items()):
         options = " ".join([*(f"{k}={v}" for k, v in probe["filters"].items()),
                             *([f"sample={probe['sample']:g}"] if probe["sample"] < 1 else [])]) or "-"
         ttl = "-" if probe["ttl_remaining_s"] is None else f"{probe['ttl_remaining_s']:.0f}s"
-        runs = _run_time_text(probe)
-        table.add_row(name, probe["attach"] or "[red]none[/]", probe["since"][11:19], ttl, str(probe["events"]),
-                      _drops_text(probe["drops"]), options, runs)
-    console.print(table)
+        rows.append([escape(name), probe["attach"] or "[red]none[/]", probe["since"][11:19], ttl,
+                     str(probe["events"]), escape(_drops_text(probe["drops"])), escape(options),
+                     f"{probe['run_time_ns'] / 1e6:.2f}ms/{probe['run_count']}"])
+    # per program, and per run, in -v; at 80 columns what identifies a probe and what it lost stay
+    columns = [Column("probe"), Column("attach"), Column("since (UTC)", drop=3), Column("ttl", drop=1),
+               Column("events", justify="right"), Column("drops"), Column("options"),
+               Column("bpf time/runs", drop=2)]
+    print_table(console, "probes", columns, rows, more="see -v or --json")
+    if verbose:
+        programs = [[escape(name), escape(program), f"{stats['run_time_ns'] / 1e6:.2f}ms", str(stats["run_count"]),
+                     f"{stats['run_time_ns'] // stats['run_count']}ns" if stats["run_count"] else "-"]
+                    for name, probe in sorted(status["probes"].items())
+                    for program, stats in sorted((probe.get("programs") or {}).items())]
+        print_table(console, "BPF programs", [Column("probe"), Column("program"), Column("run time", justify="right"),
+                                              Column("runs", justify="right"), Column("each", justify="right")],
+                    programs)
     for name, emitter in status["emitters"].items():
-        console.print(f"emitter {name}: {emitter['events_emitted']} written, {emitter['events_dropped']} dropped, "
-                      f"{emitter['errors']} errors")
+        console.print(f"emitter {escape(name)}: {emitter['events_emitted']} written, "
+                      f"{emitter['events_dropped']} dropped, {emitter['errors']} errors")
     subscribers = status["subscribers"]
     console.print(f"subscribers: {subscribers.get('count', 0)} (dropped {subscribers.get('dropped', 0)})")
     if status["history"]:
         history = status["history"]
-        console.print(f"history {history['path']}: {history['written']} written, {history['dropped']} dropped")
-
-
-def _run_time_text(probe: dict[str, Any]) -> str:
-    """BPF run time and runs of a probe: the total, then each program when there are several."""
-    def one(time_ns: int, count: int) -> str:
-        return f"{time_ns / 1e6:.2f}ms/{count}" + (f" ({time_ns // count}ns each)" if count else "")
-
-    lines = [one(probe["run_time_ns"], probe["run_count"])]
-    programs = probe.get("programs") or {}
-    if len(programs) > 1:
-        lines += [f"{name}: {one(f['run_time_ns'], f['run_count'])}" for name, f in sorted(programs.items())]
-    return "\n".join(lines)
+        console.print(f"history {escape(str(history['path']))}: {history['written']} written, "
+                      f"{history['dropped']} dropped")
 
 
 def deploy_command(
@@ -176,7 +174,10 @@ def deploy_command(
     as_json: JsonOption = False,
 ) -> None:
     """Attach a probe in the running daemon (idempotent)."""
-    ttl_s = None if ttl is None else parse_duration(ttl, "--ttl")
+    ttl_s = None if ttl is None else parse_duration(ttl, "--ttl", max_s=MAX_TTL_S)
+    check_sample(sample)
+    check_pid(pid)
+    check_port(port)
     with _connect(socket) as client:
         result = client.deploy(probe, sample=sample, pid=pid, port=port, ttl=ttl_s)
     if as_json:
@@ -199,6 +200,13 @@ def undeploy_command(
         _print_json(result)
         return
     _console().print(f"undeployed {probe}: {result['events']} events, drops {_drops_text(result['drops'])}")
+
+
+def _check_filters(pid: int | None, src_port: int | None = None, dst_port: int | None = None) -> None:
+    """Refuse a process id or port filter no event can match (before connecting)."""
+    check_pid(pid)
+    check_port(src_port, "--src-port")
+    check_port(dst_port, "--dst-port")
 
 
 def _filters(pid: int | None, command: str | None, src_ip: str | None, dst_ip: str | None, src_port: int | None,
@@ -230,8 +238,8 @@ def watch_command(
     socket: SocketOption = None,
 ) -> None:
     """Watch one probe's events live for a while, one line per event."""
-    if not seconds > 0:
-        raise UsageError(f"--seconds must be positive, not {seconds:g}")
+    check_seconds(seconds)
+    _check_filters(pid, dst_port=dst_port)
     console = _console()
     with _connect(socket) as client:
         deployed = probe in client.status()["probes"]
@@ -269,6 +277,7 @@ def stream_command(
     """Stream live events as JSON lines (server-side filters; pushed, never polled) until Ctrl-C."""
     import orjson
 
+    _check_filters(pid, src_port, dst_port)
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -311,6 +320,7 @@ def recent_command(
     seconds = parse_duration(since, "--since")
     if limit < 1:
         raise UsageError(f"--limit must be at least 1, not {limit}")
+    _check_filters(pid, dst_port=dst_port)
     with _connect(socket) as client:
         events = client.recent(since=seconds, event_type=event_type, probe=probe, limit=limit,
                                **_filters(pid, command, None, dst_ip, None, dst_port))
@@ -354,10 +364,12 @@ def health_command(socket: SocketOption = None, as_json: JsonOption = False) -> 
     if as_json:
         _print_json({"healthy": healthy, "ready": status["ready"], "checks": checks})
     else:
+        from rich.markup import escape
+
         console = _console()
-        for check in checks:
-            mark = "[green]ok[/]" if check["ok"] else "[red]unhealthy[/]: " + "; ".join(check["problems"])
-            console.print(f"{check['kind']} {check['name']}: {mark}", soft_wrap=True)
+        for check in checks:  # one line per check (wrapped at spaces on a narrow terminal), not a table
+            mark = "[green]ok[/]" if check["ok"] else "[red]unhealthy[/]: " + escape("; ".join(check["problems"]))
+            console.print(f"{check['kind']} {escape(check['name'])}: {mark}")
         if not checks:
             console.print("no probe deployed")
     if not healthy:

@@ -94,21 +94,21 @@ def find_command(
         raise no_match_error(text, kb)
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    table = Table(title=f"jalki find: {escape(text)}", title_justify="left")
-    for column in ("#", "entry", "layer", "kernel", "implemented by", "score", "matched"):
-        table.add_column(column)
+    from jalki_core.tables import Column, print_table
+
+    rows = []
     for rank, match in enumerate(matches, 1):
         matched = [*match.names, *match.answer_words, *(k for k in match.keywords if k not in match.answer_words)]
         rate = " [yellow](high rate: sample)[/]" if match.entry.event_rate == "high" else ""
-        table.add_row(str(rank), match.entry.id + rate, match.entry.layer, _kernel(match.entry),
-                      _implemented(match.entry), str(match.score), escape(", ".join(dict.fromkeys(matched))))
-    Console().print(table)
-
-
-WIDE_TABLE_COLUMNS = 140
-"""Terminal width from which ``jalki list`` shows every column."""
+        rows.append([str(rank), escape(match.entry.id) + rate, escape(match.entry.layer),
+                     escape(_kernel(match.entry)), escape(_implemented(match.entry)), str(match.score),
+                     escape(", ".join(dict.fromkeys(matched)))])
+    columns = [Column("#", justify="right"), Column("entry"), Column("layer", drop=3), Column("kernel", drop=5),
+               Column("implemented by"), Column("score", justify="right", drop=4),
+               Column("matched", min_width=12)]
+    print_table(Console(highlight=False), f"jalki find: {escape(text)}", columns, rows,
+                more="see jalki explain ENTRY or --json")
 
 
 def list_command(
@@ -125,24 +125,22 @@ def list_command(
         return
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    console = Console()
-    # A narrow terminal gets the columns that identify an entry; the rest is in
-    # 'jalki explain' and --json (a squeezed table folds every cell into noise).
-    wide = console.width >= WIDE_TABLE_COLUMNS
-    columns = ("entry", "layer", "kernel", "event type", "implemented by", "rate", "rules", "summary") if wide \
-        else ("entry", "event type", "implemented by", "rate", "rules")
-    table = Table(title="jalki knowledge base" + (f" ({layer})" if layer else ""), title_justify="left")
-    for column in columns:
-        table.add_column(column, no_wrap=column in ("entry", "event type"), overflow="fold")
+    from jalki_core.tables import Column, print_table
+
+    rows = []
     for entry in entries:
-        cells = {"entry": entry.id, "layer": entry.layer, "kernel": _kernel(entry), "event type": entry.event_type,
-                 "implemented by": _implemented(entry),
-                 "rate": f"[yellow]{entry.event_rate}[/]" if entry.event_rate == "high" else entry.event_rate,
-                 "rules": str(len(entry.interpretations)), "summary": escape(entry.summary)}
-        table.add_row(*(cells[column] for column in columns))
-    console.print(table)
+        rows.append([escape(entry.id), escape(_implemented(entry)), escape(entry.layer),
+                     f"[yellow]{entry.event_rate}[/]" if entry.event_rate == "high" else entry.event_rate,
+                     str(len(entry.interpretations)), escape(entry.event_type), escape(_kernel(entry)),
+                     escape(entry.summary)])
+    # At 80 columns the columns that identify an entry stay; the rest is in
+    # 'jalki explain' and --json, and named under the table.
+    columns = [Column("entry"), Column("implemented by"), Column("layer", drop=2), Column("rate", drop=3),
+               Column("rules", justify="right", drop=1), Column("event type", drop=4), Column("kernel", drop=5),
+               Column("summary", drop=6, min_width=30)]
+    print_table(Console(highlight=False), "jalki knowledge base" + (f" ({escape(layer)})" if layer else ""),
+                columns, rows, more="see jalki explain ENTRY or --json")
 
 
 def _verdict_text(verdict: Verdict) -> str:
@@ -169,15 +167,17 @@ def explain_command(
         return
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
+
+    from jalki_core.tables import Column, print_table
 
     given = " ".join(assignments or []) or "(no field values)"
-    table = Table(title=f"jalki explain {explanation.entry.id} ({explanation.entry.event_type}): {escape(given)}",
-                  title_justify="left")
-    for column in ("interpretation", "severity", "verdict", "conclusion"):
-        table.add_column(column)
+    rows = []
     for verdict in explanation.verdicts:
         rule = verdict.interpretation
-        note = f" [dim](not given: {', '.join(verdict.missing_fields)})[/]" if verdict.missing_fields else ""
-        table.add_row(rule.id, rule.severity, _verdict_text(verdict) + note, escape(rule.conclusion))
-    Console().print(table)
+        note = f" [dim](not given: {escape(', '.join(verdict.missing_fields))})[/]" if verdict.missing_fields else ""
+        rows.append([escape(rule.id), rule.severity, _verdict_text(verdict) + note, escape(rule.conclusion)])
+    columns = [Column("interpretation"), Column("severity"), Column("verdict", min_width=20),
+               Column("conclusion", min_width=30)]
+    print_table(Console(highlight=False),
+                f"jalki explain {escape(explanation.entry.id)} ({escape(explanation.entry.event_type)}): "
+                f"{escape(given)}", columns, rows)

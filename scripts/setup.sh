@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "error: scripts/setup.sh installs system packages and must run as root (use sudo)" >&2
+    echo "error: scripts/setup.sh installs system packages and must run as root (as a user with sudo rights: sudo bash scripts/setup.sh)" >&2
     exit 77
 fi
 

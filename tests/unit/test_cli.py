@@ -127,3 +127,96 @@ def test_unwritable_summary_path_fails_before_tracing(capsys: pytest.CaptureFixt
     assert code == 2
     [line] = error_lines(err)
     assert "cannot write the summary to /nonexistent-dir/s.json" in line
+
+
+# ---- issue 9: daemon-only and run-only options, and the bounds of every option ----------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--socket", "/tmp/jalki-test.sock"], "--socket"),
+        (["--socket-group", "adm"], "--socket-group"),
+        (["--history", "off"], "--history"),
+        (["--history-max-mb", "10"], "--history-max-mb"),
+        (["--history-max-age", "1d"], "--history-max-age"),
+        (["--metrics-addr", "127.0.0.1:9464"], "--metrics-addr"),
+    ],
+)
+def test_run_refuses_daemon_options(capsys: pytest.CaptureFixture[str], argv: list[str], option: str) -> None:
+    """Before issue 9 these were ignored without --serve and a plain trace ran."""
+    code, out, err = run_cli(capsys, "run", "--plugin", "tcp", "--seconds", "1", *argv)
+    assert code == 2 and out == ""
+    [line] = error_lines(err)
+    assert line.startswith(f"error: {option} is an option of the daemon") and "jalki serve" in line
+
+
+@pytest.mark.parametrize("command", [["serve"], ["run", "--serve"]])
+@pytest.mark.parametrize(("argv", "option"), [(["--seconds", "5"], "--seconds"), (["--strict"], "--strict"),
+                                              (["--summary-json", "/tmp/s.json"], "--summary-json")])
+def test_daemon_refuses_run_options(capsys: pytest.CaptureFixture[str], command: list[str], argv: list[str],
+                                    option: str) -> None:
+    code, out, err = run_cli(capsys, *command, "--history", "off", "--metrics-addr", "off", *argv)
+    assert code == 2 and out == ""
+    [line] = error_lines(err)
+    assert line.startswith(f"error: {option} is an option of a plain 'jalki run'")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["run", "-p", "tcp", "--seconds", "nan"], "--seconds must be positive and finite"),
+        (["run", "-p", "tcp", "--seconds", "inf"], "--seconds must be positive and finite"),
+        (["run", "-p", "tcp", "--seconds", "-2"], "--seconds must be positive and finite"),
+        (["run", "-p", "tcp", "--seconds", "1e300"], "--seconds must be at most"),
+        (["run", "-p", "tcp", "--sample", "nan"], "--sample must be in (0, 1]"),
+        (["run", "-p", "tcp", "--pid", "4294967296"], "--pid must be a positive process id up to 4194304"),
+        (["run", "-p", "tcp", "--pid", "0"], "--pid must be a positive process id"),
+        (["run", "-p", "tcp", "--port", "0"], "--port must be between 1 and 65535"),
+        (["run", "-p", "tcp", "--port", "-1"], "--port must be between 1 and 65535"),
+        (["run", "-p", "tcp", "--port", str(2**70)], "--port must be between 1 and 65535"),
+        (["serve", "--history-max-age", "1000000d"], "--history-max-age must be at most 36500d"),
+        (["serve", "--history-max-age", "9" * 400], "--history-max-age must be at most"),
+        (["serve", "--history-max-age", "0s"], "--history-max-age must be a positive duration"),
+        (["serve", "--history-max-mb", "0"], "--history-max-mb must be a number of MiB"),
+        (["serve", "--history-max-mb", str(2**62)], "--history-max-mb must be a number of MiB"),
+        (["serve", "--metrics-addr", "::1:9464"], "put an IPv6 address in brackets"),
+        (["serve", "--metrics-addr", "[not-v6]:9464"], "is not an IPv6 address"),
+        (["serve", "--metrics-addr", "127.0.0.1:65536"], "--metrics-addr must be HOST:PORT"),
+        (["serve", "--metrics-addr", "127.0.0.1"], "--metrics-addr must be HOST:PORT"),
+        (["serve", "--pid", "4194305"], "--pid must be a positive process id"),
+        (["ask", "--seconds", "inf", "why"], "--seconds must be positive and finite"),
+        (["ask", "--pid", "4294967296", "why"], "--pid must be a positive process id"),
+        (["watch", "tcp_connect", "--seconds", "nan"], "--seconds must be positive and finite"),
+        (["deploy", "tcp_connect", "--ttl", "8d"], "--ttl must be at most 7d"),
+        (["deploy", "tcp_connect", "--pid", "4294967296"], "--pid must be a positive process id"),
+        (["stream", "--dst-port", "70000"], "--dst-port must be between 1 and 65535"),
+        (["recent", "--since", "1000000d"], "--since must be at most 36500d"),
+    ],
+)
+def test_option_bounds_are_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                    argv: list[str], fragment: str) -> None:
+    """Refused before any probe, socket or daemon is touched: one line, exit 2, no traceback."""
+    monkeypatch.setenv("JALKI_SOCKET", "/nonexistent-dir/jalki.sock")
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == ""
+    [line] = error_lines(err)
+    assert line.startswith("error:") and fragment in line, line
+
+
+@pytest.mark.parametrize(("text", "expected"), [("[::1]:9464", ("::1", 9464)), ("127.0.0.1:1", ("127.0.0.1", 1)),
+                                                ("localhost:65535", ("localhost", 65535)),
+                                                ("[fe80::1%lo]:9464", ("fe80::1%lo", 9464)), ("off", None)])
+def test_metrics_address_forms(text: str, expected: tuple[str, int] | None) -> None:
+    from jalki_core.cli_options import parse_address
+
+    assert parse_address(text) == expected
+
+
+def test_serve_is_a_command_with_the_daemon_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "serve", "--help")
+    assert code == 0
+    for option in ("--socket", "--socket-group", "--history", "--history-max-mb", "--history-max-age",
+                   "--metrics-addr", "--plugin", "--emit"):
+        assert option in out
+    assert "--seconds" not in out and "--summary-json" not in out

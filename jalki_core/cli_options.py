@@ -1,0 +1,86 @@
+"""Checks of command-line option values, shared by every command.
+
+Each check raises :class:`jalki_core.errors.UsageError` with one line that
+names the option, the bad value and what it takes, so that a bad value is
+refused before anything is attached or connected (never a traceback later).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+
+from jalki_core.errors import UsageError
+
+PID_MAX = 4_194_304
+"""Largest process id any Linux kernel hands out (``PID_MAX_LIMIT`` on 64-bit kernels)."""
+
+MAX_DURATION_S = 100 * 365 * 86400
+"""Longest duration any option takes (100 years): beyond it, times in nanoseconds leave 64 bits."""
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\[\]]+)\]|(?P<host>[^\[\]:]+)):(?P<port>\d{1,5})$")
+
+
+def check_pid(pid: int | None, option: str = "--pid") -> None:
+    """A process id filter: 1 to :data:`PID_MAX` (a larger one fits no kernel's pid, nor a 32-bit filter)."""
+    if pid is not None and not 0 < pid <= PID_MAX:
+        raise UsageError(f"{option} must be a positive process id up to {PID_MAX}, not {pid}")
+
+
+def check_port(port: int | None, option: str = "--port") -> None:
+    """A TCP/UDP port filter: 1 to 65535 (0 is no port)."""
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"{option} must be between 1 and 65535, not {port}")
+
+
+def check_seconds(seconds: float | None, option: str = "--seconds") -> None:
+    """A positive, finite number of seconds, at most :data:`MAX_DURATION_S`."""
+    if seconds is None:
+        return
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UsageError(f"{option} must be positive and finite (seconds), not {seconds:g}",
+                         hint=f"e.g. {option} 10")
+    if seconds > MAX_DURATION_S:
+        raise UsageError(f"{option} must be at most {MAX_DURATION_S} seconds (100 years), not {seconds:g}")
+
+
+def check_sample(sample: float) -> None:
+    """A sampling rate in (0, 1] (NaN is refused: it compares false with everything)."""
+    if not 0.0 < sample <= 1.0:
+        raise UsageError(f"--sample must be in (0, 1], not {sample}", hint="e.g. --sample 0.1 keeps 10%")
+
+
+def parse_duration(text: str, option: str, max_s: float = MAX_DURATION_S) -> float:
+    """``90``, ``90s``, ``10m``, ``2h``, ``1d`` → seconds, positive and at most ``max_s``."""
+    match = _DURATION.match(text.strip())
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0.0
+    if match is None or seconds <= 0:
+        raise UsageError(f"{option} must be a positive duration like 30s, 10m, 2h or 1d, not {text!r}")
+    if seconds > max_s:  # also catches inf from a thousand-digit number
+        limit = f"{max_s / 86400:g}d" if max_s >= 86400 else f"{max_s:g}s"
+        raise UsageError(f"{option} must be at most {limit}, not {text!r}")
+    return seconds
+
+
+def parse_address(text: str, option: str = "--metrics-addr") -> tuple[str, int] | None:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``off`` → ``(host, port)`` (the host without brackets), or ``None``."""
+    if text == "off":
+        return None
+    match = _ADDRESS.match(text.strip())
+    if match is None or not 0 < int(match.group("port")) < 65536:
+        hint = ("put an IPv6 address in brackets, e.g. [::1]:9464" if text.count(":") > 1 and "[" not in text
+                else "e.g. 127.0.0.1:9464 or [::1]:9464")
+        raise UsageError(f"{option} must be HOST:PORT, [IPv6]:PORT or off, with a port from 1 to 65535, "
+                         f"not {text!r}", hint=hint)
+    host = match.group("v6")
+    if host is not None:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise UsageError(f"{option}: {host!r} in brackets is not an IPv6 address",
+                             hint="e.g. [::1]:9464") from None
+        return host, int(match.group("port"))
+    return match.group("host"), int(match.group("port"))
