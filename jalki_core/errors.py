@@ -15,7 +15,8 @@ code raises them; only the CLI turns them into a red line and an exit code
     ├── PluginError                a plugin failed to import, register or behave
     ├── ProbeError                 a probe's contract is broken or it could not attach
     │   ├── LayoutMismatchError    the Python record layout disagrees with the C header
-    │   └── AttachLadderExhausted  every rung of a probe's attach ladder failed
+    │   ├── AttachLadderExhausted  every rung of a probe's attach ladder failed
+    │   └── ProbeUnavailableError  the machine lacks what a probe needs (no PMU…); nothing is faked
     ├── EmitterError               an emitter could not open or write its sink
     │   └── EmitterClosedError     the sink went away for good (reader closed the pipe)
     ├── BpfBuildError              clang failed to compile a BPF source
@@ -100,7 +101,14 @@ class AttachLadderExhausted(ProbeError):
 
 
 class ProbeUnavailableError(ProbeError):
-    """The machine lacks what a probe needs (``Probe.unavailable_reason``); no rung was tried."""
+    """The machine lacks what a probe needs; the probe is reported as not attached, never run on fake data.
+
+    The loader raises it when ``Probe.unavailable_reason`` returns a reason. A
+    probe may also raise it itself, with the reason as message, from
+    ``unavailable_reason``, ``rodata`` or ``prepare`` (e.g. ``perf_event_open``
+    found no hardware counter): the loader then stops trying rungs and reports
+    it exactly like a returned reason.
+    """
 
 
 class EmitterError(JalkiError):

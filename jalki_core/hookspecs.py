@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from jalki_core import hookspec
+import pluggy
+
+from jalki_core.version import PROJECT_NAME
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marker for plugin hook implementations: ``@jalki_core.hookimpl``."""
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marker for the hook specifications below."""
 
 if TYPE_CHECKING:
-    from jalki_core.kb.contrib import BoundKbRegistry
-    from jalki_core.registry import BoundEmitterRegistry, BoundProbeRegistry
+    from jalki_core.registry import BoundEmitterRegistry, BoundKbRegistry, BoundProbeRegistry
 
 
 @hookspec
@@ -52,15 +59,18 @@ def jalki_register_emitters(registry: BoundEmitterRegistry) -> None:
 def jalki_register_kb(registry: BoundKbRegistry) -> None:
     """Register the knowledge-base documents this plugin ships.
 
-    Called when the knowledge base is loaded (find, list, explain,
-    :func:`jalki_core.kb.default_kb`).
+    Called once per process, when the plugin manager loads plugins (in the
+    same pass as the other registration hooks); the knowledge base is built
+    from what the loaded plugins registered (:func:`jalki_core.kb.default_kb`).
 
-    :param registry: call ``registry.register_file(path)`` with a KB JSON file
-        (a path or an ``importlib.resources`` file of the plugin's package
-        data), or ``registry.register_document(data, name)`` with a parsed
-        document (``specs/kb.schema.json``). A malformed document, an
-        unreadable file or an exception in this hook becomes a problem naming
-        the plugin, file, entry and field; it never stops other documents or
-        plugins.
+    :param registry: call ``registry.register_file("kb/http.json")`` with a KB
+        JSON file named relative to the plugin's package (no ``kb/__init__.py``
+        needed; an absolute path, a :class:`pathlib.Path` or an
+        ``importlib.resources`` file also work), or
+        ``registry.register_document(data, name)`` with a parsed document
+        (``specs/kb.schema.json``). A malformed document, an unreadable file
+        or an exception in this hook becomes a problem naming the plugin,
+        file, entry and field; it never stops other documents or plugins, and
+        the plugin's probes still load.
     :return: nothing; results are ignored.
     """

@@ -1,10 +1,16 @@
 """Plugin discovery and loading (pluggy, entry-point group ``jalki``).
 
-:class:`JalkiPlugins` is the typed facade the rest of the core uses; nothing
-else calls ``pm.hook.*``. Each plugin is loaded and its hooks are called in
-isolation: a plugin that fails to import, declares an unknown hook, raises in
-a hook or registers a duplicate name is recorded as broken with one line that
-names its distribution and version, and every other plugin still loads.
+:class:`JalkiPlugins` is the one owner of plugin loading and the typed facade
+the rest of the core uses; nothing else calls a plugin's hooks. It loads each
+plugin once and calls its three registration hooks in one pass: probes,
+emitters and KB documents (``jalki_register_kb``); the knowledge base is then
+built from :meth:`JalkiPlugins.kb_documents` (``default_kb(plugins=...)``).
+Each plugin is loaded and its hooks are called in isolation: a plugin that
+fails to import, declares an unknown hook, raises in a hook or registers a
+duplicate name is recorded as broken with one line that names its
+distribution and version, and every other plugin still loads. A
+``jalki_register_kb`` hook that raises does not break its plugin: it becomes
+a located problem of the knowledge base.
 
 Operators choose what loads with two environment variables:
 ``JALKI_DISABLE_PLUGINS`` (comma-separated plugin names to skip) and
@@ -26,14 +32,17 @@ from typing import Any
 
 import pluggy
 
-from jalki_core import PROJECT_NAME, __version__, hookspecs
+from jalki_core import hookspecs
 from jalki_core.errors import JalkiError, UnknownPluginError
 from jalki_core.registry import (
     EmitterRegistry,
+    KbDocument,
+    KbRegistry,
     PluginIdentity,
     ProbeRegistry,
     RegisteredProbe,
 )
+from jalki_core.version import PROJECT_NAME, __version__
 
 log = logging.getLogger("jalki.plugins")
 
@@ -61,6 +70,7 @@ class PluginInfo:
     identity: PluginIdentity
     probes: list[str] = field(default_factory=list)
     emitters: list[str] = field(default_factory=list)
+    kb_documents: list[KbDocument] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,7 @@ class JalkiPlugins:
             return
         try:
             probes, emitters = self._collect_registrations(module, identity)
-            self._commit(identity, probes, emitters)
+            self._commit(identity, probes, emitters, _collect_kb(module, identity))
         except JalkiError as exc:
             self.pm.unregister(module)
             self._mark_broken(identity, exc.one_line())
@@ -175,7 +185,8 @@ class JalkiPlugins:
             register_emitters(registry=emitters.bound_to(identity))
         return probes, emitters
 
-    def _commit(self, identity: PluginIdentity, probes: ProbeRegistry, emitters: EmitterRegistry) -> None:
+    def _commit(self, identity: PluginIdentity, probes: ProbeRegistry, emitters: EmitterRegistry,
+                kb_documents: list[KbDocument]) -> None:
         """Add a plugin's registrations, all or none (duplicates name both distributions)."""
         for entry in probes:
             self.probes.ensure_unique(entry.probe.name, identity)
@@ -188,11 +199,20 @@ class JalkiPlugins:
         info = self.loaded.setdefault(identity.plugin, PluginInfo(identity))
         info.probes.extend(entry.probe.name for entry in probes)
         info.emitters.extend(emitter.name for emitter in emitters)
+        info.kb_documents.extend(kb_documents)
 
     def _mark_broken(self, identity: PluginIdentity, reason: str) -> None:
         broken = BrokenPlugin(identity, reason)
         self.broken.append(broken)
         log.warning("%s", broken.one_line())
+
+    def kb_documents(self) -> list[KbDocument]:
+        """The KB documents the loaded plugins registered, by plugin name, each plugin's in its order.
+
+        A broken plugin contributes none; a ``jalki_register_kb`` hook that
+        raised contributes one document carrying the error.
+        """
+        return [document for _, info in sorted(self.loaded.items()) for document in info.kb_documents]
 
     def plugin_names(self) -> list[str]:
         """Names of the loaded plugins that provide probes."""
@@ -255,6 +275,36 @@ class JalkiPlugins:
                 }
             )
         return rows
+
+
+KB_HOOK = "jalki_register_kb"
+
+
+def _collect_kb(module: object, identity: PluginIdentity) -> list[KbDocument]:
+    """Run a plugin's ``jalki_register_kb``; an exception becomes a document with the error, never a broken plugin."""
+    hook = getattr(module, KB_HOOK, None)
+    if hook is None:
+        return []
+    origin = f"plugin {identity.plugin} ({identity})"
+    registry = KbRegistry()
+    try:
+        hook(registry=registry.bound_to(origin, _package_of(module)))
+    except Exception as exc:  # a plugin's own bug must not stop the others
+        return [KbDocument(origin, error=f"{KB_HOOK} raised {type(exc).__name__}: {exc}")]
+    return registry.documents
+
+
+def _package_of(module: object) -> str | None:
+    """The package a plugin module's relative data files resolve against (``None``: none known).
+
+    A module in a package resolves against that package, a top-level module
+    against the folder holding it; a module object made in memory has neither.
+    """
+    package = getattr(module, "__package__", None)
+    if isinstance(package, str) and package:
+        return package
+    name = getattr(module, "__name__", None)
+    return name if isinstance(name, str) and getattr(module, "__spec__", None) is not None else None
 
 
 def _unknown_hooks(pm: pluggy.PluginManager, module: object) -> list[str]:

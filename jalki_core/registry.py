@@ -1,17 +1,24 @@
 """Registries that plugins fill through the registration hooks.
 
 Each plugin gets a view of a registry bound to its own identity, so a
-duplicate name is reported with both distributions named.
+duplicate name is reported with both distributions named. The three
+registries (probes, emitters, KB documents) live here, below
+:mod:`jalki_core.plugins` (which fills them) and :mod:`jalki_core.hookspecs`
+(which names them), and import neither.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from jalki_core.errors import PluginError, ProbeError
-from jalki_core.probe import Probe, check_probe_contract
+from jalki_core.package_data import check_relative, package_file
+from jalki_core.probe import Probe, ProbeResource, check_probe_contract
 
 if TYPE_CHECKING:
     from jalki_core.emitters.base import Emitter
@@ -63,6 +70,9 @@ class ProbeRegistry:
         """Add a probe; a duplicate name raises :class:`PluginError` naming both owners."""
         try:
             check_probe_contract(probe)
+            ProbeResource.of(probe, "bpf_object")  # a bad path is refused at registration, not at attach
+            if probe.event_schema is not None:
+                ProbeResource.of(probe, "event_schema")
         except ProbeError as exc:
             raise PluginError(f"{owner}: {exc.message}") from exc
         self.ensure_unique(probe.name, owner)
@@ -146,3 +156,82 @@ class BoundEmitterRegistry:
     def register(self, name: str, factory: EmitterFactory, description: str = "") -> None:
         """Register an emitter factory under ``name``."""
         self._registry.add(name, factory, description, self.owner)
+
+
+@dataclass(frozen=True)
+class KbDocument:
+    """One KB document handed to the loader by a plugin (or a test).
+
+    Exactly one of ``data`` (parsed JSON), ``text`` (JSON text) or ``error``
+    (why the document could not even be read) is meaningful.
+    """
+
+    origin: str
+    data: Any = None
+    text: str | None = None
+    error: str | None = None
+
+
+class KbRegistry:
+    """Collects KB documents, in registration order (:mod:`jalki_core.kb` parses them)."""
+
+    def __init__(self) -> None:
+        self.documents: list[KbDocument] = []
+
+    def bound_to(self, origin: str, package: str | None = None) -> BoundKbRegistry:
+        """The view handed to one plugin's hook.
+
+        :param origin: names the plugin in problems (``plugin tcp (jalki-tcp 0.1.0)``).
+        :param package: the plugin module's package, against which relative file names resolve.
+        """
+        return BoundKbRegistry(self, origin, package)
+
+
+class BoundKbRegistry:
+    """What a plugin's ``jalki_register_kb`` hook receives."""
+
+    def __init__(self, registry: KbRegistry, origin: str, package: str | None = None) -> None:
+        self._registry = registry
+        self.origin = origin
+        self.package = package
+
+    def register_file(self, path: str | os.PathLike[str] | Traversable) -> None:
+        """Register a KB JSON file; a problem reading it becomes a located problem of the KB, never an exception.
+
+        :param path: a string relative to the plugin's package
+            (``"kb/memory.json"``; no ``kb/__init__.py`` needed), an absolute
+            path or :class:`os.PathLike`, or an ``importlib.resources`` file.
+        """
+        if isinstance(path, str) and not Path(path).is_absolute():
+            self._register_relative(path)
+            return
+        source: Traversable = Path(path) if isinstance(path, str | os.PathLike) else path
+        self._add_text(f"{self.origin}: {source.name}", source)
+
+    def _register_relative(self, name: str) -> None:
+        origin = f"{self.origin}: {name}"  # as written: it locates the file in the package
+        problem = check_relative(name)
+        if problem is None and self.package is None:
+            problem = f"{name!r} is relative, but the plugin module has no package to resolve it against"
+        if problem is not None:
+            self._registry.documents.append(KbDocument(origin, error=problem))
+            return
+        assert self.package is not None
+        try:
+            source = package_file(self.package, name)
+        except ModuleNotFoundError as exc:
+            self._registry.documents.append(KbDocument(origin, error=f"cannot read: {exc}"))
+            return
+        self._add_text(origin, source)
+
+    def _add_text(self, origin: str, source: Traversable) -> None:
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self._registry.documents.append(KbDocument(origin, error=f"cannot read: {exc}"))
+            return
+        self._registry.documents.append(KbDocument(origin, text=text))
+
+    def register_document(self, data: Mapping[str, Any], name: str = "document") -> None:
+        """Register an already-parsed KB document (a layer or vocabulary object)."""
+        self._registry.documents.append(KbDocument(f"{self.origin}: {name}", data=data))

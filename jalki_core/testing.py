@@ -24,7 +24,7 @@ import pytest
 from jalki_core.emitters.base import Emitter, EventBatch
 from jalki_core.errors import JalkiError
 from jalki_core.events import Event, EventContext
-from jalki_core.probe import Probe, RecordLayout
+from jalki_core.probe import Probe, ProbeResource, RecordLayout
 
 FIXED_CLOCK_OFFSET_NS = 1_700_000_000_000_000_000
 """Wall-clock offset used by :func:`make_event_context`: kernel time 0 is 2023-11-14T22:13:20Z."""
@@ -109,7 +109,7 @@ def probe_event_schemas(probes: Iterable[Probe] | None = None) -> list[dict[str,
     fragments = []
     for probe in probes:
         if probe.event_schema is not None:
-            fragment: dict[str, Any] = json.loads(probe.event_schema.read_bytes())
+            fragment: dict[str, Any] = json.loads(ProbeResource.of(probe, "event_schema").read_bytes())
             fragments.append(fragment)
     return fragments
 

@@ -15,11 +15,14 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jalki_core.kb.model import KbDocument, KbEntry, KbProblem, KnowledgeBase, ValueSet, Vocabulary
 from jalki_core.kb.validate import check_entry, check_layer_header, check_vocabulary, is_vocabulary_document
 from jalki_core.kb.witness import satisfiable
+
+if TYPE_CHECKING:
+    from jalki_core.plugins import JalkiPlugins
 
 KB_PATH_ENV = "JALKI_KB_PATH"
 """Extra KB files or directories (``os.pathsep``-separated), loaded after the built-in ones."""
@@ -181,18 +184,49 @@ def load_kb(paths: Iterable[str | os.PathLike[str]] | None = None,
 
 @functools.lru_cache(maxsize=8)
 def _cached_default(kb_path: str, plugin_env: tuple[str, str], with_plugins: bool) -> KnowledgeBase:
-    extra: list[KbDocument] = []
-    if with_plugins:
-        from jalki_core.kb.contrib import plugin_documents
+    if not with_plugins:
+        return load_kb(None)
+    from jalki_core.plugins import JalkiPlugins
 
-        extra = plugin_documents()
-    return load_kb(None, extra)
+    return _cached_with_documents(kb_path, _Documents(JalkiPlugins().kb_documents()))
 
 
-def default_kb(*, plugins: bool = True) -> KnowledgeBase:
-    """The built-in KB, ``JALKI_KB_PATH`` and (with ``plugins``) the installed plugins' documents.
+class _Documents(tuple[KbDocument, ...]):
+    """Plugin KB documents as a cache key: equal when their origins and contents are equal."""
 
-    Cached per value of the environment variables that select them.
+    def __new__(cls, documents: Iterable[KbDocument]) -> _Documents:
+        return super().__new__(cls, documents)
+
+    def _key(self) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
+        return tuple((d.origin, d.text, d.error, None if d.data is None else json.dumps(d.data, sort_keys=True,
+                                                                                         default=repr))
+                     for d in self)
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Documents) and self._key() == other._key()
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_with_documents(kb_path: str, documents: _Documents) -> KnowledgeBase:
+    return load_kb(None, documents)
+
+
+def default_kb(*, plugins: bool | JalkiPlugins = True) -> KnowledgeBase:
+    """The built-in KB, ``JALKI_KB_PATH`` and the plugins' documents.
+
+    :param plugins: ``True``: load the installed plugins (as the CLI does) and
+        use their documents; a :class:`~jalki_core.plugins.JalkiPlugins`: use
+        the documents those already-loaded plugins registered, without loading
+        any plugin again; ``False``: no plugin documents.
+
+    Cached per value of the environment variables that select the documents
+    (and, for loaded plugins, per content of their documents).
     """
+    kb_path = os.environ.get(KB_PATH_ENV, "")
+    if not isinstance(plugins, bool):
+        return _cached_with_documents(kb_path, _Documents(plugins.kb_documents()))
     plugin_env = (os.environ.get("JALKI_PLUGINS", ""), os.environ.get("JALKI_DISABLE_PLUGINS", ""))
-    return _cached_default(os.environ.get(KB_PATH_ENV, ""), plugin_env, plugins)
+    return _cached_default(kb_path, plugin_env, plugins)

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from jalki_core.registry import KbDocument as KbDocument  # what plugins register: defined with the registries
+
 if TYPE_CHECKING:
     from jalki_core.kb.conditions import Rule
 
@@ -55,20 +57,6 @@ class KbProblem:
         if self.path:
             parts.append(self.path)
         return ": ".join([*parts, self.message])
-
-
-@dataclass(frozen=True)
-class KbDocument:
-    """One KB document handed to the loader by a plugin (or a test).
-
-    Exactly one of ``data`` (parsed JSON), ``text`` (JSON text) or ``error``
-    (why the document could not even be read) is meaningful.
-    """
-
-    origin: str
-    data: Any = None
-    text: str | None = None
-    error: str | None = None
 
 
 @dataclass(frozen=True)

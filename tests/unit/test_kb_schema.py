@@ -14,9 +14,8 @@ import pytest
 from kb_inventory import ENTRY_COUNT
 
 from jalki_core.kb import KbDocument, KbProblem, load_kb
-from jalki_core.kb.contrib import KbRegistry, collect
-from jalki_core.plugins import PluginInfo
-from jalki_core.registry import PluginIdentity
+from jalki_core.plugins import JalkiPlugins, PluginSource
+from jalki_core.registry import KbRegistry, PluginIdentity
 
 REPO = Path(__file__).resolve().parents[2]
 KB_DIR = REPO / "kb"
@@ -284,13 +283,11 @@ def test_plugin_documents_load_last_and_never_raise(tmp_path: Path) -> None:
     module.jalki_register_kb = jalki_register_kb  # type: ignore[attr-defined]
     raiser = types.ModuleType("raiser")
     raiser.jalki_register_kb = raising_hook  # type: ignore[attr-defined]
-    identities = {"demo": PluginIdentity("demo", "jalki-demo", "1.0"), "raiser": PluginIdentity("raiser", "r", "2")}
-    modules = {"demo:jalki-demo": module, "raiser:r": raiser}
-    plugins = types.SimpleNamespace(
-        loaded={name: PluginInfo(identity) for name, identity in identities.items()},
-        pm=types.SimpleNamespace(get_plugin=modules.get),
-    )
-    documents = collect(plugins)  # type: ignore[arg-type]
+    plugins = JalkiPlugins([PluginSource(PluginIdentity("raiser", "r", "2"), lambda: raiser),
+                            PluginSource(PluginIdentity("demo", "jalki-demo", "1.0"), lambda: module)],
+                           load_defaults=False)
+    assert not plugins.broken and set(plugins.loaded) == {"demo", "raiser"}  # a raising KB hook breaks nothing
+    documents = plugins.kb_documents()
     assert [d.origin for d in documents] == [
         "plugin demo (jalki-demo 1.0): plugin_kb.json",
         "plugin demo (jalki-demo 1.0): absent.json",
