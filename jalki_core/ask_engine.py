@@ -266,7 +266,8 @@ def ask(
     from jalki_core.plugins import JalkiPlugins
 
     started = time.monotonic()
-    kb = kb if kb is not None else default_kb()
+    plugins = plugins if plugins is not None else JalkiPlugins()  # loaded once: the KB reuses their documents
+    kb = kb if kb is not None else default_kb(plugins=plugins)
     matches = find(question, kb)
     if not matches:
         words = tuple(understood_words(kb))
@@ -274,7 +275,6 @@ def ask(
                          "listed in understood_words (for example: connection refused, packet loss, killed).",
                          seconds, time.monotonic() - started, understood_words=words)
     relevant = _relevant(matches)
-    plugins = plugins if plugins is not None else JalkiPlugins()
     selected, probes, unobserved = _select(relevant, kb, plugins)
     notes: list[str] = [f"plugin {broken.identity.plugin} is broken: {broken.reason}" for broken in plugins.broken]
 
