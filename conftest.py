@@ -1,4 +1,4 @@
-"""Shared test configuration.
+"""Shared test configuration (tests/, bench/ and each plugin's plugins/*/tests).
 
 Kernel tests (``@pytest.mark.kernel``) need root and a real kernel. Without
 them they skip; with ``JALKI_REQUIRE_KERNEL_TESTS=1`` (set by ``.ci/run``) any
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REQUIRE_KERNEL = os.environ.get("JALKI_REQUIRE_KERNEL_TESTS") == "1"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parent
 
 
 def kernel_unavailable_reason() -> str | None:
