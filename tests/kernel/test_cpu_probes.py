@@ -65,6 +65,12 @@ class SoftwareIpcProbe(CpuIpcProbe):
     counter_type = "software"
 
 
+def _steal_ns() -> int:
+    """Steal time of all CPUs so far (/proc/stat, USER_HZ ticks of 10 ms): the hypervisor ran something else."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) * 10 * MS
+
+
 class Burner:
     """A child process that burns CPU in ``threads`` threads once told to (:meth:`go`)."""
 
@@ -73,6 +79,7 @@ class Burner:
                                      stdin=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
         self.cpu_ns = 0
+        self.steal_ns = 0
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until it started up and sleeps on stdin, so no time slice of it straddles an attach."""
@@ -92,10 +99,11 @@ class Burner:
     def go(self) -> None:
         """Start burning and wait for the exit; ``cpu_ns`` is then the CPU time it used from now on."""
         assert self.proc.stdin is not None
-        before = self._cpu_so_far()
+        before, steal_before = self._cpu_so_far(), _steal_ns()
         self.proc.stdin.write("go\n")
         self.proc.stdin.close()
         _, status, usage = os.wait4(self.pid, 0)
+        self.steal_ns = _steal_ns() - steal_before
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         assert self.proc.returncode == 0
         self.cpu_ns = round((usage.ru_utime + usage.ru_stime) * 1e9) - before
@@ -120,29 +128,50 @@ def ipc_events_of(trace: Trace, pid: int) -> list[dict[str, Any]]:
     return [e for e in trace.events("kernel.cpu.ipc") if e["process_data"]["pid"] == pid]
 
 
-def check_software_counts(events: list[dict[str, Any]], cpu_ns: int, trace: Trace) -> None:
-    """Clock counters equal the measured run time per event; the run time adds up to the child's CPU time.
+def check_software_counts(events: list[dict[str, Any]], child: Burner, trace: Trace) -> None:
+    """Clock counters equal the counted run time per event; the run time adds up to the child's CPU time.
 
-    Exactly, unless the session counted ``switch_unseen`` drops: a time slice
-    that began at a switch the tracepoint did not report (on the project's
-    VMs some tasks' switch-outs are never reported) is not attributed to
-    anyone, so the child may have lost such slices.
+    On the project's VMs the tracepoint never reports some tasks' switch-outs
+    (the VM agent's threads): the task switched in at such a switch is then
+    seen leaving a CPU it was not seen enter (``switch_unseen``). The probe
+    still accounts that slice with the scheduler's own run time, but without
+    counter deltas, so ``counted_ratio`` may be below 1 in a session that
+    counted such switches (exactly 1 otherwise, unless a slice was scaled) and
+    the counters equal the counted share of ``run_ns``; the run time adds up
+    either way.
+
+    The process's records end with its one ``exit`` record, unless the stretch
+    it ran after its last ``interval`` record was shorter than the probe's
+    ``min_run_ns`` (such an interval is not emitted, exit or not; documented):
+    the kernel cannot promise the child's final stretch is longer (its last
+    interval may close at any switch-out near its end), so then it ends with an
+    ``interval`` and the run-time sum, within that 1 ms, still checks the tail.
     """
+    assert trace.summary is not None
+    unseen = sum(stats.kernel_drops.get("switch_unseen", 0) for stats in trace.summary.probes)
     for event in events:
         validate(event)
         data = event["data"]
-        assert data["counter_type"] == "software" and data["counted_ratio"] == 1.0
+        assert data["counter_type"] == "software" and 0 < data["counted_ratio"] <= 1.0
+        assert data["counted_ratio"] == 1.0 or unseen or data["multiplexed_switches"], data
         assert data["stalled_cycles_frontend"] is None and data["stalled_cycles_backend"] is None
+        # counted share of run_ns; a slice the perf event ran only part of is scaled up to all of it (the
+        # counts then estimate the whole slice, multiplexed_switches says so)
+        counted_ns = data["counted_ratio"] * data["run_ns"]
+        most = data["run_ns"] if data["multiplexed_switches"] else counted_ns
         for counter in ("cycles", "instructions"):
-            assert abs(data[counter] - data["run_ns"]) <= 0.02 * data["run_ns"] + MS, (counter, data)
+            tolerance = 0.02 * data["run_ns"] + MS
+            assert counted_ns - tolerance <= data[counter] <= most + tolerance, (counter, data)
         assert event["process_data"]["command"]
-    assert [e["data"]["reason"] for e in events][-1] == "exit"
-    assert [e["data"]["reason"] for e in events].count("exit") == 1
-    total = sum(e["data"]["run_ns"] for e in events)
-    assert trace.summary is not None
-    unseen = sum(stats.kernel_drops.get("switch_unseen", 0) for stats in trace.summary.probes)
-    low = 0.97 if unseen == 0 else 0.75
-    assert low * cpu_ns - 5 * MS <= total <= 1.03 * cpu_ns + 5 * MS, (total, cpu_ns, unseen)
+    reasons = [e["data"]["reason"] for e in events]
+    assert reasons.count("exit") <= 1 and reasons.count("session_end") == 0, reasons
+    assert reasons[-1] == "exit" or reasons.count("exit") == 0, reasons
+    # The probe times a slice from switch-in to switch-out (bpf_ktime_get_ns); the kernel's CPU time (wait4)
+    # leaves out steal time (CONFIG_PARAVIRT_TIME_ACCOUNTING: the vCPU was not running), so a slice may be
+    # longer by the steal that fell into it: at most the steal of all CPUs meanwhile, plus a tick of its counter.
+    total, cpu_ns = sum(e["data"]["run_ns"] for e in events), child.cpu_ns
+    high = 1.03 * cpu_ns + 5 * MS + (child.steal_ns + 10 * MS if child.steal_ns else 0)
+    assert 0.97 * cpu_ns - 5 * MS <= total <= high, (total, cpu_ns, child.steal_ns, unseen)
     ipcs = [e["data"]["ipc"] for e in events if e["data"]["cycles"] >= 10 * MS]
     assert ipcs and all(0.95 <= ipc <= 1.05 for ipc in ipcs), ipcs
 
@@ -182,23 +211,16 @@ def test_doctor_is_unaffected_by_the_cpu_plugin() -> None:
 
 @pytest.mark.parametrize("rung", RUNGS)
 def test_software_counters_measure_a_busy_child_exactly(rung: str) -> None:
-    # On the project's VMs the tracepoint sometimes does not report a switch (counted as switch_unseen);
-    # the slice that follows is then nobody's, and the child's time cannot add up. Such a run is retried
-    # (at most twice), so the exact bounds below are checked on a run the kernel reported fully.
-    for _attempt in range(3):
-        probe = on_rung(SoftwareIpcProbe(interval_ns=100 * MS), rung)
-        assert probe.unavailable_reason() is None
-        with burner(threads=2, seconds=0.3) as child:
-            child.wait_ready()
-            with tracing([probe]) as trace:
-                child.go()
-                time.sleep(0.1)  # let the drain thread take the exit record
-        assert trace.summary is not None
-        if not any(stats.kernel_drops.get("switch_unseen", 0) for stats in trace.summary.probes):
-            break
+    probe = on_rung(SoftwareIpcProbe(interval_ns=100 * MS), rung)
+    assert probe.unavailable_reason() is None
+    with burner(threads=2, seconds=0.3) as child:
+        child.wait_ready()
+        with tracing([probe]) as trace:
+            child.go()
+            time.sleep(0.1)  # let the drain thread take the exit record
     events = ipc_events_of(trace, child.pid)
     check_rung(probe, rung, events)
-    check_software_counts(events, child.cpu_ns, trace)
+    check_software_counts(events, child, trace)
     # two threads burned 0.3 s each: the process ran about 0.6 s in total
     assert sum(e["data"]["run_ns"] for e in events) >= 500 * MS
     assert isinstance(probe, SoftwareIpcProbe)
@@ -220,7 +242,7 @@ def test_pid_filter_applies_in_the_kernel_and_open_intervals_end_the_session() -
         events = trace.events("kernel.cpu.ipc")
     assert events and {e["process_data"]["pid"] for e in events} == {child.pid}
     assert [e["data"]["reason"] for e in events] == ["exit"]
-    check_software_counts(events, child.cpu_ns, trace)
+    check_software_counts(events, child, trace)
     # a process still running when the session stops is reported from the kernel's map
     late: Burner | None = None
     try:
@@ -234,7 +256,10 @@ def test_pid_filter_applies_in_the_kernel_and_open_intervals_end_the_session() -
     validate(pending)
     assert pending["data"]["reason"] == "session_end"
     assert 1 * MS <= pending["data"]["run_ns"] <= 300 * MS
-    assert abs(pending["data"]["cycles"] - pending["data"]["run_ns"]) <= 0.02 * pending["data"]["run_ns"] + MS
+    # counted_ratio < 1 where a slice's switch-in went unreported (see check_software_counts)
+    counted_ns = pending["data"]["counted_ratio"] * pending["data"]["run_ns"]
+    most = pending["data"]["run_ns"] if pending["data"]["multiplexed_switches"] else counted_ns
+    assert counted_ns - 0.02 * pending["data"]["run_ns"] - MS <= pending["data"]["cycles"] <= most + 2 * MS
 
 
 def _measure_hardware_counters() -> None:
@@ -246,7 +271,8 @@ def _measure_hardware_counters() -> None:
             child.go()
             time.sleep(0.1)
     events = ipc_events_of(trace, child.pid)
-    assert events and events[-1]["data"]["reason"] == "exit"
+    reasons = [e["data"]["reason"] for e in events]  # exit last, unless its last stretch was < min_run_ns
+    assert events and reasons.count("exit") <= 1 and (reasons[-1] == "exit" or "exit" not in reasons), reasons
     for event in events:
         validate(event)
         data = event["data"]

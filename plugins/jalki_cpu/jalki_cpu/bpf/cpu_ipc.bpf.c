@@ -34,8 +34,12 @@
  *
  * The self filter and the tgid filter apply when accumulating; sampling when
  * emitting. The port filter does not apply. A switch-out of a thread this
- * CPU did not see enter (the program missed a switch, e.g. under
- * recursion protection) is counted as the probe's drop cause switch_unseen.
+ * CPU did not see enter (the tracepoint did not report the switch-in: on
+ * some kernels certain tasks' switch-outs are never reported; or the program
+ * missed it under recursion protection) is counted as the probe's drop cause
+ * switch_unseen: the slice's counter deltas are unknown and not counted, but
+ * its run time is the scheduler's own (see unseen_slice_ns) and it is
+ * accounted, so the process's interval and exit are still reported.
  *
  * Rungs: tp_btf:     tpbtf_sched_switch (tp_btf/sched_switch);
  *        tracepoint: tp_sched_switch (tracepoint/sched/sched_switch).
@@ -94,10 +98,16 @@ struct signal_struct___jalki {
 	struct jalki_atomic___jalki live; /* threads that have not entered do_exit */
 } __attribute__((preserve_access_index));
 
+struct sched_entity___jalki {
+	__u64 sum_exec_runtime;      /* run time of the task so far */
+	__u64 prev_sum_exec_runtime; /* sum_exec_runtime when it was last picked to run */
+} __attribute__((preserve_access_index));
+
 struct task_struct___jalki {
 	int pid;
 	int tgid;
 	int exit_state;
+	struct sched_entity___jalki se;
 	struct signal_struct___jalki *signal;
 } __attribute__((preserve_access_index));
 
@@ -156,6 +166,21 @@ static __always_inline bool add_delta(struct cpu_ipc_acc *acc, const struct cpu_
 	__sync_fetch_and_add(&acc->count[i], mul_ratio(count, enabled, running));
 	__sync_fetch_and_add(&acc->counted_ns[i], mul_ratio(run_ns, running, enabled));
 	return true;
+}
+
+/* How long the current task ran since it was switched in, when the switch-in
+ * was not reported: the scheduler's runtime since it picked the task
+ * (set_next_entity saves sum_exec_runtime in prev_sum_exec_runtime; less
+ * when it re-picked the running task mid-slice), at most `since_ns`, the time
+ * since this CPU's last reported switch (a task of a class that does not keep
+ * prev_sum_exec_runtime cannot claim more). Never more than it ran. */
+static __always_inline __u64 unseen_slice_ns(__u64 since_ns)
+{
+	struct task_struct___jalki *task = (void *)bpf_get_current_task_btf();
+	__u64 sum = task->se.sum_exec_runtime, prev = task->se.prev_sum_exec_runtime;
+	__u64 ran = sum > prev ? sum - prev : 0;
+
+	return ran < since_ns ? ran : since_ns;
 }
 
 /* The current task is the last thread of its process and leaves the CPU for good. */
@@ -251,9 +276,15 @@ static __always_inline int handle_switch(__u32 next_tid)
 	now.ts_ns = bpf_ktime_get_ns();
 
 	if (start->ts_ns) { /* this CPU saw a task enter before */
-		if (start->tid != tid)
+		if (start->tid != tid) {
+			/* Its switch-in was not reported: no counter values at switch-in
+			 * (valid 0: no deltas), its run time from the scheduler. `start`
+			 * is overwritten with `now` below. */
 			jalki_count_drop(JALKI_DROP_PROBE_BASE + JALKI_CPU_DROP_SWITCH_UNSEEN);
-		else if (tgid && !jalki_is_self(tgid) && jalki_pass_tgid_filter(tgid))
+			start->ts_ns = now.ts_ns - unseen_slice_ns(now.ts_ns - start->ts_ns);
+			start->valid = 0;
+		}
+		if (tgid && !jalki_is_self(tgid) && jalki_pass_tgid_filter(tgid))
 			account(tgid, start, &now);
 	}
 	now.tid = next_tid;
