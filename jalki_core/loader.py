@@ -25,7 +25,7 @@ from jalki_core.errors import (
     ProbeError,
     ProbeUnavailableError,
 )
-from jalki_core.probe import AttachRung, Probe, ProbeResource
+from jalki_core.probe import AttachRung, Probe, ProbeResource, RecordLayout
 
 if TYPE_CHECKING:
     from jalki_core._libbpf import BpfLink, BpfObject
@@ -274,8 +274,12 @@ class ProbeLoader:
 
     @staticmethod
     def _check_layout(probe: Probe, obj: BpfObject) -> None:
-        """Check the probe's Python record layout against its C struct in the object's BTF, field by field."""
-        layout = probe.layout
+        """Check the probe's Python record layouts against their C structs in the object's BTF, field by field."""
+        for layout in probe.record_kinds()[0].values():
+            ProbeLoader._check_one_layout(probe, obj, layout)
+
+    @staticmethod
+    def _check_one_layout(probe: Probe, obj: BpfObject, layout: RecordLayout) -> None:
         members = obj.btf_struct_members(layout.c_struct)
         c_size = obj.btf_struct_size(layout.c_struct)
         if members is None or c_size is None:

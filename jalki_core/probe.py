@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import struct
 import sys
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -377,7 +377,8 @@ class ProbeResource:
 
 
 class Probe(ABC):
-    """Base class of every probe. Subclass it, set the class attributes, implement :meth:`decode`.
+    """Base class of every probe. Subclass it, set the class attributes, implement :meth:`decode`
+    (or, with ``layouts``, :meth:`decode_records`).
 
     Class attributes:
 
@@ -401,6 +402,14 @@ class Probe(ABC):
       most five), counted in C with ``jalki_count_drop(JALKI_DROP_PROBE_BASE + i)``
       and reported with the shared ones (``ringbuf_full``, ``sampled``,
       ``tracking_full``), e.g. ``("issue_unseen",)``.
+    - ``layouts`` and ``kind_field``: instead of ``layout``, for a probe whose
+      ring carries more than one record type (per-event records and, say,
+      histogram records): kind value → :class:`RecordLayout`. Every layout
+      has a 4-byte field named ``kind_field`` (default ``kind``) at the same
+      offset, which the C code sets to that record's kind; the probe then
+      implements :meth:`decode_records` instead of :meth:`decode`.
+    - ``tick_interval_s``: call :meth:`tick` every this many seconds while
+      the session runs (``None``: never).
 
     Optional hooks: :meth:`unavailable_reason` (the machine lacks what the
     probe needs; any hook may instead raise
@@ -408,8 +417,10 @@ class Probe(ABC):
     :meth:`rodata` (per-instance kernel-side settings),
     :meth:`prepare` (fill maps after load, before attach),
     :meth:`derive` (events computed from this probe's own
-    events, e.g. windowed anomalies) and :meth:`final_events` (events read
-    from the probe's maps when the session stops, e.g. a histogram).
+    events, e.g. windowed anomalies), :meth:`tick` (events read from the
+    probe's maps periodically, with ``tick_interval_s``) and
+    :meth:`final_events` (events read from the probe's maps when the session
+    stops, e.g. a histogram).
     """
 
     name: ClassVar[str]
@@ -422,14 +433,76 @@ class Probe(ABC):
     ladder: ClassVar[tuple[AttachRung, ...]]
     event_schema: ClassVar[ProbeResource | str | None] = None
     extra_drop_causes: ClassVar[tuple[str, ...]] = ()
+    layouts: ClassVar[Mapping[int, RecordLayout]] = {}
+    kind_field: ClassVar[str] = "kind"
+    tick_interval_s: ClassVar[float | None] = None
 
-    @abstractmethod
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
         """Decode a batch of records (fixed-size, back to back) into events.
 
         Called with every batch the ring buffer reader drains. ``ctx`` builds
-        the common event fields (id, timestamp, source, attach rung…).
+        the common event fields (id, timestamp, source, attach rung…). Every
+        probe with one ``layout`` implements it.
         """
+        raise NotImplementedError(f"probe {type(self).__name__} implements no decode()")
+
+    def decode_records(self, kind: int, batch: bytes, ctx: EventContext) -> list[Event]:
+        """Decode a batch of records of one ``kind`` (a key of ``layouts``) into events.
+
+        For probes with several record types: the session hands over each run
+        of same-kind records, back to back, in arrival order (a drain of
+        ``A A B A`` calls this three times). Records of one kind are all
+        ``layouts[kind].size`` bytes, so ``layouts[kind].struct.iter_unpack``
+        reads them. The default calls :meth:`decode` with probes of one layout.
+        """
+        if self.layouts:
+            raise NotImplementedError(f"probe {type(self).__name__} declares layouts but implements no "
+                                      "decode_records()")
+        return self.decode(batch, ctx)
+
+    def record_kinds(self) -> tuple[dict[int, RecordLayout], int]:
+        """The probe's record kinds (kind → layout) and the offset of the kind field in every record.
+
+        One ``layout``: ``({0: layout}, 0)``, and records carry no kind.
+
+        :raises ProbeError: ``layouts`` is malformed: a layout lacks the kind
+            field, it lies at different offsets or is not 4 bytes, a kind is no
+            ``uint32``, more than 16 kinds.
+        """
+        if not self.layouts:
+            return {0: self.layout}, 0
+        where = f"probe {getattr(self, 'name', type(self).__name__)}"
+        hint = (f"give every record struct a __u32 {self.kind_field} at the same offset (e.g. right after "
+                "the header) and key layouts by the value the C code writes there")
+        if len(self.layouts) > 16:
+            raise ProbeError(f"{where}: {len(self.layouts)} record layouts, at most 16", hint=hint)
+        offsets: dict[int, str] = {}
+        for kind, layout in self.layouts.items():
+            if not isinstance(kind, int) or not 0 <= kind < 1 << 32:
+                raise ProbeError(f"{where}: record kind {kind!r} ({layout.c_struct}) is not a uint32", hint=hint)
+            found = next((f for f in layout.field_offsets if f.name == self.kind_field), None)
+            if found is None or found.size != 4:
+                problem = "has no field" if found is None else f"has a {found.size}-byte field"
+                raise ProbeError(f"{where}: record layout {layout.c_struct} {problem} {self.kind_field!r} "
+                                 "(4 bytes) to tell the record kinds apart", hint=hint)
+            offsets.setdefault(found.offset, layout.c_struct)
+        if len(offsets) > 1:
+            places = ", ".join(f"{name} at {offset}" for offset, name in offsets.items())
+            raise ProbeError(f"{where}: field {self.kind_field!r} lies at different offsets ({places})", hint=hint)
+        return dict(self.layouts), next(iter(offsets))
+
+    def tick(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
+        """Events read from the probe's BPF maps every ``tick_interval_s`` seconds (default: none).
+
+        For probes that aggregate in BPF (histograms, counters) and report
+        periodically. Called by the session on the drain thread, after a drain,
+        while the programs run; ``maps`` are the loaded object's maps by name
+        (as for :meth:`final_events`). Its events are delivered like decoded
+        ones (to the emitters, the daemon's store and subscribers) but are not
+        passed to :meth:`derive`. An exception is logged and counted
+        (``derive_errors``); the session goes on and calls it again next time.
+        """
+        return []
 
     def unavailable_reason(self) -> str | None:
         """Why this probe cannot run on this machine at all, checked before any rung is tried (default: ``None``).
@@ -498,9 +571,11 @@ def check_probe_contract(probe: Probe) -> None:
     """Raise :class:`ProbeError` when a probe misses part of the contract."""
     missing = [
         attr
-        for attr in ("name", "observes", "event_types", "bpf_object", "layout", "ladder")
+        for attr in ("name", "observes", "event_types", "bpf_object", "ladder")
         if not hasattr(probe, attr)
     ]
+    if not hasattr(probe, "layout") and not probe.layouts:
+        missing.append("layout")
     if missing:
         raise ProbeError(f"probe {type(probe).__name__} lacks {', '.join(missing)}")
     if not probe.ladder:
@@ -509,6 +584,17 @@ def check_probe_contract(probe: Probe) -> None:
         raise ProbeError(f"probe {probe.name}: at most 5 extra_drop_causes")
     if probe.ring_buffer_bytes & (probe.ring_buffer_bytes - 1):
         raise ProbeError(f"probe {probe.name}: ring_buffer_bytes must be a power of two")
+    probe.record_kinds()
+
+    def overrides(method: str) -> bool:
+        return getattr(type(probe), method) is not getattr(Probe, method)
+
+    if probe.layouts and not overrides("decode_records"):
+        raise ProbeError(f"probe {probe.name} declares layouts but implements no decode_records()")
+    if not probe.layouts and not overrides("decode"):
+        raise ProbeError(f"probe {probe.name} implements no decode()")
+    if probe.tick_interval_s is not None and not probe.tick_interval_s > 0:
+        raise ProbeError(f"probe {probe.name}: tick_interval_s must be a positive number of seconds or None")
 
 
 def batch_records(layout: RecordLayout, records: Sequence[bytes]) -> bytes:

@@ -5,6 +5,11 @@ for signals), copies records in C into one batch per probe, decodes each batch
 in Python and hands the events to the emitter workers. Stopping detaches the
 programs first, then drains what is left, so every record the kernel wrote is
 decoded and every decoded event is emitted and flushed before exit.
+
+A probe with several record kinds (``Probe.layouts``) has its batch handed
+over as runs of same-kind records, in arrival order, to
+``Probe.decode_records``. A probe with ``tick_interval_s`` has its
+``Probe.tick`` called on the drain thread that often, after a drain.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from jalki_core.errors import JalkiError, LibbpfError, ProbeError
 from jalki_core.events import EventContext, monotonic_to_realtime_offset
 from jalki_core.loader import LoadedProbe, ProbeLoader, ProbeOptions, RungFailure
 from jalki_core.privileges import ensure_tracefs, require_bpf_privileges, require_btf
-from jalki_core.probe import Probe
+from jalki_core.probe import Probe, RecordLayout
 
 if TYPE_CHECKING:
     from jalki_core._libbpf import RingBufferReader, StatsHandle
@@ -45,6 +50,10 @@ class ProbeRunStats:
     decode_errors: int = 0
     derive_errors: int = 0
     size_mismatches: int = 0
+    unknown_kinds: int | None = None
+    """Records whose kind field named no declared layout; ``None`` for probes with one layout."""
+    ticks: int = 0
+    """Calls of the probe's ``tick`` hook (failed ones included)."""
     kernel_drops: dict[str, int] = field(default_factory=dict)
     failed_rungs: list[RungFailure] = field(default_factory=list)
     error: str | None = None
@@ -55,8 +64,14 @@ class ProbeRunStats:
 
     @property
     def drops_by_cause(self) -> dict[str, int]:
-        """Records lost, by cause: the probe's kernel counters, then ``size_mismatch`` and ``decode_error``."""
-        return {**self.kernel_drops, "size_mismatch": self.size_mismatches, "decode_error": self.decode_errors}
+        """Records lost, by cause: the probe's kernel counters, then ``size_mismatch`` and ``decode_error``.
+
+        A probe with several record kinds also has ``unknown_kind``.
+        """
+        drops = {**self.kernel_drops, "size_mismatch": self.size_mismatches, "decode_error": self.decode_errors}
+        if self.unknown_kinds is not None:
+            drops["unknown_kind"] = self.unknown_kinds
+        return drops
 
     @property
     def dropped(self) -> int:
@@ -73,11 +88,12 @@ class ProbeRunStats:
             "drops": self.drops_by_cause,
             "failed_rungs": [
                 {"rung": f.rung, "stage": f.stage, "errno": f.errno_name, "message": f.message,
-                 "hint": f.hint, "log": f.log_excerpt}
+                 "hint": f.hint, "log": f.log_excerpt, "log_file": f.log_file}
                 for f in self.failed_rungs
             ],
             "error": self.error,
             "derive_errors": self.derive_errors,
+            "ticks": self.ticks,
             "run_time_ns": self.run_time_ns,
             "run_count": self.run_count,
             "programs": {name: dict(figures) for name, figures in self.programs.items()},
@@ -113,6 +129,10 @@ class _ActiveProbe:
     context: EventContext
     stats: ProbeRunStats
     options: ProbeOptions
+    kinds: dict[int, RecordLayout]
+    """Record kind → layout; one entry (kind 0) for a probe with one layout."""
+    next_tick: float | None = None
+    """When the probe's ``tick`` is due (monotonic seconds); ``None``: the probe has none."""
 
 
 class TraceSession:
@@ -227,8 +247,12 @@ class TraceSession:
         from jalki_core._libbpf import RingBufferReader
 
         try:
-            reader = RingBufferReader(loaded.obj.maps[probe.ring_buffer], probe.layout.size, self.batch_bytes)
-        except LibbpfError as exc:
+            kinds, kind_offset = probe.record_kinds()
+            sizes: int | dict[int, int] = {kind: layout.size for kind, layout in kinds.items()} \
+                if probe.layouts else kinds[0].size
+            reader = RingBufferReader(loaded.obj.maps[probe.ring_buffer], sizes, self.batch_bytes,
+                                      kind_offset=kind_offset)
+        except (LibbpfError, ProbeError) as exc:
             loaded.close()
             stats.rung, stats.error = None, exc.one_line()
             log.warning("probe %s skipped: %s", probe.name, exc.one_line())
@@ -238,7 +262,11 @@ class TraceSession:
         context = EventContext(probe.name, loaded.rung.name, cluster=self.cluster,
                                clock_offset_ns=self._clock_offset, run_id=self._run_id)
         self._epoll.register(reader.epoll_fd, select.EPOLLIN)
-        self._active.append(_ActiveProbe(loaded, reader, context, stats, options))
+        if probe.layouts:
+            stats.unknown_kinds = 0
+        interval = probe.tick_interval_s
+        next_tick = None if interval is None else time.monotonic() + interval
+        self._active.append(_ActiveProbe(loaded, reader, context, stats, options, kinds, next_tick))
         return stats
 
     def attach_probe(self, probe: Probe, options: ProbeOptions | None = None) -> ProbeRunStats:
@@ -335,6 +363,9 @@ class TraceSession:
         deadline = None if seconds is None else time.monotonic() + seconds
         while not self._stop_requested and not self.sinks_gone:
             timeout = 0.25
+            due = self._next_tick_due()
+            if due is not None:
+                timeout = max(0.0, min(timeout, due - time.monotonic()))
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -352,10 +383,44 @@ class TraceSession:
             self._run_calls()
             if tick is not None:
                 tick()
-            if ready and self.drain_once() < self.BUSY_BATCH_RECORDS and not self._batch_full \
-                    and self.drain_interval > 0:
+            busy = bool(ready) and (self.drain_once() >= self.BUSY_BATCH_RECORDS or self._batch_full)
+            self.run_due_ticks()
+            if ready and not busy and self.drain_interval > 0:
                 # Let records accumulate; wake at once if a stop is requested.
                 select.select([self._wake_r], [], [], self.drain_interval)
+
+    def _next_tick_due(self) -> float | None:
+        dues = [a.next_tick for a in self._active if a.next_tick is not None]
+        return min(dues) if dues else None
+
+    def run_due_ticks(self, now: float | None = None) -> int:
+        """Call the ``tick`` hook of every attached probe whose interval has passed (drain thread); return calls.
+
+        Its events are delivered like decoded ones (emitters, ``on_events``),
+        without :meth:`Probe.derive`. A failing hook is logged and counted in
+        the probe's ``derive_errors``; it is called again at its next time.
+        Ticks missed while the loop was busy are not made up: the next is one
+        interval after this one.
+        """
+        now = time.monotonic() if now is None else now
+        calls = 0
+        for active in self._active:
+            if active.next_tick is None or active.next_tick > now:
+                continue
+            interval = active.loaded.probe.tick_interval_s or 0.0
+            active.next_tick += interval
+            if active.next_tick <= now:  # late (a busy loop): skip the missed ones, keep the interval
+                active.next_tick = now + interval
+            calls += 1
+            active.stats.ticks += 1
+            try:
+                events = active.loaded.probe.tick(active.loaded.obj.maps, active.context)
+            except Exception as exc:  # a tick bug costs its own events, never the drain
+                active.stats.derive_errors += 1
+                log.error("probe %s: tick failed: %s", active.stats.name, f"{type(exc).__name__}: {exc}")
+                continue
+            self._deliver(active, list(events))
+        return calls
 
     def drain_once(self) -> int:
         """Consume every probe's ring buffer once; return records decoded."""
@@ -366,6 +431,8 @@ class TraceSession:
         return total
 
     def _drain_probe(self, active: _ActiveProbe) -> int:
+        if active.loaded.probe.layouts:
+            return self._drain_kinds(active)
         fill = active.reader.fill_ratio()  # before the drain: how far the kernel got ahead of us
         batch = active.reader.consume()
         if len(batch) + active.loaded.probe.layout.size > active.reader.batch_bytes:
@@ -386,14 +453,34 @@ class TraceSession:
             log.error("probe %s: decoder failed on %d records: %s", stats.name, count,
                       f"{type(exc).__name__}: {exc}")
             return count
+        self._derive_and_deliver(active, events)
+        return count
+
+    def _drain_kinds(self, active: _ActiveProbe) -> int:
+        """:meth:`_drain_probe` for a probe with several record kinds: one decode call per run."""
+        fill = active.reader.fill_ratio()
+        runs = active.reader.consume_runs()
+        nbytes = sum(len(records) for _, records in runs)
+        if nbytes + active.reader.record_size > active.reader.batch_bytes:
+            self._batch_full = True
+        if fill is None:
+            ring_bytes = active.options.ring_buffer_bytes or active.loaded.probe.ring_buffer_bytes
+            fill = min(1.0, nbytes / ring_bytes)
+        self.ring_fill[active.stats.name] = fill
+        if not runs:
+            return 0
+        count, events = decode_runs(active.loaded.probe, runs, active.kinds, active.context, active.stats)
+        self._derive_and_deliver(active, events)
+        return count
+
+    def _derive_and_deliver(self, active: _ActiveProbe, events: list[dict[str, Any]]) -> None:
         if events:
             try:
                 events.extend(active.loaded.probe.derive(events, active.context))
             except Exception as exc:  # a derivation bug must not cost the batch's own events
-                stats.derive_errors += 1
-                log.error("probe %s: derive failed: %s", stats.name, f"{type(exc).__name__}: {exc}")
+                active.stats.derive_errors += 1
+                log.error("probe %s: derive failed: %s", active.stats.name, f"{type(exc).__name__}: {exc}")
         self._deliver(active, events)
-        return count
 
     def _deliver(self, active: _ActiveProbe, events: list[dict[str, Any]]) -> None:
         if not events:
@@ -414,6 +501,8 @@ class TraceSession:
 
     def _read_counters(self, active: _ActiveProbe) -> None:
         active.stats.size_mismatches = active.reader.size_mismatches
+        if active.stats.unknown_kinds is not None:
+            active.stats.unknown_kinds = active.reader.unknown_kinds
         active.stats.kernel_drops = active.loaded.kernel_drops()
         programs = {name: {"run_time_ns": time_ns, "run_count": count}
                     for name, (time_ns, count) in active.loaded.program_stats().items()}
@@ -475,3 +564,30 @@ class TraceSession:
             for worker in self.workers
         }
         return SessionSummary(list(self.stats.values()), emitters, duration)
+
+
+def decode_runs(
+    probe: Probe,
+    runs: Sequence[tuple[int, bytes]],
+    kinds: dict[int, RecordLayout],
+    ctx: EventContext,
+    stats: ProbeRunStats,
+) -> tuple[int, list[dict[str, Any]]]:
+    """Decode runs of same-kind records with ``probe.decode_records``, in order; return (records, events).
+
+    Records are counted in ``stats.records``; a run whose decoder raises
+    costs only its own records, counted as ``decode_error`` drops.
+    """
+    count = 0
+    events: list[dict[str, Any]] = []
+    for kind, records in runs:
+        n = len(records) // kinds[kind].size
+        count += n
+        try:
+            events.extend(probe.decode_records(kind, records, ctx))
+        except Exception as exc:  # a decoder bug costs its run, not the batch
+            stats.decode_errors += n
+            log.error("probe %s: decoder failed on %d records of kind %d: %s", stats.name, n, kind,
+                      f"{type(exc).__name__}: {exc}")
+    stats.records += count
+    return count, events

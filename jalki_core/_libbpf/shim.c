@@ -134,10 +134,56 @@ int jalki_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt)
  * right after a successful copy never loses a record: the next poll/consume
  * starts at the following one.
  */
+/* jalki_rb_sample for several record kinds: sort by the kind field, keep arrival order in runs[]. */
+static int jalki_rb_sample_kinds(struct jalki_rb_ctx *c, void *data, size_t size)
+{
+    uint32_t kind, i;
+
+    if (size < (size_t)c->kind_offset + sizeof(kind)) {
+        c->mismatches++;
+        return 0;
+    }
+    memcpy(&kind, (const char *)data + c->kind_offset, sizeof(kind));
+    for (i = 0; i < c->nkinds && c->kind_values[i] != kind; i++)
+        ;
+    if (i == c->nkinds) {
+        c->unknown_kinds++;
+        return 0;
+    }
+    if (size != c->kind_sizes[i]) {
+        c->mismatches++;
+        return 0;
+    }
+    if (c->cap - c->len < size || c->nruns == c->runs_cap) {
+        /* Unreachable while the reader resets the batch before each call. */
+        c->lost++;
+        c->full = 1;
+        return -ENOBUFS;
+    }
+    memcpy(c->buf + c->len, data, size);
+    c->len += size;
+    c->records++;
+    if (c->nruns > 0 && c->runs[2 * (c->nruns - 1)] == i) {
+        c->runs[2 * (c->nruns - 1) + 1] += (uint32_t)size;
+    } else {
+        c->runs[2 * c->nruns] = i;
+        c->runs[2 * c->nruns + 1] = (uint32_t)size;
+        c->nruns++;
+    }
+    /* record_size is the largest kind: stop while any record still fits */
+    if (c->cap - c->len < c->record_size || c->nruns == c->runs_cap) {
+        c->full = 1;
+        return -ENOBUFS;
+    }
+    return 0;
+}
+
 static int jalki_rb_sample(void *ctx, void *data, size_t size)
 {
     struct jalki_rb_ctx *c = ctx;
 
+    if (c->nkinds)
+        return jalki_rb_sample_kinds(c, data, size);
     if (size != c->record_size) {
         c->mismatches++;
         return 0;
@@ -161,7 +207,8 @@ static int jalki_rb_sample(void *ctx, void *data, size_t size)
 
 struct ring_buffer *jalki_rb_new(int map_fd, struct jalki_rb_ctx *ctx)
 {
-    if (map_fd < 0 || !ctx || !ctx->buf || ctx->record_size == 0 || ctx->cap < ctx->record_size) {
+    if (map_fd < 0 || !ctx || !ctx->buf || ctx->record_size == 0 || ctx->cap < ctx->record_size ||
+        ctx->nkinds > 16 || (ctx->nkinds && (!ctx->runs || ctx->runs_cap == 0))) {
         errno = EINVAL;
         return NULL;
     }

@@ -19,6 +19,21 @@ struct jalki_rb_ctx {
     uint64_t mismatches;    /* records skipped because their size differed */
     uint64_t lost;          /* records dropped for want of batch space (never, if used right) */
     int full;               /* set when fewer than record_size bytes remain */
+    /*
+     * Several record kinds (nkinds > 0; record_size is then the largest): every
+     * record carries a host-order uint32 kind at kind_offset, and is accepted
+     * only with its kind's size. Records are still copied back to back in
+     * arrival order; runs[] says which bytes are which kind: pairs
+     * (kind index, bytes), a new pair whenever the kind changes.
+     */
+    uint32_t nkinds;        /* 0: one record size, no runs */
+    uint32_t kind_offset;
+    uint32_t kind_values[16];
+    uint32_t kind_sizes[16];
+    uint32_t *runs;         /* 2 * runs_cap entries owned by the Python reader */
+    size_t runs_cap;        /* pairs; at least one per record the batch can hold */
+    size_t nruns;           /* pairs filled so far */
+    uint64_t unknown_kinds; /* records skipped because their kind was not declared */
 };
 
 struct bpf_object;
