@@ -279,14 +279,36 @@ def wait_with_rusage(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, 
         time.sleep(0.02)
 
 
+TW_BUCKETS_SYSCTL = "net.ipv4.tcp_max_tw_buckets"
+
+
+def root_tw_buckets() -> int:
+    """``net.ipv4.tcp_max_tw_buckets`` of the root network namespace (the kernel's default unless changed)."""
+    # Network sysctls read as the reader's namespace: enter pid 1's, in case this process is elsewhere.
+    with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["nsenter", "-t", "1", "-n", "sysctl", "-n", TW_BUCKETS_SYSCTL],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+        return int(out)
+    return int(Path("/proc/sys/net/ipv4/tcp_max_tw_buckets").read_text())
+
+
 @contextlib.contextmanager
-def private_netns(name: str) -> Iterator[str]:
-    """A fresh network namespace with lo up and TIME_WAIT off; deleted on exit."""
+def private_netns(name: str, tw_buckets: int = 0) -> Iterator[str]:
+    """A fresh network namespace with lo up and ``tcp_max_tw_buckets`` set (default 0: TIME_WAIT off).
+
+    ``tw_buckets`` is set explicitly whatever its value: a new namespace's own default
+    depends on the kernel version (it may be sized from the namespace's hash table).
+    """
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         # See README "Why a private namespace without TIME_WAIT".
-        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"], check=True)
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", f"{TW_BUCKETS_SYSCTL}={tw_buckets}"], check=True)
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)

@@ -11,6 +11,12 @@
  * server has closed every accepted connection, so both sides' close
  * transitions have happened when the process exits.
  *
+ * With -L every client socket gets SO_LINGER {on, 0 s} before close(), so
+ * close() aborts the connection: the client goes ESTABLISHED -> CLOSE and
+ * sends a RST instead of a FIN (no FIN_WAIT/TIME_WAIT), and the server
+ * receives that RST (its read() ends with ECONNRESET). Many real clients and
+ * load balancers close this way.
+ *
  * With -a N (N > 1) the client spreads its connections over the destination
  * addresses 127.0.0.1 .. 127.0.0.N and the server listens on 0.0.0.0 (use it
  * inside a private network namespace). Each destination has its own 4-tuple
@@ -21,11 +27,11 @@
  *
  * Prints one JSON object on stdout:
  *   {"connections", "failed", "first_errno", "accepted", "seconds", "rate",
- *    "client_pid", "port", "bytes"}
+ *    "client_pid", "port", "bytes", "addrs", "linger_rst"}
  * connections = completed connect+write+close cycles; rate = connections/s.
  *
  * Build: gcc -O2 -pthread -o churn churn.c
- * Usage: churn [-s SECONDS | -n COUNT] [-b BYTES] [-p PORT] [-w WINDOW] [-a ADDRS]
+ * Usage: churn [-s SECONDS | -n COUNT] [-b BYTES] [-p PORT] [-w WINDOW] [-a ADDRS] [-L]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -80,7 +86,7 @@ static void *serve(void *arg)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: churn [-s SECONDS | -n COUNT] [-b BYTES] [-p PORT] [-w WINDOW] [-a ADDRS]\n");
+	fprintf(stderr, "usage: churn [-s SECONDS | -n COUNT] [-b BYTES] [-p PORT] [-w WINDOW] [-a ADDRS] [-L]\n");
 	exit(2);
 }
 
@@ -88,13 +94,14 @@ int main(int argc, char **argv)
 {
 	double seconds = 5.0, start, end;
 	long count = 0, connections = 0, failed = 0, window = 256;
-	int bytes = 64, port = 0, addrs = 1, first_errno = 0, opt, one = 1;
+	int bytes = 64, port = 0, addrs = 1, first_errno = 0, opt, one = 1, linger_rst = 0;
+	struct linger abort_close = { .l_onoff = 1, .l_linger = 0 };
 	struct sockaddr_in addr, dests[255];
 	socklen_t addr_len = sizeof(addr);
 	pthread_t server;
 	char *payload;
 
-	while ((opt = getopt(argc, argv, "s:n:b:p:w:a:")) != -1) {
+	while ((opt = getopt(argc, argv, "s:n:b:p:w:a:L")) != -1) {
 		switch (opt) {
 		case 's': seconds = atof(optarg); break;
 		case 'n': count = atol(optarg); break;
@@ -102,6 +109,7 @@ int main(int argc, char **argv)
 		case 'p': port = atoi(optarg); break;
 		case 'w': window = atol(optarg); break;
 		case 'a': addrs = atoi(optarg); break;
+		case 'L': linger_rst = 1; break;
 		default: usage();
 		}
 	}
@@ -142,7 +150,9 @@ int main(int argc, char **argv)
 			sched_yield();
 		dest = &dests[(connections + failed) % addrs];
 		fd = socket(AF_INET, SOCK_STREAM, 0);
-		if (fd < 0 || connect(fd, (struct sockaddr *)dest, sizeof(*dest)) ||
+		if (fd < 0 ||
+		    (linger_rst && setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_close, sizeof(abort_close))) ||
+		    connect(fd, (struct sockaddr *)dest, sizeof(*dest)) ||
 		    (bytes && write(fd, payload, bytes) != bytes)) {
 			if (!first_errno)
 				first_errno = errno;
@@ -165,9 +175,9 @@ int main(int argc, char **argv)
 
 	printf("{\"connections\": %ld, \"failed\": %ld, \"first_errno\": %d, \"accepted\": %ld, "
 	       "\"server_closed\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"client_pid\": %d, "
-	       "\"port\": %d, \"bytes\": %d, \"addrs\": %d}\n",
+	       "\"port\": %d, \"bytes\": %d, \"addrs\": %d, \"linger_rst\": %d}\n",
 	       connections, failed, first_errno, atomic_load(&accepted), atomic_load(&server_closed),
-	       end - start, connections / (end - start), (int)getpid(), port, bytes, addrs);
+	       end - start, connections / (end - start), (int)getpid(), port, bytes, addrs, linger_rst);
 	free(payload);
 	return 0;
 }

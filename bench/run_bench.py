@@ -6,8 +6,13 @@ Run as root from the repository root::
     .venv/bin/python bench/run_bench.py --quick    # smoke run (1 round, short cases)
 
 Cases (see bench/README.md for what each measures):
-  churn_bare, churn_jalki, churn_tcplife, churn_bpftrace
+  churn_bare, churn_jalki, churn_tcplife, churn_bpftrace (each also _unpinned)
+  churn_full_bare, churn_full_jalki, churn_full_tcplife, churn_full_bpftrace
+    (``--cases churn_full`` selects all four: RST churn, every jalki-tcp probe)
   drain_gen_bare, drain_decode, drain_decode_batched, drain_json, drain_session
+  drain_tcp (jalki-tcp decoders + derivers + file emitter, no kernel)
+
+``--profile CASE`` records a profile of that case's first run (py-spy, else cProfile).
 
 Rounds are interleaved (every case once per round, the order rotated each
 round) so slow drifts of a shared VM hit every case alike; medians are
@@ -29,16 +34,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _churn import run_churn_case
+from _churn import FULL_EXPECTED_PER_CONNECTION, run_churn_case
 from _common import BENCH_DIR, QuietWaiter, Tools, build_tools, machine_facts, median_of, spread_of, versions
 from _drain import run_drain_case
+from _drain_tcp import DEFAULT_RATE, run_drain_tcp_case
 from _session_drain import run_session_case
 
 TARGET_DECODE_PER_CORE = 1_000_000
 TARGET_JSON_LINES = 300_000
+TARGET_DRAIN_TCP = 250_000
+TARGET_FULL_RATIO = 0.80
 
 CHURN_TRACERS = ("bare", "jalki", "tcplife", "bpftrace")
 CHURN_MODES = ("pinned", "unpinned")
+FULL_MODE = "full"
+"""churn_full: RST closes, root-like TIME_WAIT, unpinned, every jalki-tcp probe (its own table)."""
+PROFILABLE = ("churn_full_jalki", "churn_jalki", "churn_jalki_unpinned", "drain_tcp")
 DRAIN_CASES = ("gen_bare", "decode", "decode_batched", "json", "session")
 
 
@@ -63,24 +74,47 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results" / "latest.json")
     parser.add_argument("--keep-files", action="store_true", help="keep the tracers' output files in the temp dir")
     parser.add_argument("--report", type=Path, help="only re-print the tables of a saved results JSON")
+    parser.add_argument(
+        "--profile",
+        help=f"profile the first run of these cases ({', '.join(PROFILABLE)}; churn_full = churn_full_jalki): "
+        "py-spy (all threads) when installed, else cProfile (drain_tcp only, its drain thread)",
+    )
+    parser.add_argument("--profile-dir", type=Path, default=BENCH_DIR / "results" / "profile")
+    parser.add_argument(
+        "--drain-tcp-rate",
+        type=int,
+        default=DEFAULT_RATE,
+        help=f"drain_tcp: connections/s the synthetic records are stamped at (default {DEFAULT_RATE:,})",
+    )
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.churn_seconds = args.churn_seconds or (2.0 if args.quick else 5.0)
     args.drain_seconds = args.drain_seconds or (2.0 if args.quick else 4.0)
     args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (2.0 if args.quick else 10.0)
+    args.profile = _profile_cases(args.profile)
     return args
+
+
+def _profile_cases(text: str | None) -> set[str]:
+    cases = {"churn_full_jalki" if c == "churn_full" else c for c in (text or "").split(",") if c}
+    unknown = cases - set(PROFILABLE)
+    if unknown:
+        raise SystemExit(f"bench: cannot profile {sorted(unknown)}; choose from {', '.join(PROFILABLE)}")
+    return cases
 
 
 def _selected_cases(args: argparse.Namespace, tools: Tools) -> tuple[list[str], list[str], list[str]]:
     wanted = set(args.cases.split(",")) if args.cases else None
+    if wanted is not None and "churn_full" in wanted:  # the family: bare, jalki and the peers
+        wanted |= {churn_case_name(t, FULL_MODE) for t in CHURN_TRACERS}
     modes = [m for m in args.churn_modes.split(",") if m]
     unknown = set(modes) - set(CHURN_MODES)
     if unknown:
         raise SystemExit(f"bench: unknown churn mode(s) {sorted(unknown)}; choose from {CHURN_MODES}")
     skipped: list[str] = []
     churn = []
-    for mode in CHURN_MODES:
-        if mode not in modes:
+    for mode in (*CHURN_MODES, FULL_MODE):
+        if mode not in modes and mode != FULL_MODE:
             continue
         for name in CHURN_TRACERS:
             case = churn_case_name(name, mode)
@@ -94,10 +128,10 @@ def _selected_cases(args: argparse.Namespace, tools: Tools) -> tuple[list[str], 
                 continue
             churn.append(case)
     drain = []
-    for name in DRAIN_CASES:
+    for name in (*DRAIN_CASES, "tcp"):
         if wanted is not None and f"drain_{name}" not in wanted:
             continue
-        if name != "gen_bare" and tools.drain_obj is None:
+        if name not in ("gen_bare", "tcp") and tools.drain_obj is None:
             skipped.append(f"drain_{name} ({tools.drain_error})")
             continue
         drain.append(name)
@@ -105,12 +139,16 @@ def _selected_cases(args: argparse.Namespace, tools: Tools) -> tuple[list[str], 
 
 
 def churn_case_name(tracer: str, mode: str) -> str:
-    """``churn_<tracer>`` when pinned, ``churn_<tracer>_unpinned`` otherwise."""
+    """``churn_<tracer>`` when pinned, ``churn_<tracer>_unpinned``, or ``churn_full_<tracer>``."""
+    if mode == FULL_MODE:
+        return f"churn_full_{tracer}"
     return f"churn_{tracer}" if mode == "pinned" else f"churn_{tracer}_{mode}"
 
 
 def _split_churn_case(case: str) -> tuple[str, str]:
     """(tracer, mode) of a churn case name."""
+    if case.startswith("churn_full_"):
+        return case.removeprefix("churn_full_"), FULL_MODE
     name = case.removeprefix("churn_")
     for mode in CHURN_MODES[1:]:
         if name.endswith(f"_{mode}"):
@@ -153,6 +191,20 @@ CHURN_KEYS = (
     "system_cpu_busy",
     "system_cpu_steal",
 )
+FULL_KEYS = (
+    *CHURN_KEYS,
+    "lost_connect",
+    "lost_close",
+    "lost_reset",
+    "lost_rtt_windows",
+    "drops_ringbuf_full",
+    "drops_tracking_full",
+    "drops_sampled",
+    "drops_size_mismatch",
+    "drops_decode_error",
+    "unowned_server_events",
+    "lost_reported_by_bpftrace",
+)
 DRAIN_KEYS = (
     "produce_rate",
     "received",
@@ -169,14 +221,18 @@ DRAIN_KEYS = (
     "consumer_cpu_s",
     "emitter_events_dropped",
     "system_cpu_steal",
+    "wall_s",
+    "json_lines_in_file",
 )
 
 
 def _usable(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs medians are taken over: without error, and without foreign BPF programs when any such run exists."""
+    """The runs medians are taken over: without error, and, when such runs exist, without a profiler
+    attached and without foreign BPF programs."""
     ok = [r for r in runs if "error" not in r]
-    clean = [r for r in ok if not r.get("foreign_bpf_programs")]
-    return clean or ok
+    unprofiled = [r for r in ok if "profile" not in r] or ok
+    clean = [r for r in unprofiled if not r.get("foreign_bpf_programs")]
+    return clean or unprofiled
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -190,14 +246,15 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for result in results:
         by_case.setdefault(result["case"], []).append(result)
     bare_rate = {
-        mode: median_of(_usable(by_case.get(churn_case_name("bare", mode), [])), "rate") for mode in CHURN_MODES
+        mode: median_of(_usable(by_case.get(churn_case_name("bare", mode), [])), "rate")
+        for mode in (*CHURN_MODES, FULL_MODE)
     }
     gen_rate = median_of(_usable(by_case.get("drain_gen_bare", [])), "produce_rate")
     summary: dict[str, dict[str, Any]] = {}
     for case, runs in by_case.items():
         ok = [r for r in runs if "error" not in r]
         usable = _usable(runs)
-        keys = CHURN_KEYS if case.startswith("churn") else DRAIN_KEYS
+        keys = (FULL_KEYS if case.startswith("churn_full") else CHURN_KEYS) if case.startswith("churn") else DRAIN_KEYS
         entry: dict[str, Any] = {"runs": len(runs), "ok_runs": len(ok), "median_runs": len(usable)}
         for key in keys:
             median = median_of(usable, key)
@@ -213,11 +270,22 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if "lossless" in (ok[0] if ok else {}):
             entry["lossless_runs"] = sum(1 for r in ok if r.get("lossless"))
         if case.startswith("churn") and _split_churn_case(case)[0] != "bare" and ok:
-            entry["lossless_runs"] = sum(1 for r in ok if r.get("lost_events") == 0 and not r.get("drops_total"))
+            entry["lossless_runs"] = sum(1 for r in ok if is_lossless_churn(r))
         entry["rounds_with_foreign_bpf"] = sum(1 for r in runs if r.get("foreign_bpf_programs"))
         entry["errors"] = [r["error"] for r in runs if "error" in r]
         summary[case] = entry
     return summary
+
+
+def is_lossless_churn(run: dict[str, Any]) -> bool:
+    """No event of any counted type lost, no RTT window missing, no drop of any cause (kernel or emitter)."""
+    return (
+        run.get("lost_events") == 0
+        and not run.get("lost_rtt_windows")
+        and not run.get("drops_total")
+        and not run.get("emitter_events_dropped")
+        and not run.get("lost_reported_by_bpftrace")
+    )
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -232,9 +300,13 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def print_table(summary: dict[str, dict[str, Any]], rounds: int) -> None:
     """The human summary: one block for churn, one for drain."""
-    if any(case.startswith("churn") for case in summary):
+    if any(case.startswith("churn") and not case.startswith("churn_full") for case in summary):
         _print_churn(summary, rounds)
-    if any(case.startswith("drain") for case in summary):
+    if any(case.startswith("churn_full") for case in summary):
+        _print_churn_full(summary, rounds)
+    if "drain_tcp" in summary:
+        _print_drain_tcp(summary["drain_tcp"], rounds)
+    if any(case.startswith("drain") and case != "drain_tcp" for case in summary):
         _print_drain(summary, rounds)
 
 
@@ -261,6 +333,80 @@ def _print_churn(summary: dict[str, dict[str, Any]], rounds: int) -> None:
         )
         for error in entry["errors"]:
             print(f"    error: {error}")
+
+
+def _print_churn_full(summary: dict[str, dict[str, Any]], rounds: int) -> None:
+    per_conn = sum(FULL_EXPECTED_PER_CONNECTION.values())
+    print(
+        f"\nchurn_full: RST churn (SO_LINGER {{1,0}}), unpinned, every jalki-tcp probe,\n"
+        f"medians of {rounds} round(s); lost = expected - received per type\n"
+        f"(jalki {per_conn}/conn, tcplife 2 closes, bpftrace connect + 2 closes + 2 RSTs)"
+    )
+    header = f"{'case':<21}{'conn/s':>9}{'vs bare':>9}{'churn µs/c':>12}{'tracer µs/c':>13}{'lossless':>10}"
+    print(header)
+    print("-" * len(header))
+    rows = [(t, summary.get(churn_case_name(t, FULL_MODE))) for t in CHURN_TRACERS]
+    for tracer, entry in rows:
+        if entry is None:
+            continue
+        lossless = f"{entry['lossless_runs']}/{entry['ok_runs']}" if "lossless_runs" in entry else "-"
+        print(
+            f"{churn_case_name(tracer, FULL_MODE):<21}{_fmt(entry.get('rate')):>9}"
+            f"{_fmt(entry.get('ratio_to_bare'), 3):>9}{_fmt(entry.get('churn_cpu_us_per_conn'), 1):>12}"
+            f"{_fmt(entry.get('tracer_cpu_us_per_conn'), 1):>13}{lossless:>10}"
+        )
+        for error in entry["errors"]:
+            print(f"    error: {error}")
+    header = (
+        f"{'lost / drops':<21}{'connect':>8}{'close':>8}{'reset':>8}{'rtt win':>8}"
+        f"{'ringbuf':>9}{'tracking':>9}{'other':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for tracer, entry in rows:
+        if entry is None or tracer == "bare":
+            continue
+        close = entry.get("lost_close", entry.get("lost_events") if tracer == "tcplife" else None)
+        other_drops = None
+        if tracer == "jalki":
+            other_drops = sum(entry.get(f"drops_{c}", 0) for c in ("sampled", "size_mismatch", "decode_error"))
+            other_drops += entry.get("emitter_events_dropped", 0)
+        elif tracer == "bpftrace":
+            other_drops = entry.get("lost_reported_by_bpftrace")
+        print(
+            f"{churn_case_name(tracer, FULL_MODE):<21}{_fmt(entry.get('lost_connect')):>8}{_fmt(close):>8}"
+            f"{_fmt(entry.get('lost_reset')):>8}{_fmt(entry.get('lost_rtt_windows')):>8}"
+            f"{_fmt(entry.get('drops_ringbuf_full')):>9}{_fmt(entry.get('drops_tracking_full')):>9}"
+            f"{_fmt(other_drops):>7}"
+        )
+    jalki = summary.get(churn_case_name("jalki", FULL_MODE), {})
+    tcplife = summary.get(churn_case_name("tcplife", FULL_MODE), {})
+    if jalki:
+        ratio, peer = jalki.get("ratio_to_bare"), tcplife.get("ratio_to_bare")
+        print("targets (reported, not asserted):")
+        print(f"  lossless in every round: {jalki.get('lossless_runs', 0)}/{jalki.get('ok_runs', 0)}")
+        if ratio is not None:
+            verdict = "met" if ratio >= TARGET_FULL_RATIO and (peer is None or ratio > peer) else "MISSED"
+            print(f"  vs bare >= {TARGET_FULL_RATIO} and above tcplife ({_fmt(peer, 3)}): {ratio:.3f} ({verdict})")
+
+
+def _print_drain_tcp(entry: dict[str, Any], rounds: int) -> None:
+    print(f"\ndrain_tcp: churn_full's records -> jalki-tcp decode/derive -> file, medians of {rounds} round(s)")
+    header = f"{'records':>10}{'lines':>10}{'per cpu-s':>11}{'wall/s':>10}{'cpu s':>8}{'drops':>7}{'lossless':>10}"
+    print(header)
+    print("-" * len(header))
+    lossless = f"{entry['lossless_runs']}/{entry['ok_runs']}" if "lossless_runs" in entry else "-"
+    print(
+        f"{_fmt(entry.get('received')):>10}{_fmt(entry.get('json_lines_in_file')):>10}"
+        f"{_fmt(entry.get('json_lines_per_cpu_s')):>11}{_fmt(entry.get('json_lines_per_s_wall')):>10}"
+        f"{_fmt(entry.get('consumer_cpu_s'), 2):>8}{_fmt(entry.get('drops_total')):>7}{lossless:>10}"
+    )
+    for error in entry["errors"]:
+        print(f"    error: {error}")
+    per_cpu = entry.get("json_lines_per_cpu_s")
+    if per_cpu is not None:
+        verdict = "met" if per_cpu >= TARGET_DRAIN_TCP else "MISSED"
+        print(f"target: >= {TARGET_DRAIN_TCP:,} events/s per consumer core: {per_cpu:,.0f} ({verdict})")
 
 
 def _print_drain(summary: dict[str, dict[str, Any]], rounds: int) -> None:
@@ -342,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_index in range(args.rounds):
             plan = [("churn", c) for c in _rotate(churn_cases, round_index)]
             plan += [("drain", d) for d in _rotate(list(drain_cases), round_index)]
+            profiled = args.profile if round_index == 0 else set()
             for kind, name in plan:
                 tag = f"r{round_index}-{name}"
                 waited, _ = quiet.wait()
@@ -358,7 +505,11 @@ def main(argv: list[str] | None = None) -> int:
                             tag,
                             load_cpu if mode == "pinned" else None,
                             keep_files=args.keep_files,
+                            full=mode == FULL_MODE,
+                            profile_dir=args.profile_dir if name in profiled else None,
                         )
+                    elif name == "tcp":
+                        result = _run_drain_tcp(args, tmp, tag, "drain_tcp" in profiled)
                     elif name == "session":
                         result = run_session_case(tools, tmp, args.drain_seconds, tag, load_cpu, consumer_cpu)
                     else:
@@ -388,11 +539,18 @@ def main(argv: list[str] | None = None) -> int:
                 "churn_payload_bytes": 64,
                 "drain_ring_bytes": args.ring_mib << 20,
                 "churn_modes": args.churn_modes,
+                "drain_tcp_rate": args.drain_tcp_rate,
+                "profiled": sorted(args.profile),
                 "load_cpu": load_cpu,
                 "consumer_cpu": consumer_cpu,
                 "skipped": skipped,
             },
-            "targets": {"decode_records_per_cpu_s": TARGET_DECODE_PER_CORE, "json_lines_per_cpu_s": TARGET_JSON_LINES},
+            "targets": {
+                "decode_records_per_cpu_s": TARGET_DECODE_PER_CORE,
+                "json_lines_per_cpu_s": TARGET_JSON_LINES,
+                "drain_tcp_events_per_cpu_s": TARGET_DRAIN_TCP,
+                "churn_full_ratio_to_bare": TARGET_FULL_RATIO,
+            },
             "medians": summary,
             "runs": results,
             "total_wall_s": total,
@@ -403,6 +561,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _run_drain_tcp(args: argparse.Namespace, tmp: Path, tag: str, profile: bool) -> dict[str, Any]:
+    """drain_tcp, its replay profiled when asked (the profiler's own cost is in that run's numbers)."""
+    result = run_drain_tcp_case(
+        tmp,
+        args.drain_seconds,
+        tag,
+        args.drain_tcp_rate,
+        keep_files=args.keep_files,
+        profile_dir=args.profile_dir if profile else None,
+    )
+    info = result.get("profile")
+    if info:
+        print(f"bench: drain_tcp profile ({info['tool']}): {info['path']}\n{info.pop('top')}", file=sys.stderr)
+    return result
+
+
 def _progress(result: dict[str, Any]) -> None:
     if "error" in result:
         line = f"error: {result['error']}"
@@ -410,6 +584,10 @@ def _progress(result: dict[str, Any]) -> None:
         line = f"{result['rate']:,.0f} conn/s"
         if "lost_events" in result:
             line += f", lost {result['lost_events']}, drops {result.get('drops_total', '-')}"
+        if "lost_by_kind" in result:
+            line += f" (lost {result['lost_by_kind']}, rtt windows {result.get('lost_rtt_windows')})"
+    elif result["case"] == "drain_tcp":
+        line = f"{result['json_lines_in_file']:,} events, {result['json_lines_per_cpu_s']:,.0f} events/cpu-s"
     elif "records_per_cpu_s" in result:
         line = (
             f"produced {result['produced']:,}, received {result['received']:,}, drops {result['drops_total']:,}, "
