@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from jalki_core.emitters.base import Emitter
+    from jalki_core.loader import RungFailure
     from jalki_core.plugins import JalkiPlugins
+    from jalki_core.probe import Probe
     from jalki_core.session import SessionSummary
 
 app = typer.Typer(
@@ -116,7 +118,7 @@ DAEMON_ONLY_OPTIONS = ("--socket", "--socket-group", "--history", "--history-max
                        "--metrics-addr")
 """Options of ``jalki serve`` (and ``run --serve``) that a plain ``jalki run`` refuses."""
 
-RUN_ONLY_OPTIONS = ("--seconds", "--strict", "--summary-json")
+RUN_ONLY_OPTIONS = ("--seconds", "--strict", "--summary-json", "--rung", "--verifier-log")
 """Options of a plain ``jalki run`` that the daemon refuses (it runs until SIGTERM and has no run summary)."""
 
 
@@ -128,12 +130,19 @@ def _refuse_daemon_options(given: Mapping[str, object]) -> None:
                              hint=f"use 'jalki serve {option} …' to run the daemon")
 
 
+_WHY_RUN_ONLY = {
+    "--rung": "it deploys every probe on the best rung the kernel allows; force rungs in a test run",
+    "--verifier-log": "it reports failed rungs in 'jalki status', not in a run summary",
+}
+
+
 def _refuse_run_options(given: Mapping[str, object]) -> None:
     """One line for the first run-only option given to the daemon (``serve`` or ``run --serve``)."""
     for option, value in given.items():
         if value is not None and value is not False:
-            raise UsageError(f"{option} is an option of a plain 'jalki run', not of the daemon (it runs until "
-                             "SIGTERM and has no run summary)", hint=f"leave {option} out, or use 'jalki run'")
+            why = _WHY_RUN_ONLY.get(option, "it runs until SIGTERM and has no run summary")
+            raise UsageError(f"{option} is an option of a plain 'jalki run', not of the daemon ({why})",
+                             hint=f"leave {option} out, or use 'jalki run'")
 
 
 MAX_HISTORY_MB = 1 << 30
@@ -151,6 +160,12 @@ def run(
     sample: SampleOption = 1.0,
     strict: Annotated[bool, typer.Option(help="Fail if any probe cannot be attached.")] = False,
     summary_json: Annotated[Path | None, typer.Option(help="Also write the run summary as JSON to this file.")] = None,
+    rung: Annotated[str | None, typer.Option(help="Force this rung of every probe's ladder (e.g. tracepoint), "
+                                             "to test a fallback; probes without it are reported and skipped.")]
+    = None,
+    verifier_log: Annotated[Path | None, typer.Option(help="Folder for the full verifier log of each rejected "
+                                                      "rung (default $XDG_RUNTIME_DIR/jalki, else a new "
+                                                      "/tmp/jalki-verifier-* folder).")] = None,
     serve: Annotated[bool, typer.Option("--serve", help="Same as 'jalki serve' (which see for its options).")]
     = False,
     # the daemon's options, for the 'run --serve' alias (refused without --serve; see 'jalki serve --help')
@@ -166,7 +181,7 @@ def run(
                                                     metrics_addr), strict=True))
     if serve:
         serve_command(plugin, emit, cluster, pid, port, sample, socket, socket_group, history, history_max_mb,
-                      history_max_age, metrics_addr, seconds, strict, summary_json)
+                      history_max_age, metrics_addr, seconds, strict, summary_json, rung, verifier_log)
         return
     _refuse_daemon_options(daemon_options)
     from jalki_core.loader import ProbeOptions
@@ -174,13 +189,16 @@ def run(
 
     _validate_run_options(pid, port, sample, seconds)
     _check_summary_path(summary_json)
+    _check_verifier_log_dir(verifier_log)
     if not plugin:
         raise UsageError("--plugin is required (or 'jalki serve' to deploy probes at run time)",
                          hint="e.g. jalki run --plugin tcp")
     plugins = _load_plugins()
     selected = plugins.probes_for(plugin)
+    _check_rung([entry.probe for entry in selected], rung)
     emitters = _build_emitters(plugins, emit or ["stdout"])
-    options = ProbeOptions(filter_pid=pid or 0, filter_port=port or 0, sample_rate=sample)
+    options = ProbeOptions(filter_pid=pid or 0, filter_port=port or 0, sample_rate=sample, rung=rung,
+                           verifier_log_dir=verifier_log)
     session = TraceSession(
         [entry.probe for entry in selected], emitters, options=options, strict=strict, cluster=cluster
     )
@@ -249,6 +267,8 @@ def serve_command(
     seconds: Annotated[float | None, typer.Option(hidden=True)] = None,
     strict: Annotated[bool, typer.Option("--strict", hidden=True)] = False,
     summary_json: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    rung: Annotated[str | None, typer.Option(hidden=True)] = None,
+    verifier_log: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Stay up as a node agent behind a local API (specs/protocol.md) until SIGTERM; probes can be deployed at
     run time ('jalki deploy'), and clients read status, live and recent events, and ask questions."""
@@ -258,7 +278,8 @@ def serve_command(
     from jalki_core.daemon.store import MIB, HistoryLimits
     from jalki_core.privileges import require_bpf_privileges
 
-    _refuse_run_options(dict(zip(RUN_ONLY_OPTIONS, (seconds, strict, summary_json), strict=True)))
+    _refuse_run_options(dict(zip(RUN_ONLY_OPTIONS, (seconds, strict, summary_json, rung, verifier_log),
+                                 strict=True)))
     check_pid(pid)
     check_port(port)
     check_sample(sample)
@@ -287,6 +308,47 @@ def _check_summary_path(path: Path | None) -> None:
         raise UsageError(f"cannot write the summary to {path}", hint="give --summary-json a writable file path")
 
 
+def _check_verifier_log_dir(path: Path | None) -> None:
+    """Fail before tracing when --verifier-log is not a writable folder."""
+    if path is not None and not (path.is_dir() and os.access(path, os.W_OK)):
+        raise UsageError(f"--verifier-log {path} is not a writable folder",
+                         hint="create it first, or leave --verifier-log out")
+
+
+def _check_rung(probes: list[Probe], rung: str | None) -> None:
+    """Refuse a --rung that no selected probe has (a typo), naming each probe's rungs.
+
+    Probes without the rung while others have it are not refused here: the run
+    reports them as not attached and goes on with the rest (docs/decisions.md).
+    """
+    if rung is None or any(step.name == rung for probe in probes for step in probe.ladder):
+        return
+    from jalki_core.loader import rung_names
+
+    ladders = "; ".join(f"{probe.name}: {rung_names(probe)}" for probe in probes)
+    raise UsageError(f"no selected probe has a rung named {rung!r} ({ladders})",
+                     hint="pass one of those rung names to --rung, or leave --rung out")
+
+
+def _print_rung_failure(console: Any, probe: str, failure: RungFailure) -> None:
+    """One failed rung under the summary table; for a rejected load, the verifier's last lines and its log file."""
+    from rich.markup import escape
+    from rich.padding import Padding
+    from rich.text import Text
+
+    console.print(f"  {probe}: rung {escape(failure.one_line())}")
+    if failure.verifier_tail:
+        console.print("    verifier log, last lines:")
+        for line in failure.verifier_tail.splitlines():
+            # rich wraps what is wider than the terminal (80 columns in a pipe) under the indent
+            console.print(Padding(Text(line), (0, 0, 0, 6), expand=False))
+    if failure.log_file:
+        console.print("    full verifier log:")
+        console.print(f"      {escape(failure.log_file)}", soft_wrap=True)  # a path is never broken
+    elif failure.log_excerpt and os.environ.get("JALKI_DEBUG"):
+        console.print(escape(failure.log_excerpt), soft_wrap=True)
+
+
 def _print_summary(summary: SessionSummary) -> None:
     from rich.markup import escape
 
@@ -307,9 +369,7 @@ def _print_summary(summary: SessionSummary) -> None:
             # no failed rung explains it (e.g. Probe.unavailable_reason: none was tried): say the error itself
             console.print(f"  {probe.name}: not attached: {escape(probe.error)}")
         for failure in probe.failed_rungs:
-            console.print(f"  {probe.name}: rung {escape(failure.one_line())}")
-            if failure.log_excerpt and os.environ.get("JALKI_DEBUG"):
-                console.print(escape(failure.log_excerpt), soft_wrap=True)
+            _print_rung_failure(console, probe.name, failure)
     for name, stats in summary.emitters.items():
         line = f"  emitter {name}: {stats['events_emitted']} events written"
         if stats["events_dropped"] or stats["errors"]:

@@ -5,15 +5,20 @@ on for exactly that rung's programs, checks the record layout against the
 object's BTF field by field (names, offsets, sizes), loads, writes the run-time configuration, lets the probe fill
 its maps (``Probe.prepare``), and attaches. The
 first rung that loads and attaches is kept; each failed rung is recorded with
-its errno name and an excerpt of the verifier/libbpf log. The kernel's answer
-decides, never its version number.
+its errno name and an excerpt of the verifier/libbpf log, and a rung the
+verifier rejected has its full verifier log written to a file
+(:func:`verifier_log_dir`). The kernel's answer decides, never its version
+number. ``ProbeOptions.rung`` forces one rung of every ladder (for testing a
+fallback on a kernel that allows the best rung), as the kernel tests do.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +46,8 @@ MAX_EXTRA_DROP_CAUSES = 5
 CONFIG_STRUCT = struct.Struct("<IHHII")  # struct jalki_config: 16 bytes
 CONFIG_FLAG_SAMPLING = 1
 LOG_EXCERPT_LINES = 12
+VERIFIER_TAIL_LINES = 4
+_VERIFIER_STATISTICS = ("processed ", "verification time", "stack depth", "max_states_per_insn")
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,10 @@ class ProbeOptions:
     :param sample_rate: fraction of events kept, in (0, 1]; sampled-out events are counted.
     :param self_tgid: the process to filter out (jalki itself).
     :param ring_buffer_bytes: override each probe's ring size (power of two), or ``None``.
+    :param rung: try only the ladder rung of this name (``jalki run --rung``); a probe without it
+        is not loaded (:class:`ProbeError` naming its rungs). ``None``: the whole ladder.
+    :param verifier_log_dir: where full verifier logs of rejected rungs are written; ``None``:
+        :func:`verifier_log_dir`.
     """
 
     filter_pid: int = 0
@@ -59,6 +70,8 @@ class ProbeOptions:
     sample_rate: float = 1.0
     self_tgid: int = field(default_factory=os.getpid)
     ring_buffer_bytes: int | None = None
+    rung: str | None = None
+    verifier_log_dir: Path | None = None
 
     def config_bytes(self) -> bytes:
         """The packed ``struct jalki_config`` for these options."""
@@ -80,6 +93,11 @@ class RungFailure:
     message: str
     log_excerpt: str = ""
     hint: str | None = None
+    verifier_tail: str = ""
+    """The verifier's last words when it rejected the rung: the lines before its statistics, for a terminal."""
+    log_file: str | None = None
+    """Where the verifier's whole log was written when it rejected the rung (None: no verifier log, or it
+    could not be written)."""
 
     def one_line(self) -> str:
         """``rung: stage failed with ERRNO (hint)``."""
@@ -155,6 +173,70 @@ def _log_excerpt(lines: list[str]) -> str:
     return "\n".join(kept[-LOG_EXCERPT_LINES:])
 
 
+def _verifier_tail(log_text: str) -> str:
+    """The last :data:`VERIFIER_TAIL_LINES` lines of a verifier log, its closing statistics left out."""
+    lines = [line.rstrip() for line in log_text.splitlines() if line.strip()]
+    while lines and lines[-1].startswith(_VERIFIER_STATISTICS):
+        lines.pop()
+    return "\n".join(lines[-VERIFIER_TAIL_LINES:])
+
+
+def forced_ladder(probe: Probe, rung: str | None) -> tuple[AttachRung, ...]:
+    """``probe``'s ladder, or only its rung named ``rung`` (with that rung's optional variants).
+
+    :raises ProbeError: ``probe`` has no rung of that name; the message names its rungs.
+    """
+    if rung is None:
+        return tuple(probe.ladder)
+    kept = tuple(step for step in probe.ladder if step.name == rung)
+    if not kept:
+        raise ProbeError(f"probe {probe.name} has no {rung!r} rung (its rungs: {rung_names(probe)})",
+                         hint="pick one of its rungs, or leave --rung out for the whole ladder")
+    return kept
+
+
+def rung_names(probe: Probe) -> str:
+    """The names of ``probe``'s rungs, best first, comma-separated."""
+    return ", ".join(step.name for step in probe.ladder)
+
+
+_default_log_dir: Path | None = None
+
+
+def verifier_log_dir() -> Path:
+    """Where full verifier logs go by default: ``$XDG_RUNTIME_DIR/jalki``, else a private temp folder.
+
+    The fallback is made once per process with :func:`tempfile.mkdtemp` (mode
+    0700, unpredictable name): a fixed name under ``/tmp`` written by root could
+    be a link planted by another user.
+    """
+    global _default_log_dir
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        path = Path(runtime) / "jalki"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+    if _default_log_dir is None or not _default_log_dir.is_dir():
+        _default_log_dir = Path(tempfile.mkdtemp(prefix="jalki-verifier-"))
+    return _default_log_dir
+
+
+def write_verifier_log(directory: Path | None, probe: str, rung: str, text: str) -> str | None:
+    """Write ``text`` to ``DIR/verifier-PROBE-RUNG.log`` (replaced if there); the path, or None on failure."""
+    try:
+        folder = directory if directory is not None else verifier_log_dir()
+        name = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"verifier-{probe}-{rung}.log")
+        path = folder / name
+        # O_NOFOLLOW: never write through a link someone left at that name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text if text.endswith("\n") else text + "\n")
+    except OSError as exc:
+        log.warning("cannot write the verifier log of probe %s rung %s: %s", probe, rung, exc)
+        return None
+    return str(path)
+
+
 class ProbeLoader:
     """Loads probes with their attach ladders, under one set of :class:`ProbeOptions`."""
 
@@ -179,14 +261,14 @@ class ProbeLoader:
         warn_if_stale(probe)
         data = ProbeResource.of(probe, "bpf_object").read_bytes()
         failures: list[RungFailure] = []
-        for rung in probe.ladder:
+        for rung in forced_ladder(probe, self.options.rung):
             for programs in rung.variants():
                 label = rung.name if programs == rung.programs else f"{rung.name}+{'+'.join(rung.optional)}"
                 with capture_libbpf_log() as log_lines:
                     try:
                         return self._try_rung(probe, data, rung, programs, failures)
                     except LibbpfError as exc:
-                        failures.append(self._failure(label, exc, log_lines))
+                        failures.append(self._failure(probe, label, exc, log_lines))
                         log.info("probe %s: rung %s failed: %s", probe.name, label, exc.one_line())
                     except ProbeUnavailableError as exc:  # from rodata() or prepare(): no other rung can help
                         raise _unavailable(probe, exc.message, exc.hint) from None
@@ -199,15 +281,20 @@ class ProbeLoader:
         error.failures = failures  # type: ignore[attr-defined]
         raise error
 
-    @staticmethod
-    def _failure(label: str, exc: LibbpfError, log_lines: list[str]) -> RungFailure:
+    def _failure(self, probe: Probe, label: str, exc: LibbpfError, log_lines: list[str]) -> RungFailure:
+        verifier_log = getattr(exc, "verifier_log", "") or ""
+        log_file = None
+        if verifier_log.strip():
+            log_file = write_verifier_log(self.options.verifier_log_dir, probe.name, label, verifier_log)
         return RungFailure(
             rung=label,
             stage=getattr(exc, "stage", "load"),
             errno_name=exc.errno_name,
             message=exc.message,
-            log_excerpt=_log_excerpt([*log_lines, *getattr(exc, "verifier_log", "").splitlines()]),
+            log_excerpt=_log_excerpt([*log_lines, *verifier_log.splitlines()]),
             hint=exc.hint,
+            verifier_tail=_verifier_tail(verifier_log),
+            log_file=log_file,
         )
 
     def _try_rung(

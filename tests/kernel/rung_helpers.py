@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from jalki_core.events import Event
+from jalki_core.loader import forced_ladder
 from jalki_core.probe import Probe
 
 RUNGS = ("best", "tracepoint")
@@ -17,9 +18,11 @@ RUNGS = ("best", "tracepoint")
 
 
 def restricted_to(probe: Probe, rung_name: str) -> Probe:
-    """A copy of ``probe`` (same instance attributes) whose ladder has only the rung ``rung_name``."""
-    rungs = tuple(rung for rung in probe.ladder if rung.name == rung_name)
-    assert rungs, f"{probe.name} has no {rung_name} rung"
+    """A copy of ``probe`` (same instance attributes) whose ladder has only the rung ``rung_name``.
+
+    The ladder is cut by the loader's own rule (``forced_ladder``), the one ``jalki run --rung`` uses.
+    """
+    rungs = forced_ladder(probe, rung_name)
     variant = copy.copy(probe)
     variant.__class__ = type(f"{type(probe).__name__}Only{rung_name}", (type(probe),), {"ladder": rungs})
     return variant

@@ -7,7 +7,7 @@
 #ifndef JALKI_TCP_EVENTS_H
 #define JALKI_TCP_EVENTS_H
 
-#include "jalki/common.bpf.h"
+#include "jalki/sock.bpf.h" /* includes jalki/common.bpf.h */
 
 /*
  * struct jalki_event_header.flags bits of the TCP records (bit 0 is
