@@ -8,7 +8,7 @@ bash scripts/setup.sh
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"
-.venv/bin/mypy jalki_core plugins/jalki_*/jalki_*/
+.venv/bin/mypy jalki_core $(ls -d plugins/jalki_*/jalki_*/ | grep -v "\.egg-info/$")
 echo "== build_bpf --check"
 .venv/bin/python build_bpf.py --check
 echo "== pytest"

@@ -51,8 +51,9 @@ def test_list_table() -> None:
         row = rows[item["id"]]
         implemented = item["implemented_by"]
         by = "-" if implemented is None else f"{implemented['plugin']}/{implemented['probe']}"
-        assert (row[1], row[3], row[4], row[5], row[6]) == (
-            "tcp", item["event_type"], by, item["event_rate"], str(len(item["interpretations"])))
+        # columns: entry, implemented by, layer, rate, rules, event type, kernel, summary
+        assert (row[1], row[2], row[3], row[4], row[5]) == (
+            by, "tcp", item["event_rate"], str(len(item["interpretations"])), item["event_type"])
 
 
 def test_unknown_layer_is_one_line_listing_the_layers_exit_2() -> None:
