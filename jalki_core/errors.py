@@ -26,7 +26,8 @@ code raises them; only the CLI turns them into a red line and an exit code
         ├── BpfAttachError
         ├── BpfMapError
         ├── RingBufferError
-        └── BpfHandleClosedError   a handle was used after it was closed
+        ├── BpfHandleClosedError   a handle was used after it was closed
+        └── PerfEventOpenError     perf_event_open refused an event (no PMU, paranoid…)
 """
 
 from __future__ import annotations
@@ -206,5 +207,22 @@ class RingBufferError(LibbpfError):
 
 class BpfHandleClosedError(LibbpfError):
     """A BPF handle was used after it was closed or before it was valid."""
+
+
+class PerfEventOpenError(LibbpfError):
+    """``perf_event_open`` refused an event; the hint says what the errno means for that event.
+
+    :param event_type: the ``PERF_TYPE_*`` that was asked for.
+    :param config: the event within that type (``PERF_COUNT_HW_CPU_CYCLES``…).
+    :param cpu: the CPU it was asked on (-1: any).
+    """
+
+    def __init__(self, operation: str, err: int, *, event_type: int = -1, config: int = -1, cpu: int = -1,
+                 obj: str | None = None, program: str | None = None, detail: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(operation, err, obj=obj, program=program, detail=detail, hint=hint)
+        self.event_type = event_type
+        self.config = config
+        self.cpu = cpu
 
     exit_code = 1

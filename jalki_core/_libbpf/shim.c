@@ -8,12 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <linux/bpf.h>
+#include <linux/perf_event.h>
 
 #include "shim.h"
 
@@ -261,4 +263,23 @@ void jalki_rb_pages_unmap(struct jalki_rb_pages *pages)
         pages->base = NULL;
         pages->len = 0;
     }
+}
+
+int jalki_perf_event_open(uint32_t type, uint64_t config, int pid, int cpu)
+{
+#ifdef __NR_perf_event_open
+    struct perf_event_attr attr;
+    long fd;
+
+    /* Every byte zero but type, size and config: the kernel refuses unknown non-zero bits. */
+    memset(&attr, 0, sizeof(attr));
+    attr.type = type;
+    attr.size = sizeof(attr);
+    attr.config = config;
+    fd = syscall(__NR_perf_event_open, &attr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
+    return fd < 0 ? -errno : (int)fd;
+#else
+    (void)type; (void)config; (void)pid; (void)cpu;
+    return -ENOSYS;
+#endif
 }

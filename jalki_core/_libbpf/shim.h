@@ -73,4 +73,12 @@ uint64_t jalki_rb_pages_backlog(const struct jalki_rb_pages *pages);
 /* Unmap what jalki_rb_pages_map mapped (idempotent). */
 void jalki_rb_pages_unmap(struct jalki_rb_pages *pages);
 
+/*
+ * perf_event_open(2): a counting event of `type` and `config` (enabled, not
+ * inherited, user and kernel mode) for task `pid` (-1: every task) on `cpu`
+ * (-1: any), close-on-exec. The file descriptor, or -errno (-ENOSYS where
+ * the C library's headers have no system call number for it).
+ */
+int jalki_perf_event_open(uint32_t type, uint64_t config, int pid, int cpu);
+
 #endif /* JALKI_SHIM_H */

@@ -19,11 +19,10 @@ COUNTER_MAPS = ("cpu_cycles", "cpu_instructions", "cpu_stalled_frontend", "cpu_s
 REASONS = {0: "interval", 1: "exit"}
 """``JALKI_CPU_REASON_*``: why the kernel emitted a record."""
 
-CPU_IPC = RecordLayout(
+CPU_IPC = RecordLayout.with_header(
     c_struct="cpu_ipc_event",
-    fmt="<QQII16s" + "QQ" + "4Q" + "4Q" + "IIII",
-    fields=("ts_ns", "cgroup_id", "pid", "flags", "comm",
-            "window_start_ns", "run_ns",
+    fmt="QQ" + "4Q" + "4Q" + "IIII",
+    fields=("window_start_ns", "run_ns",
             "cycles", "instructions", "stalled_frontend", "stalled_backend",
             "cycles_ns", "instructions_ns", "stalled_frontend_ns", "stalled_backend_ns",
             "switches", "scaled", "reason", "pad"),

@@ -8,17 +8,13 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from jalki_core.errors import ProbeError, ProbeUnavailableError
+from jalki_core.errors import PerfEventOpenError, ProbeError, ProbeUnavailableError
 from jalki_core.events import Event, EventContext, kernel_comm
-from jalki_core.probe import AttachRung, Probe, ProbeResource
+from jalki_core.probe import AttachRung, Probe
 from jalki_cpu import layouts, perf
 from jalki_cpu.derived import DEGRADATION_TYPE, DegradationSettings, IpcDegradationDetector
 
 log = logging.getLogger("jalki.cpu")
-
-_BPF_PACKAGE = "jalki_cpu.bpf"
-_OBJECT = "cpu_ipc.bpf.o"
-_EVENT_SCHEMA = ProbeResource("jalki_cpu", "events.schema.json")
 
 INTERVAL_ENV = "JALKI_CPU_INTERVAL_MS"
 """Environment variable: the reporting interval per process in milliseconds (default 1000)."""
@@ -26,10 +22,6 @@ FRACTION_ENV = "JALKI_CPU_DEGRADATION_FRACTION"
 """Environment variable: IPC below this fraction of the process's baseline is a degradation (default 0.5)."""
 DEFAULT_INTERVAL_NS = 1_000_000_000
 DEFAULT_MIN_RUN_NS = 1_000_000
-
-OWNER_KNOWN = 1
-"""``JALKI_HDR_OWNER_KNOWN``."""
-
 
 def _env_number(name: str, default: float) -> float:
     raw = os.environ.get(name)
@@ -78,8 +70,8 @@ class CpuIpcProbe(Probe):
     name = "cpu_ipc"
     observes = "sched:sched_switch + perf hardware counters (cycles, instructions, stalled cycles)"
     event_types = ("kernel.cpu.ipc", DEGRADATION_TYPE)
-    bpf_object = ProbeResource(_BPF_PACKAGE, _OBJECT)
-    event_schema = _EVENT_SCHEMA
+    bpf_object = "bpf/cpu_ipc.bpf.o"
+    event_schema = "events.schema.json"
     layout = layouts.CPU_IPC
     extra_drop_causes = layouts.EXTRA_DROP_CAUSES
     ladder = (
@@ -141,18 +133,17 @@ class CpuIpcProbe(Probe):
                 continue
             for cpu in cpus:
                 try:
-                    fd = perf.perf_event_open(spec, cpu)
-                except perf.PerfOpenError as exc:
+                    event = perf.open_counter(spec, cpu)
+                except PerfEventOpenError as exc:
                     if index < self.required_counters:
-                        raise ProbeUnavailableError(f"probe {self.name} is unavailable here: {exc} (CPU {cpu})",
+                        raise ProbeUnavailableError(f"probe {self.name} is unavailable here: {perf.reason(exc)} "
+                                                    f"(CPU {cpu})",
                                                     hint="nothing is faked: this probe needs what this "
                                                          "machine lacks") from exc
-                    log.info("cpu_ipc: %s is not counted on CPU %d: %s", counter, cpu, exc)
+                    log.info("cpu_ipc: %s is not counted on CPU %d: %s", counter, cpu, perf.reason(exc))
                     continue
-                try:
-                    maps[map_name].update(layouts.CPU_KEY.pack(cpu), layouts.FD_VALUE.pack(fd))
-                finally:
-                    os.close(fd)
+                with event:  # the map keeps its own reference
+                    maps[map_name].update(layouts.CPU_KEY.pack(cpu), layouts.FD_VALUE.pack(event.fd))
                 self.opened[counter] += 1
 
     def describe(self) -> dict[str, Any]:
@@ -163,14 +154,12 @@ class CpuIpcProbe(Probe):
 
     # -- events ----------------------------------------------------------------
 
-    def _event(self, ctx: EventContext, ts_ns: int, pid: int, command: str | None, cgroup_id: int,
-               window_start_ns: int, run_ns: int, counts: tuple[int, ...], counted_ns: tuple[int, ...],
-               switches: int, scaled: int, reason: str) -> Event:
+    def _fill(self, event: Event, ts_ns: int, window_start_ns: int, run_ns: int, counts: tuple[int, ...],
+              counted_ns: tuple[int, ...], switches: int, scaled: int, reason: str) -> Event:
+        """``event`` (its envelope and ``process_data`` set) with the interval's ``data``."""
         values = {counter: (count if measured else None)
                   for counter, count, measured in zip(layouts.COUNTERS, counts, counted_ns, strict=True)}
         cycles, instructions = values["cycles"], values["instructions"]
-        event = ctx.new_event("kernel.cpu.ipc", ts_ns, severity="info")
-        event["process_data"] = {"pid": pid, "command": command, "cgroup_id": cgroup_id}
         event["data"] = {
             "interval_ns": max(ts_ns - window_start_ns, 0),
             "run_ns": run_ns,
@@ -189,12 +178,14 @@ class CpuIpcProbe(Probe):
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
         events = []
         for record in self.layout.struct.iter_unpack(batch):
-            (ts, cgroup_id, pid, flags, comm, window_start, run_ns, *rest) = record
+            (ts, cgroup_id, pid, _flags, _comm, window_start, run_ns, *rest) = record
             counts, counted_ns = tuple(rest[0:4]), tuple(rest[4:8])
             switches, scaled, reason = rest[8], rest[9], rest[10]
-            command = kernel_comm(comm) if flags & OWNER_KNOWN else None
-            events.append(self._event(ctx, ts, pid, command, cgroup_id, window_start, run_ns, counts, counted_ns,
-                                      switches, scaled, layouts.REASONS.get(reason, "interval")))
+            event = ctx.from_header("kernel.cpu.ipc", record, severity="info")
+            # the process's pid and cgroup are known on every record; its comm only with OWNER_KNOWN
+            event["process_data"].update(pid=pid, cgroup_id=cgroup_id)
+            events.append(self._fill(event, ts, window_start, run_ns, counts, counted_ns, switches, scaled,
+                                     layouts.REASONS.get(reason, "interval")))
         return events
 
     def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
@@ -220,8 +211,10 @@ class CpuIpcProbe(Probe):
                 continue
             [pid] = layouts.PROCESS_KEY.unpack(key)
             ts = last_ns or time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            events.append(self._event(ctx, ts, pid, kernel_comm(comm), cgroup_id, window_start, run_ns, counts,
-                                      counted_ns, switches, scaled, "session_end"))
+            event = ctx.new_event("kernel.cpu.ipc", ts, severity="info")
+            event["process_data"] = {"pid": pid, "command": kernel_comm(comm), "cgroup_id": cgroup_id}
+            events.append(self._fill(event, ts, window_start, run_ns, counts, counted_ns, switches, scaled,
+                                     "session_end"))
         return sorted(events, key=lambda e: (e["timestamp"], e["process_data"]["pid"]))
 
     def final_events(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
