@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 import pytest
 from jalki_tcp.anomalies import BurstDetector, event_time_ns
 from jalki_tcp.probes import TcpConnectProbe, TcpResetProbe, TcpRetransmitProbe, TcpRttProbe
@@ -167,11 +168,11 @@ def test_retransmit_spike_event_exact() -> None:
         "id": "00000000-tcp_retransmit_skb-1", "timestamp": _at(5.5), "source": "jalki/tcp_retransmit_skb",
         "type": "kernel.network.retransmit_spike", "severity": "warning", "cluster": "test", "node": "test-node",
         "attach": "tp_btf",
-        "network_data": {"src_ip": "0.0.0.0", "src_port": 0, "dst_ip": "10.0.0.8", "dst_port": 5432, "protocol": "tcp",
-                         "family": "ipv4", "netns": 1},
-        "correlation_keys": ["0.0.0.0:0->10.0.0.8:5432"],
+        # only the destination the window groups by: no invented local endpoint, no 4-tuple to correlate
+        "network_data": {"dst_ip": "10.0.0.8", "dst_port": 5432, "protocol": "tcp", "family": "ipv4", "netns": 1},
         "data": {"count": 13, "threshold": 10, "window_seconds": 10.0, "window_start": _at(0),
-                 "window_end": _at(10), "last_seen": _at(5.5), "connections": 3, "established": 12, "handshake": 1},
+                 "window_end": _at(10), "last_seen": _at(5.5), "key": "remote_endpoint", "connections": 3,
+                 "established": 12, "handshake": 1},
     }
 
 
@@ -196,14 +197,17 @@ def test_rst_storm_sent_groups_by_local_endpoint_received_by_peer() -> None:
     out = run(probe, sorted(sent + received + few, key=lambda e: e["timestamp"]))
     [storm_sent] = [e for e in out if e["data"]["direction"] == "sent"]
     [storm_received] = [e for e in out if e["data"]["direction"] == "received"]
-    assert storm_sent["network_data"] == {"src_ip": "10.0.0.5", "src_port": 9, "dst_ip": "0.0.0.0", "dst_port": 0,
-                                          "protocol": "tcp", "family": "ipv4", "netns": 1}
-    assert storm_sent["correlation_keys"] == ["10.0.0.5:9->0.0.0.0:0"]
-    assert {k: storm_sent["data"][k] for k in ("count", "no_socket", "peers")} == {
-        "count": 12, "no_socket": 12, "peers": 4}
-    assert (storm_received["network_data"]["dst_ip"], storm_received["network_data"]["dst_port"]) == ("10.0.0.8", 9)
-    assert {k: storm_received["data"][k] for k in ("count", "no_socket", "peers")} == {
-        "count": 12, "no_socket": 0, "peers": 1}
+    # sent: the local endpoint the resets came from, no peer (there are 4 of them)
+    assert storm_sent["network_data"] == {"src_ip": "10.0.0.5", "src_port": 9, "protocol": "tcp", "family": "ipv4",
+                                          "netns": 1}
+    assert {k: storm_sent["data"][k] for k in ("key", "count", "no_socket", "peers")} == {
+        "key": "local_endpoint", "count": 12, "no_socket": 12, "peers": 4}
+    # received: the peer that sent them, no local endpoint (12 local connections)
+    assert storm_received["network_data"] == {"dst_ip": "10.0.0.8", "dst_port": 9, "protocol": "tcp",
+                                              "family": "ipv4", "netns": 1}
+    assert {k: storm_received["data"][k] for k in ("key", "count", "no_socket", "peers")} == {
+        "key": "remote_endpoint", "count": 12, "no_socket": 0, "peers": 1}
+    assert "correlation_keys" not in storm_sent and "correlation_keys" not in storm_received
 
 
 def connect(t: float, code: str | None, **net: Any) -> Event:
@@ -224,6 +228,9 @@ def test_connect_failures_count_kernel_decided_failures_only() -> None:
     assert {k: failures["data"][k] for k in ("count", "refused", "timed_out", "unreachable")} == {
         "count": 5, "refused": 2, "timed_out": 1, "unreachable": 2}
     assert failures["data"]["window_start"] == _at(0) and failures["data"]["last_seen"] == _at(7)
+    assert failures["network_data"] == {"dst_ip": "10.0.0.8", "dst_port": 5432, "protocol": "tcp", "family": "ipv4",
+                                        "netns": 1}
+    assert failures["data"]["key"] == "remote_endpoint" and "correlation_keys" not in failures
 
 
 def rtt(t: float, avg: int, port: int = 5432, *, passive: bool = False) -> Event:
@@ -245,7 +252,9 @@ def test_rtt_degradation_learns_a_baseline_per_destination() -> None:
     degraded = [rtt(5 + i, 20_000 + i) for i in range(4)]
     out = run(probe, sorted(normal + other + degraded, key=lambda e: e["timestamp"]))
     [event] = out
-    assert event["network_data"]["dst_port"] == 5432
+    assert event["network_data"] == {"dst_ip": "10.0.0.8", "dst_port": 5432, "protocol": "tcp", "family": "ipv4",
+                                     "netns": 1}
+    assert (event["data"]["key"], event["data"]["direction"]) == ("remote_endpoint", "active")
     assert {k: event["data"][k] for k in ("count", "baseline_srtt_us", "srtt_us_avg", "srtt_us_max", "factor",
                                           "absolute_threshold_us", "threshold")} == {
         "count": 4, "baseline_srtt_us": 10_000, "srtt_us_avg": 20_002, "srtt_us_max": 20_013, "factor": 2.0,
@@ -267,6 +276,7 @@ def test_rtt_degradation_of_a_passive_key_names_the_service_not_a_client_port() 
     [event] = run(probe, sorted(events, key=lambda e: e["timestamp"]))
     assert event["network_data"] == {"dst_ip": "10.0.0.8", "protocol": "tcp", "family": "ipv4", "netns": 1}
     assert (event["data"]["direction"], event["data"]["local_port"], event["data"]["count"]) == ("passive", 8080, 3)
+    assert event["data"]["key"] == "remote_address_and_local_port"
     assert "correlation_keys" not in event
 
 
@@ -289,3 +299,14 @@ def test_an_anomaly_names_the_process_when_one_process_caused_every_attributed_e
     two = [_owned(connect(t, "ECONNREFUSED"), 42 + int(t) % 2) for t in (0, 1, 2, 3, 4)]
     [shared] = run(TcpConnectProbe(), two)
     assert "process_data" not in shared  # two processes: the anomaly belongs to neither
+
+
+@pytest.mark.parametrize("side", ["src", "dst"])
+def test_the_schema_refuses_an_invented_endpoint_on_an_anomaly(side: str) -> None:
+    """The aggregated side is absent, never the unspecified address and port 0 (which validate as an endpoint)."""
+    [spike] = run(TcpRetransmitProbe(), [retransmit(i * 0.5) for i in range(10)])
+    [storm] = run(TcpResetProbe(), [reset(i * 0.1, "sent", None, dst_port=50000 + i) for i in range(10)])
+    event = spike if side == "src" else storm
+    event["network_data"].update({f"{side}_ip": "0.0.0.0", f"{side}_port": 0})
+    with pytest.raises(jsonschema.ValidationError):
+        validate(event)

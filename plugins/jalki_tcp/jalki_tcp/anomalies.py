@@ -224,7 +224,7 @@ def new_anomaly_event(ctx: EventContext, event_type: str, window: Window[Any],
     """An anomaly event stamped with the window's last event (kernel time recovered via the context).
 
     Its ``process_data`` names the process when every event of the window that
-    has one came from that single process; with several (or none) it is null.
+    has one came from that single process; with several (or none) it is absent.
     """
     event = ctx.new_event(event_type, window.last_ns - ctx.clock_offset_ns, severity=severity)
     owner = window.sole_owner
@@ -233,21 +233,10 @@ def new_anomaly_event(ctx: EventContext, event_type: str, window: Window[Any],
     return event
 
 
-def destination_fields(event: Event) -> dict[str, Any]:
-    """``network_data`` naming a destination (remote address and port, family, netns) of ``event``."""
-    net = event.get("network_data") or {}
-    return {key: net.get(key) for key in ("dst_ip", "dst_port", "protocol", "family", "netns")}
-
-
 def destination_key(event: Event) -> tuple[Any, ...]:
     """Group key of a destination: netns, remote address, remote port."""
     net = event.get("network_data") or {}
     return (net.get("netns"), net.get("dst_ip"), net.get("dst_port"))
-
-
-def endpoint(ip: Any, port: Any) -> str:
-    """``ip:port``, IPv6 in brackets."""
-    return f"[{ip}]:{port}" if isinstance(ip, str) and ":" in ip else f"{ip}:{port}"
 
 
 def timed(events: Iterable[Event]) -> Iterable[tuple[int, Event]]:

@@ -15,9 +15,14 @@ event type                          from probe     group (one window per group)
                                                    unreachable connects
 =================================== ============== =========================================
 
-Window semantics are those of :mod:`jalki_tcp.anomalies`. Aggregates over a
-destination name no local endpoint: their ``network_data`` carries the
-unspecified address (``0.0.0.0`` or ``::``) and port 0 on the side they span.
+Window semantics are those of :mod:`jalki_tcp.anomalies`. An anomaly's
+``network_data`` names only the side its group really has, never an invented
+endpoint: the remote side (``dst_ip``, ``dst_port`` where the group has one)
+when the window spans every local endpoint talking to one peer, the local side
+(``src_ip``, ``src_port``) when it spans every peer of one local port (resets
+sent). ``data.key`` says which (``remote_endpoint``, ``local_endpoint``,
+``remote_address_and_local_port``). No anomaly carries ``correlation_keys``:
+a window names no single connection.
 """
 
 from __future__ import annotations
@@ -32,31 +37,31 @@ from jalki_tcp.anomalies import (
     BurstDetector,
     Window,
     destination_key,
-    endpoint,
     new_anomaly_event,
     timed,
     window_data,
 )
 
-UNSPECIFIED = {"ipv4": "0.0.0.0", "ipv6": "::"}
+REMOTE_ENDPOINT = "remote_endpoint"
+"""``data.key``: grouped by the peer's address and port (``network_data.dst_ip``/``dst_port``)."""
+LOCAL_ENDPOINT = "local_endpoint"
+"""``data.key``: grouped by a local address and port (``network_data.src_ip``/``src_port``)."""
+REMOTE_ADDRESS_AND_LOCAL_PORT = "remote_address_and_local_port"
+"""``data.key``: grouped by the client's address and the local service port (passive RTT keys)."""
 
 
-def _unspecified(family: Any) -> str:
-    return UNSPECIFIED.get(family, "0.0.0.0") if isinstance(family, str) else "0.0.0.0"
-
-
-def _to_destination(event: Event) -> dict[str, Any]:
+def _remote_side(event: Event) -> dict[str, Any]:
+    """The peer of ``event``: ``dst_ip``, ``dst_port``, family, netns; no local side."""
     net = event.get("network_data") or {}
-    family = net.get("family")
-    return {"src_ip": _unspecified(family), "src_port": 0, "dst_ip": net.get("dst_ip"),
-            "dst_port": net.get("dst_port"), "protocol": "tcp", "family": family, "netns": net.get("netns")}
+    return {"dst_ip": net.get("dst_ip"), "dst_port": net.get("dst_port"), "protocol": "tcp",
+            "family": net.get("family"), "netns": net.get("netns")}
 
 
-def _from_local_endpoint(event: Event) -> dict[str, Any]:
+def _local_side(event: Event) -> dict[str, Any]:
+    """The local endpoint of ``event``: ``src_ip``, ``src_port``, family, netns; no peer."""
     net = event.get("network_data") or {}
-    family = net.get("family")
-    return {"src_ip": net.get("src_ip"), "src_port": net.get("src_port"), "dst_ip": _unspecified(family),
-            "dst_port": 0, "protocol": "tcp", "family": family, "netns": net.get("netns")}
+    return {"src_ip": net.get("src_ip"), "src_port": net.get("src_port"), "protocol": "tcp",
+            "family": net.get("family"), "netns": net.get("netns")}
 
 
 class _Deriver:
@@ -88,24 +93,16 @@ class _Deriver:
             if group is None:
                 continue
             out.extend(self.build(window, ctx) for window in self.detector.add(group, ts, self.mark(group, event)))
-        return self.finish(out)
+        return out
 
     def flush(self, ctx: EventContext) -> list[Event]:
         """Report the windows still open (session stop)."""
-        return self.finish([self.build(window, ctx) for window in self.detector.flush()])
+        return [self.build(window, ctx) for window in self.detector.flush()]
 
-    def _base(self, window: Window[Any], ctx: EventContext, severity: str = "warning") -> Event:
+    def _base(self, window: Window[Any], ctx: EventContext, key: str, severity: str = "warning") -> Event:
         event = new_anomaly_event(ctx, self.event_type, window, severity)
-        event["data"] = window_data(window, self.detector, self._fmt)
+        event["data"] = {**window_data(window, self.detector, self._fmt), "key": key}
         return event
-
-    def finish(self, events: list[Event]) -> list[Event]:
-        """Set each event's ``correlation_keys`` from its ``network_data`` (``src->dst``)."""
-        for event in events:
-            net = event["network_data"]
-            event["correlation_keys"] = [
-                f"{endpoint(net['src_ip'], net['src_port'])}->{endpoint(net['dst_ip'], net['dst_port'])}"]
-        return events
 
 
 # -- retransmit spike -------------------------------------------------------
@@ -135,8 +132,8 @@ class RetransmitSpike(_Deriver):
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _RetransmitCounts = window.accumulator
-        event = self._base(window, ctx)
-        event["network_data"] = _to_destination(window.sample)
+        event = self._base(window, ctx, REMOTE_ENDPOINT)
+        event["network_data"] = _remote_side(window.sample)
         event["data"].update({
             "connections": len(counts.connections),
             "established": counts.by_state["ESTABLISHED"],
@@ -157,8 +154,7 @@ class _ResetCounts:
         data = event.get("data") or {}
         if data.get("tcp_state") is None:
             self.no_socket += 1
-        net = event.get("network_data") or {}
-        self.peers.add(net.get("dst_ip") if data.get("direction") == "sent" else net.get("src_ip"))
+        self.peers.add((event.get("network_data") or {}).get("dst_ip"))  # dst is the peer both ways
 
 
 class RstStorm(_Deriver):
@@ -183,11 +179,12 @@ class RstStorm(_Deriver):
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _ResetCounts = window.accumulator
         direction = window.group[0]  # type: ignore[index]
-        event = self._base(window, ctx)
         if direction == "sent":
-            event["network_data"] = _from_local_endpoint(window.sample)
+            event = self._base(window, ctx, LOCAL_ENDPOINT)
+            event["network_data"] = _local_side(window.sample)
         else:
-            event["network_data"] = _to_destination(window.sample)
+            event = self._base(window, ctx, REMOTE_ENDPOINT)
+            event["network_data"] = _remote_side(window.sample)
         event["data"].update({"direction": direction, "no_socket": counts.no_socket,
                               "peers": len(counts.peers)})
         return event
@@ -230,8 +227,8 @@ class ConnectFailures(_Deriver):
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _ConnectCounts = window.accumulator
-        event = self._base(window, ctx, severity="error")
-        event["network_data"] = _to_destination(window.sample)
+        event = self._base(window, ctx, REMOTE_ENDPOINT, severity="error")
+        event["network_data"] = _remote_side(window.sample)
         by_error = counts.by_error
         event["data"].update({
             "refused": sum(by_error[name] for name in REFUSED),
@@ -329,10 +326,11 @@ class RttDegradation(_Deriver):
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _RttCounts = window.accumulator
-        event = self._base(window, ctx)
+        sample = window.sample.get("data") or {}
+        passive = sample.get("direction") == "passive"
+        event = self._base(window, ctx, REMOTE_ADDRESS_AND_LOCAL_PORT if passive else REMOTE_ENDPOINT)
         # the aggregates' own remote side: no invented local endpoint
         event["network_data"] = dict(window.sample.get("network_data") or {})
-        sample = window.sample.get("data") or {}
         event["data"]["direction"] = sample.get("direction", "unknown")
         if "local_port" in sample:
             event["data"]["local_port"] = sample["local_port"]
@@ -344,7 +342,3 @@ class RttDegradation(_Deriver):
             "absolute_threshold_us": self.absolute_us,
         })
         return event
-
-    def finish(self, events: list[Event]) -> list[Event]:
-        """No ``correlation_keys``: an aggregate names no connection (no 4-tuple)."""
-        return events
