@@ -18,7 +18,7 @@ Two parts:
   RSS sampled at an interval, and where that memory is at the end
   (:func:`rss_breakdown`).
 
-Standard library only, plus ``jalki_core.client`` in the host.
+Standard library only, plus ``jalki_core.daemon.client`` in the host.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class DaemonProcess:
         )
 
     def client(self) -> Any:
-        from jalki_core.client import DaemonClient
+        from jalki_core.daemon.client import DaemonClient
 
         return DaemonClient.connect(self.socket, timeout=30)
 

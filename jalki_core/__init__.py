@@ -22,7 +22,7 @@ from jalki_core.hookspecs import hookimpl, hookspec
 from jalki_core.version import PROJECT_NAME, __version__
 
 if TYPE_CHECKING:
-    from jalki_core.answer import AskResult
+    from jalki_core.ask.result import AskResult
     from jalki_core.errors import ProbeError, ProbeUnavailableError, errno_name
     from jalki_core.events import Event, EventContext, kernel_comm
     from jalki_core.kb import KnowledgeBase, Match
@@ -69,20 +69,20 @@ def find(question: str, *, limit: int | None = None, kb: KnowledgeBase | None = 
 
 
 def ask(question: str, **options: Any) -> AskResult:
-    """Answer ``question`` from the kernel (the logic of ``jalki ask``); see :func:`jalki_core.ask_engine.ask`.
+    """Answer ``question`` from the kernel (the logic of ``jalki ask``); see :func:`jalki_core.ask.engine.ask`.
 
     Options: ``seconds``, ``pid``, ``port``, ``kb``, ``plugins``, ``progress``, ``cancel``.
     Never raises for a condition of the machine (no privileges, no plugin): the
     result's ``mode`` says how it was answered.
     """
-    from jalki_core.ask_engine import ask as ask_kernel
+    from jalki_core.ask.engine import ask as ask_kernel
 
     return ask_kernel(question, **options)
 
 
 async def ask_async(question: str, **options: Any) -> AskResult:
     """:func:`ask` for asyncio code: runs in a worker thread; cancelling stops collection early."""
-    from jalki_core.ask_engine import ask_async as ask_kernel_async
+    from jalki_core.ask.engine import ask_async as ask_kernel_async
 
     return await ask_kernel_async(question, **options)
 

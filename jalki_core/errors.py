@@ -2,7 +2,8 @@
 
 Every error jalki raises on purpose derives from :class:`JalkiError`. Library
 code raises them; only the CLI turns them into a red line and an exit code
-(``JalkiError.exit_code``).
+(:mod:`jalki_core.cli.exit_codes` maps this tree to ``ExitCode``). Every field an
+error carries is declared on its class, never attached later.
 
 ::
 
@@ -20,6 +21,13 @@ code raises them; only the CLI turns them into a red line and an exit code
     ├── EmitterError               an emitter could not open or write its sink
     │   └── EmitterClosedError     the sink went away for good (reader closed the pipe)
     ├── BpfBuildError              clang failed to compile a BPF source
+    ├── DaemonError                talking to (or being) the jalki daemon failed
+    │   ├── DaemonUnavailable      nothing usable answers at the socket
+    │   │   ├── NotAllowed         the socket is not ours to use (EACCES)
+    │   │   └── DaemonStopped      the daemon shut down in order while a stream was open
+    │   ├── RequestError           the daemon answered a request with an error (code: the protocol's)
+    │   │   └── ProbeNotFound      code unknown_probe
+    │   └── ProtocolError          the daemon refuses a request (becomes an error reply)
     └── LibbpfError                a libbpf call failed (errno, object, program, hint)
         ├── BpfOpenError
         ├── BpfLoadError
@@ -34,6 +42,8 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from collections.abc import Sequence
+from typing import Any
 
 
 def errno_name(code: int) -> str:
@@ -44,8 +54,6 @@ def errno_name(code: int) -> str:
 
 class JalkiError(Exception):
     """Base of every error jalki raises on purpose."""
-
-    exit_code: int = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -62,8 +70,6 @@ class JalkiError(Exception):
 class UsageError(JalkiError):
     """Bad input from the user: a flag value, an unknown name, a bad path."""
 
-    exit_code = 2
-
 
 class UnknownPluginError(UsageError):
     """A requested plugin is not installed."""
@@ -76,13 +82,9 @@ class UnknownEmitterError(UsageError):
 class PrivilegeError(JalkiError):
     """The process lacks the privileges to load BPF programs."""
 
-    exit_code = 77
-
 
 class EnvironmentProblem(JalkiError):
     """The kernel or machine lacks something jalki needs (BTF, tracefs, …)."""
-
-    exit_code = 78
 
 
 class PluginError(JalkiError):
@@ -98,7 +100,14 @@ class LayoutMismatchError(ProbeError):
 
 
 class AttachLadderExhausted(ProbeError):
-    """Every rung of a probe's attach ladder failed."""
+    """Every rung of a probe's attach ladder failed.
+
+    :param failures: what each rung's try said (``jalki_core.loader.RungFailure``), in ladder order.
+    """
+
+    def __init__(self, message: str, *, failures: Sequence[object] = (), hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.failures: list[Any] = list(failures)
 
 
 class ProbeUnavailableError(ProbeError):
@@ -122,6 +131,52 @@ class EmitterClosedError(EmitterError):
 
 class BpfBuildError(JalkiError):
     """clang failed to compile a BPF C source."""
+
+
+class DaemonError(JalkiError):
+    """Talking to the jalki daemon failed, or the daemon refuses a request."""
+
+
+class DaemonUnavailable(DaemonError):
+    """Nothing usable answers at the daemon's socket (missing, stale, lost, or not answering in time)."""
+
+
+class NotAllowed(DaemonUnavailable):
+    """The daemon's socket is not ours to use (``EACCES``: not root and not in its ``--socket-group``)."""
+
+
+class DaemonStopped(DaemonUnavailable):
+    """The daemon shut down in order while a stream was open; every event it matched was sent or counted."""
+
+
+class RequestError(DaemonError):
+    """The daemon answered a request with an error reply.
+
+    :param code: the protocol's error code (``specs/protocol.md``: ``bad_request``, ``unknown_probe``, …);
+        :func:`jalki_core.daemon.protocol.request_error` picks the subclass for a code.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"daemon: {message} ({code})")
+        self.code = code
+        self.reason = message
+
+
+class ProbeNotFound(RequestError):
+    """The daemon has no installed probe of that name (``unknown_probe``)."""
+
+
+class ProtocolError(DaemonError):
+    """A request the daemon refuses; the server turns it into an error reply, never a dropped connection.
+
+    :param code: one of :data:`jalki_core.daemon.protocol.ERROR_CODES`.
+    :param request_id: the request's ``id`` when it is known, echoed in the reply.
+    """
+
+    def __init__(self, code: str, message: str, *, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
 
 
 _HINTS: dict[int, str] = {
@@ -165,6 +220,8 @@ class LibbpfError(JalkiError):
         self.obj = obj
         self.program = program
         self.detail = detail
+        self.stage = "load"
+        """Where in a rung's try it failed: ``load``, ``prepare`` or ``attach`` (the loader sets it)."""
         where = ", ".join(
             part
             for part in (
@@ -188,8 +245,9 @@ class BpfOpenError(LibbpfError):
 class BpfLoadError(LibbpfError):
     """Loading a BPF object into the kernel failed (verifier, permissions, BTF)."""
 
-    def __init__(self, *args: object, verifier_log: str = "", **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, operation: str, err: int, *, obj: str | None = None, program: str | None = None,
+                 detail: str | None = None, hint: str | None = None, verifier_log: str = "") -> None:
+        super().__init__(operation, err, obj=obj, program=program, detail=detail, hint=hint)
         self.verifier_log = verifier_log
 
 
@@ -224,5 +282,3 @@ class PerfEventOpenError(LibbpfError):
         self.event_type = event_type
         self.config = config
         self.cpu = cpu
-
-    exit_code = 1

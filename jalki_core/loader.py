@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from jalki_core.errors import (
     AttachLadderExhausted,
+    BpfLoadError,
     LayoutMismatchError,
     LibbpfError,
     ProbeError,
@@ -272,23 +273,22 @@ class ProbeLoader:
                         log.info("probe %s: rung %s failed: %s", probe.name, label, exc.one_line())
                     except ProbeUnavailableError as exc:  # from rodata() or prepare(): no other rung can help
                         raise _unavailable(probe, exc.message, exc.hint) from None
-        error = AttachLadderExhausted(
+        raise AttachLadderExhausted(
             f"probe {probe.name}: every attach rung failed ("
             + "; ".join(failure.one_line() for failure in failures)
             + ")",
+            failures=failures,
             hint="run 'jalki doctor' to see which attach types this kernel allows",
         )
-        error.failures = failures  # type: ignore[attr-defined]
-        raise error
 
     def _failure(self, probe: Probe, label: str, exc: LibbpfError, log_lines: list[str]) -> RungFailure:
-        verifier_log = getattr(exc, "verifier_log", "") or ""
+        verifier_log = exc.verifier_log if isinstance(exc, BpfLoadError) else ""
         log_file = None
         if verifier_log.strip():
             log_file = write_verifier_log(self.options.verifier_log_dir, probe.name, label, verifier_log)
         return RungFailure(
             rung=label,
-            stage=getattr(exc, "stage", "load"),
+            stage=exc.stage,
             errno_name=exc.errno_name,
             message=exc.message,
             log_excerpt=_log_excerpt([*log_lines, *verifier_log.splitlines()]),
@@ -308,7 +308,7 @@ class ProbeLoader:
             try:
                 obj.load()
             except LibbpfError as exc:
-                exc.stage = "load"  # type: ignore[attr-defined]
+                exc.stage = "load"
                 raise
             config_map = obj.maps.get("jalki_config")
             if config_map is not None:
@@ -316,7 +316,7 @@ class ProbeLoader:
             try:
                 probe.prepare(obj.maps)
             except LibbpfError as exc:
-                exc.stage = "prepare"  # type: ignore[attr-defined]
+                exc.stage = "prepare"
                 raise
             links: list[BpfLink] = []
             try:
@@ -325,7 +325,7 @@ class ProbeLoader:
             except LibbpfError as exc:
                 for link in links:
                     link.destroy()
-                exc.stage = "attach"  # type: ignore[attr-defined]
+                exc.stage = "attach"
                 raise
             return LoadedProbe(probe, obj, links, rung, list(failures), programs)
         except BaseException:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jalki_core.emitters.base import Emitter, EmitterWorker, EventBatch
-from jalki_core.errors import JalkiError, LibbpfError, ProbeError
+from jalki_core.errors import AttachLadderExhausted, JalkiError, LibbpfError, ProbeError
 from jalki_core.events import EventContext, monotonic_to_realtime_offset
 from jalki_core.loader import LoadedProbe, ProbeLoader, ProbeOptions, RungFailure
 from jalki_core.privileges import ensure_tracefs, require_bpf_privileges, require_btf
@@ -236,7 +236,7 @@ class TraceSession:
         try:
             loaded = ProbeLoader(options).load(probe)
         except ProbeError as exc:
-            stats.failed_rungs = list(getattr(exc, "failures", []))
+            stats.failed_rungs = list(exc.failures) if isinstance(exc, AttachLadderExhausted) else []
             stats.error = exc.one_line()
             log.warning("probe %s skipped: %s", probe.name, exc.one_line())
             if self.strict:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from jalki_core.daemon.protocol import DeploySpec, EventFilter, ProtocolError
+from jalki_core.daemon.protocol import DeploySpec, EventFilter
 from jalki_core.daemon.store import (
     DEFAULT_RING_EVENTS,
     EventRings,
@@ -42,7 +42,7 @@ from jalki_core.daemon.store import (
     encode_events,
     event_stamps,
 )
-from jalki_core.errors import JalkiError
+from jalki_core.errors import JalkiError, ProtocolError
 from jalki_core.loader import ProbeOptions
 from jalki_core.session import ProbeRunStats, SessionSummary, TraceSession
 

@@ -14,8 +14,9 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from jalki_core.ask_engine import MAX_EVENTS_KEPT, EventCollector, ProgressCallback, ask
-from jalki_core.daemon.protocol import DeploySpec, ProtocolError, _field, parse_pid
+from jalki_core.ask.engine import MAX_EVENTS_KEPT, EventCollector, ProgressCallback, ask
+from jalki_core.daemon.protocol import DeploySpec, _field, parse_pid
+from jalki_core.errors import ProtocolError
 from jalki_core.kb import parse_timestamp
 from jalki_core.session import ProbeRunStats, SessionSummary
 
@@ -31,7 +32,7 @@ TTL_MARGIN_S = 30.0
 
 
 class AgentCollect:
-    """A :data:`jalki_core.ask_engine.Collect` that uses the daemon's running session."""
+    """A :data:`jalki_core.ask.engine.Collect` that uses the daemon's running session."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent

@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from jalki_core.errors import ProbeNotFound, ProtocolError, RequestError
+
 PROTOCOL_VERSION = 1
 """The ``v`` every frame carries; a different version is refused with ``unsupported_version``."""
 
@@ -62,15 +64,15 @@ ERROR_CODES: tuple[str, ...] = (
 """Every ``error.code`` a reply may carry."""
 
 
-class ProtocolError(Exception):
-    """A request the daemon refuses; becomes an error reply, never a dropped connection."""
+USER_ERROR_CODES = frozenset({"bad_request", "unknown_probe", "not_attached", "unknown_type"})
+"""Error codes that mean the request itself was wrong (a client's usage error), not that the daemon failed."""
 
-    def __init__(self, code: str, message: str, *, request_id: Any = None) -> None:
-        assert code in ERROR_CODES, code
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
+
+def request_error(code: str, message: str) -> RequestError:
+    """The error a client raises for an error reply: the one place protocol codes meet the error tree."""
+    if code == "unknown_probe":
+        return ProbeNotFound(code, message)
+    return RequestError(code, message)
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,10 @@ def reply_ok(request_id: Any, result: Any) -> dict[str, Any]:
 
 
 def reply_error(request_id: Any, error: ProtocolError) -> dict[str, Any]:
-    """An error reply."""
+    """An error reply (a code outside :data:`ERROR_CODES` is a bug: it goes out as ``internal``)."""
+    code = error.code if error.code in ERROR_CODES else "internal"
     return {"v": PROTOCOL_VERSION, "id": request_id, "ok": False,
-            "error": {"code": error.code, "message": error.message}}
+            "error": {"code": code, "message": error.message}}
 
 
 def push(kind: str, subscription: int, **fields: Any) -> dict[str, Any]:

@@ -49,8 +49,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jalki_core.daemon import protocol
-from jalki_core.daemon.protocol import MAX_FRAME_BYTES, EventFilter, ProtocolError, Request
+from jalki_core.daemon.protocol import MAX_FRAME_BYTES, EventFilter, Request
 from jalki_core.daemon.store import RawFilter
+from jalki_core.errors import ProtocolError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -695,7 +696,7 @@ def _socket_alive(path: Path) -> bool:
     A full backlog (``EAGAIN``) is a live, busy daemon: the connect waits for room, and one that still
     waits after :data:`LIVENESS_TIMEOUT_S` is taken as alive.
     """
-    from jalki_core.client import connect_unix
+    from jalki_core.daemon.client import connect_unix
 
     try:
         sock = connect_unix(path, LIVENESS_TIMEOUT_S)

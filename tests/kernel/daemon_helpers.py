@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jalki_core.client import DaemonClient, DaemonUnavailable
+from jalki_core.daemon.client import DaemonClient, DaemonUnavailable
 
 JALKI = str(Path(sys.executable).with_name("jalki"))
 """The venv's ``jalki`` console script."""

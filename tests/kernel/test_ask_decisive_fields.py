@@ -108,7 +108,7 @@ def test_crash_loop_names_the_signal_and_the_command(crashy: Path) -> None:
 
 
 def test_crash_loop_through_the_daemon_has_the_same_shape(crashy: Path, tmp_path: Path) -> None:
-    from jalki_core.ask_engine import _relevant, _select
+    from jalki_core.ask.engine import _relevant, _select
     from jalki_core.kb import default_kb, find
     from jalki_core.plugins import JalkiPlugins
 

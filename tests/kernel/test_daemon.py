@@ -33,7 +33,8 @@ from daemon_helpers import JALKI, Daemon, running_daemon, wait_for
 from netns_helpers import NetNs
 from tcp_helpers import COMMAND
 
-from jalki_core.client import DaemonClient, DaemonRequestError
+from jalki_core.cli.exit_codes import exit_code_for
+from jalki_core.daemon.client import DaemonClient, RequestError
 from jalki_core.daemon.protocol import MAX_FRAME_BYTES
 from jalki_core.testing import event_validator
 
@@ -240,17 +241,17 @@ def test_client_deploy_is_idempotent_resampling_reattaches_and_status_counts(net
         undeployed = client.undeploy("tcp_connect")
         assert undeployed["events"] == len(client.get_events(probe="tcp_connect", limit=10_000)) - before
         assert client.status()["probes"] == {}
-        with pytest.raises(DaemonRequestError) as missing:
+        with pytest.raises(RequestError) as missing:
             client.undeploy("tcp_connect")
-        assert (missing.value.code, missing.value.exit_code) == ("not_attached", 2)
-        with pytest.raises(DaemonRequestError) as bad:
+        assert (missing.value.code, exit_code_for(missing.value)) == ("not_attached", 2)
+        with pytest.raises(RequestError) as bad:
             client.deploy("tcp_connect", sample=1.5)
         assert bad.value.code == "bad_request" and "'sample' must be in (0, 1]" in bad.value.message
 
 
 def test_unknown_probe_is_an_error_reply_and_one_cli_line(tmp_path: Path) -> None:
     with running_daemon(tmp_path) as daemon:
-        with daemon.client() as client, pytest.raises(DaemonRequestError) as error:
+        with daemon.client() as client, pytest.raises(RequestError) as error:
             client.deploy("no_such_probe")
         assert error.value.code == "unknown_probe" and "no installed probe 'no_such_probe'" in error.value.message
         result = daemon.cli("deploy", "no_such_probe")
@@ -692,7 +693,7 @@ def test_sighup_reopens_the_file_emitter(netns: NetNs, tmp_path: Path) -> None:
 
 def probes_asked_for(question: str) -> set[str]:
     """The probes ``ask`` attaches for ``question`` (the engine's own selection)."""
-    from jalki_core.ask_engine import _relevant, _select
+    from jalki_core.ask.engine import _relevant, _select
     from jalki_core.kb import default_kb, find
     from jalki_core.plugins import JalkiPlugins
 

@@ -26,7 +26,7 @@ import pytest
 from daemon_helpers import JALKI, running_daemon, wait_for
 from netns_helpers import NetNs
 
-from jalki_core.client import DaemonClient, DaemonRequestError, DaemonUnavailable
+from jalki_core.daemon.client import DaemonClient, DaemonUnavailable, RequestError
 from jalki_core.daemon.server import MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_PER_CONNECTION
 from jalki_core.daemon.store import History
 
@@ -317,11 +317,11 @@ def test_subscriptions_are_capped_per_connection_and_in_total(tmp_path: Path) ->
             for client in clients[:-1]:
                 for _ in range(MAX_SUBSCRIPTIONS_PER_CONNECTION):
                     client.request("subscribe")
-            with pytest.raises(DaemonRequestError) as per_connection:
+            with pytest.raises(RequestError) as per_connection:
                 clients[0].request("subscribe")
             assert per_connection.value.code == "limit_reached"
             assert f"{MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection" in str(per_connection.value)
-            with pytest.raises(DaemonRequestError) as total:
+            with pytest.raises(RequestError) as total:
                 clients[-1].request("subscribe")
             assert total.value.code == "limit_reached"
             assert f"{MAX_SUBSCRIPTIONS} subscriptions" in str(total.value)

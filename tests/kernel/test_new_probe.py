@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from jalki_core.cli.newprobe import new_probe
 from jalki_core.errors import UsageError
-from jalki_core.newprobe import new_probe
 
 BIN = Path(sys.executable).parent
 TRUE = shutil.which("true") or "/bin/true"

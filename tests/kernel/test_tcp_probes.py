@@ -268,7 +268,7 @@ def test_strict_makes_a_failing_probe_fatal(broken_object: Path) -> None:
 
 def test_ladder_keeps_the_best_rung_the_kernel_allows() -> None:
     """fexit where the kernel allows it; here (fentry refused with EPERM) the tp_btf rung, with the reason kept."""
-    from jalki_core.doctor import try_attach_type
+    from jalki_core.cli.doctor import try_attach_type
 
     fexit_usable, _ = try_attach_type("doctor_fexit")
     with tracing(tcp_probes("tcp_connect")) as trace:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from jalki_core import ask_engine
-from jalki_core.ask_engine import MAX_EVENTS_KEPT, ask, first_sentence
+from jalki_core.ask import engine as ask_engine
+from jalki_core.ask.engine import MAX_EVENTS_KEPT, ask, first_sentence
 from jalki_core.loader import RungFailure
 from jalki_core.session import ProbeRunStats, SessionSummary
 

@@ -15,9 +15,9 @@ import jsonschema
 import pytest
 from rich.console import Console
 
-from jalki_core import ask_engine
-from jalki_core.ask_engine import MAX_EVENTS_KEPT, ask
-from jalki_core.cli_ask import print_answer
+from jalki_core.ask import engine as ask_engine
+from jalki_core.ask.engine import MAX_EVENTS_KEPT, ask
+from jalki_core.cli.ask import print_answer
 from jalki_core.kb import default_kb, evaluate, load_kb
 from jalki_core.kb.summarize import (
     MAX_PIDS,

@@ -208,7 +208,7 @@ def test_option_bounds_are_one_line(capsys: pytest.CaptureFixture[str], monkeypa
                                                 ("localhost:65535", ("localhost", 65535)),
                                                 ("[fe80::1%lo]:9464", ("fe80::1%lo", 9464)), ("off", None)])
 def test_metrics_address_forms(text: str, expected: tuple[str, int] | None) -> None:
-    from jalki_core.cli_options import parse_address
+    from jalki_core.cli.options import parse_address
 
     assert parse_address(text) == expected
 

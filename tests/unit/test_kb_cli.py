@@ -16,7 +16,8 @@ import pytest
 import typer
 from kb_inventory import ENTRY_COUNT, LAYERS_TEXT
 
-from jalki_core import cli_kb
+from jalki_core.cli import kb as cli_kb
+from jalki_core.cli.exit_codes import exit_code_for
 from jalki_core.errors import JalkiError
 
 
@@ -36,7 +37,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
         code = 0
     except JalkiError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
-        code = exc.exit_code
+        code = exit_code_for(exc)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from jalki_core.cli import main
-from jalki_core.tables import Column, print_table
+from jalki_core.cli.tables import Column, print_table
 
 JALKI = str(Path(sys.executable).with_name("jalki"))
 WIDTH = 80

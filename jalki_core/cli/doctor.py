@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from jalki_core.errors import JalkiError, LibbpfError
 from jalki_core.privileges import (
@@ -108,3 +111,26 @@ def run_checks() -> dict[str, Any]:
         attach[attach_type] = {"usable": usable, "detail": detail}
         checks.append(_check(f"attach {attach_type}", "ok" if usable else "fail", detail))
     return {"checks": checks, "attach": attach, "lockdown": mode, "btf": BTF_PATH.exists()}
+
+
+def doctor_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Check BTF, privileges, lockdown, and which attach types really work here (by trial)."""
+    report = run_checks()
+    if as_json:
+        import orjson
+
+        sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    from rich.console import Console
+    from rich.markup import escape
+
+    from jalki_core.cli.tables import Column, print_table
+
+    rows = []
+    for check in report["checks"]:
+        mark = {"ok": "[green]ok[/]", "fail": "[red]fail[/]", "warn": "[yellow]warn[/]"}[check["status"]]
+        rows.append([escape(check["name"]), mark, escape(check["detail"])])
+    print_table(Console(highlight=False), "jalki doctor",
+                [Column("check", wrap=False), Column("result"), Column("detail", min_width=20)], rows)

@@ -3,6 +3,8 @@
 Each check raises :class:`jalki_core.errors.UsageError` with one line that
 names the option, the bad value and what it takes, so that a bad value is
 refused before anything is attached or connected (never a traceback later).
+The option types that ``run`` and ``serve`` share, and which options belong to
+which mode, are here too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from jalki_core.errors import UsageError
 
@@ -84,3 +90,34 @@ def parse_address(text: str, option: str = "--metrics-addr") -> tuple[str, int] 
                              hint="e.g. [::1]:9464") from None
         return host, int(match.group("port"))
     return match.group("host"), int(match.group("port"))
+
+
+# ---- option types shared by run and serve, and the options of one mode only --------------------------------
+
+PluginOption = Annotated[list[str] | None, typer.Option("--plugin", "-p", help="Plugin (or single probe) to run; "
+                                                          "repeatable.")]
+EmitOption = Annotated[list[str] | None, typer.Option(help="stdout, or file:PATH[,max_bytes=N][,backups=K]; "
+                                                        "repeatable.")]
+ClusterOption = Annotated[str | None, typer.Option(help="Cluster name written into every event.")]
+PidOption = Annotated[int | None, typer.Option(help="Only events of this process id.")]
+PortOption = Annotated[int | None, typer.Option(help="Only events with this source or destination port.")]
+SampleOption = Annotated[float, typer.Option(help="Fraction of events to keep, in (0, 1]; the rest are counted "
+                                             "as drops.")]
+SocketOption = Annotated[Path | None, typer.Option("--socket", help="The API socket "
+                                                   "(default: $JALKI_SOCKET or /run/jalki/jalki.sock).")]
+SocketGroupOption = Annotated[str | None, typer.Option(help="Group allowed to use the socket (mode 0660).")]
+HistoryOption = Annotated[str | None, typer.Option(help="SQLite event history PATH, or off "
+                                                   "(default /var/lib/jalki/history.db).")]
+HistoryMaxMbOption = Annotated[int | None, typer.Option(help="Most MiB the history takes on disk (database and "
+                                                        "WAL; default 256); the oldest events go first.")]
+HistoryMaxAgeOption = Annotated[str | None, typer.Option(help="History events older than this are deleted: 90s, "
+                                                         "30m, 12h, 7d (default 7d, at most 36500d).")]
+MetricsAddrOption = Annotated[str | None, typer.Option(help="Prometheus HOST:PORT, [IPv6]:PORT, or off "
+                                                       "(default 127.0.0.1:9464).")]
+
+DAEMON_ONLY_OPTIONS = ("--socket", "--socket-group", "--history", "--history-max-mb", "--history-max-age",
+                       "--metrics-addr")
+"""Options of ``jalki serve`` (and ``run --serve``) that a plain ``jalki run`` refuses."""
+
+RUN_ONLY_OPTIONS = ("--seconds", "--strict", "--summary-json", "--rung", "--verifier-log")
+"""Options of a plain ``jalki run`` that the daemon refuses (it runs until SIGTERM and has no run summary)."""

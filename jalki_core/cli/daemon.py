@@ -9,28 +9,22 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from jalki_core.cli_options import (
+from jalki_core.cli.options import (
     check_pid,
     check_port,
     check_sample,
     check_seconds,
-    parse_address,
     parse_duration,
 )
 from jalki_core.errors import UsageError
 
 if TYPE_CHECKING:
-    from jalki_core.client import DaemonClient
-    from jalki_core.daemon.protocol import DeploySpec
-    from jalki_core.daemon.store import HistoryLimits
-    from jalki_core.emitters.base import Emitter
-    from jalki_core.plugins import JalkiPlugins
+    from jalki_core.daemon.client import DaemonClient
 
 # readable=False: click must not pre-check access; connecting says "not allowed" in one clear line
 SocketOption = Annotated[Path | None, typer.Option("--socket", readable=False, help="The daemon's API socket "
@@ -42,7 +36,7 @@ MAX_TTL_S = 7 * 86400
 
 
 def _connect(socket_path: Path | None) -> DaemonClient:
-    from jalki_core.client import DaemonClient
+    from jalki_core.daemon.client import DaemonClient
 
     return DaemonClient.connect(socket_path)
 
@@ -58,53 +52,6 @@ def _console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False)
-
-
-# ---- the daemon itself ---------------------------------------------------------
-
-def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitter], *, socket_path: Path | None,
-          socket_group: str | None, history: str, metrics_addr: str, cluster: str | None,
-          history_limits: HistoryLimits | None = None) -> None:
-    """Run the agent until SIGTERM/SIGINT (``jalki serve``, or its alias ``jalki run --serve``)."""
-    from jalki_core.daemon.agent import DEFAULT_HISTORY, Agent, AgentConfig, socket_path_from_env
-    from jalki_core.daemon.store import HistoryLimits
-
-    config = AgentConfig(
-        socket_path=socket_path_from_env(socket_path),
-        socket_group=socket_group,
-        history_path=None if history == "off" else (Path(history) if history else DEFAULT_HISTORY),
-        history_limits=history_limits or HistoryLimits(),
-        metrics_addr=parse_address(metrics_addr),
-        cluster=cluster,
-    )
-    agent = Agent(plugins, config, emitters)
-    console = __import__("rich.console", fromlist=["Console"]).Console(stderr=True, highlight=False)
-    metrics = config.metrics_addr
-    metrics_url = None if metrics is None else (
-        (f"[{metrics[0]}]" if ":" in metrics[0] else metrics[0]) + f":{metrics[1]}")  # an IPv6 host in brackets
-    console.print(f"[green]jalki daemon[/] on {config.socket_path}"
-                  + (f", metrics on http://{metrics_url}/metrics" if metrics_url else "")
-                  + (f", history {config.history_path}" if config.history_path else ", history off"),
-                  soft_wrap=True)
-    agent.serve(initial)
-    summary = agent.summary
-    if summary is not None:
-        # events since start (redeployed probes included); drops of the probes' last deployments
-        events = sum(agent.events_by_type.values())
-        drops: Counter[str] = Counter()
-        for probe in summary.probes:
-            drops.update(probe.drops_by_cause)
-        dropped = drops.total()
-        line = (f"jalki daemon stopped: {events} events from {len(summary.probes)} probes, "
-                f"{dropped} dropped" + (f" ({_drops_text(drops)})" if dropped else ""))
-        for name, stats in summary.emitters.items():
-            line += (f"; emitter {name}: {stats['events_emitted']} written, {stats['events_dropped']} dropped, "
-                     f"{stats['errors']} errors")
-        kept = agent.history_stats()
-        if kept is not None:
-            line += (f"; history: {kept['state']}, {kept['written']} written, {kept['dropped']} dropped"
-                     + (f" ({_drops_text(kept['dropped_by_cause'])})" if kept["dropped"] else ""))
-        console.print(line, soft_wrap=True, markup=False)
 
 
 # ---- clients ---------------------------------------------------------------------
@@ -127,7 +74,7 @@ def status_command(
         return
     from rich.markup import escape
 
-    from jalki_core.tables import Column, print_table
+    from jalki_core.cli.tables import Column, print_table
 
     console = _console()
     console.print(f"jalki daemon {status['version']} (pid {status['pid']}) on {escape(str(status['socket']))}, "

@@ -95,7 +95,7 @@ def find_command(
     from rich.console import Console
     from rich.markup import escape
 
-    from jalki_core.tables import Column, print_table
+    from jalki_core.cli.tables import Column, print_table
 
     rows = []
     for rank, match in enumerate(matches, 1):
@@ -126,7 +126,7 @@ def list_command(
     from rich.console import Console
     from rich.markup import escape
 
-    from jalki_core.tables import Column, print_table
+    from jalki_core.cli.tables import Column, print_table
 
     rows = []
     for entry in entries:
@@ -168,7 +168,7 @@ def explain_command(
     from rich.console import Console
     from rich.markup import escape
 
-    from jalki_core.tables import Column, print_table
+    from jalki_core.cli.tables import Column, print_table
 
     given = " ".join(assignments or []) or "(no field values)"
     rows = []

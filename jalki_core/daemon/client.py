@@ -2,7 +2,7 @@
 
 ::
 
-    from jalki_core.client import DaemonClient
+    from jalki_core.daemon.client import DaemonClient
 
     with DaemonClient.connect() as jalki:            # --socket / JALKI_SOCKET / /run/jalki/jalki.sock
         jalki.deploy("tcp_connect", ttl=600)
@@ -11,8 +11,9 @@
 
 Errors: :class:`DaemonUnavailable` when nothing answers at the socket (or it
 is not ours to use, or the connection is lost), :class:`DaemonStopped` when the
-daemon ends a stream by shutting down, :class:`DaemonRequestError` for an error reply (its
-``code`` is the protocol's error code).
+daemon ends a stream by shutting down, :class:`RequestError` for an error reply (its
+``code`` is the protocol's error code; :class:`ProbeNotFound` for ``unknown_probe``). All are in
+:mod:`jalki_core.errors`.
 """
 
 from __future__ import annotations
@@ -28,27 +29,10 @@ from typing import Any
 
 import orjson
 
-from jalki_core.daemon.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION
-from jalki_core.errors import JalkiError
+from jalki_core.daemon.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, request_error
+from jalki_core.errors import DaemonError, DaemonStopped, DaemonUnavailable, NotAllowed, RequestError
 
-
-class DaemonUnavailable(JalkiError):
-    """Nothing usable answers at the daemon's socket."""
-
-    exit_code = 69  # EX_UNAVAILABLE
-
-
-class DaemonStopped(DaemonUnavailable):
-    """The daemon shut down in order while a stream was open; every event it matched was sent or counted."""
-
-
-class DaemonRequestError(JalkiError):
-    """The daemon answered a request with an error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"daemon: {message} ({code})")
-        self.code = code
-        self.exit_code = 2 if code in ("bad_request", "unknown_probe", "not_attached", "unknown_type") else 1
+__all__ = ["DaemonClient", "DaemonStopped", "DaemonUnavailable", "NotAllowed", "RequestError", "connect_unix"]
 
 
 def connect_unix(path: Path, timeout: float | None) -> socket.socket:
@@ -113,7 +97,7 @@ class DaemonClient:
                                     hint="start one with 'jalki run --serve', or point --socket/JALKI_SOCKET "
                                          "at its socket") from None
         except PermissionError:
-            raise DaemonUnavailable(f"not allowed to use the daemon socket {target}",
+            raise NotAllowed(f"not allowed to use the daemon socket {target}",
                                     hint="run as root or as a member of the daemon's --socket-group") from None
         except OSError as exc:
             raise DaemonUnavailable(f"the jalki daemon at {target} does not answer: {exc.strerror or exc}",
@@ -147,7 +131,7 @@ class DaemonClient:
     def request(self, kind: str, timeout: float | None = None, **fields: Any) -> Any:
         """Send one request and return its ``result`` (pushes arriving meanwhile are kept for :meth:`stream`).
 
-        :raises DaemonRequestError: the daemon answered with an error.
+        :raises RequestError: the daemon answered with an error.
         """
         request_id = next(self._ids)
         frame = {"v": PROTOCOL_VERSION, "id": request_id, "type": kind,
@@ -171,7 +155,7 @@ class DaemonClient:
                     continue
                 if not message.get("ok"):
                     error = message.get("error") or {}
-                    raise DaemonRequestError(str(error.get("code")), str(error.get("message")))
+                    raise request_error(str(error.get("code")), str(error.get("message")))
                 return message.get("result")
         finally:
             self._sock.settimeout(previous)
@@ -263,5 +247,5 @@ class DaemonClient:
                 try:
                     self.request("unsubscribe", timeout=5, subscription=subscription)
                     self._pushes = [p for p in self._pushes if p.get("subscription") != subscription]
-                except (JalkiError, OSError):  # the daemon went away meanwhile: nothing to undo
+                except (DaemonError, OSError):  # the daemon went away meanwhile: nothing to undo
                     pass

@@ -1,4 +1,4 @@
-"""``jalki ask``: the command-line face of :func:`jalki_core.ask_engine.ask`.
+"""``jalki ask``: the command-line face of :func:`jalki_core.ask.engine.ask`.
 
 The answer goes to stdout (a rich report, or with ``--json`` the object of
 ``specs/ask.schema.json``); progress and warnings go to stderr. Ctrl-C or
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from jalki_core.ask_engine import DEFAULT_SECONDS, first_sentence
+from jalki_core.ask.engine import DEFAULT_SECONDS, first_sentence
 from jalki_core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def print_answer(answer: Mapping[str, Any], console: Console) -> None:
 def _ask_daemon(socket_path: Path | None, question: str, seconds: float, pid: int | None, port: int | None,
                 console: Console) -> dict[str, Any] | None:
     """The daemon's answer, or ``None`` when no daemon answers (then ask runs in this process)."""
-    from jalki_core.client import DaemonClient, DaemonUnavailable
+    from jalki_core.daemon.client import DaemonClient, DaemonUnavailable
 
     try:
         client = DaemonClient.connect(socket_path, timeout=5)
@@ -201,7 +201,7 @@ def ask_command(
     text = " ".join(question).strip()
     if not text:
         raise UsageError("the question is empty", hint='e.g. jalki ask "why are connections to my database failing"')
-    from jalki_core.cli_options import check_pid, check_port, check_seconds
+    from jalki_core.cli.options import check_pid, check_port, check_seconds
 
     check_seconds(seconds)
     check_pid(pid)
@@ -217,7 +217,7 @@ def ask_command(
         sys.stdout.flush()
         return
     if answer["mode"] == "no_match":
-        from jalki_core.cli_kb import no_match_error
+        from jalki_core.cli.kb import no_match_error
         from jalki_core.kb import default_kb
 
         raise no_match_error(text, default_kb())
@@ -225,7 +225,7 @@ def ask_command(
 
 
 def _ask_here(text: str, seconds: float, pid: int | None, port: int | None, stderr: Console) -> dict[str, Any]:
-    from jalki_core.ask_engine import ask
+    from jalki_core.ask.engine import ask
 
     progress = _Progress(seconds, stderr)
     cancel = threading.Event()

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from jalki_core.answer import AskResult, PossibleCause, ProbeUse, Unobserved
+from jalki_core.ask.result import AskResult, PossibleCause, ProbeUse, Unobserved
 from jalki_core.errors import EnvironmentProblem, JalkiError, PrivilegeError, UsageError
 from jalki_core.kb.model import SEVERITY_RANK
 

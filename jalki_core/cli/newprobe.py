@@ -15,6 +15,9 @@ from __future__ import annotations
 import re
 from importlib import metadata, util
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from jalki_core.errors import UsageError
 
@@ -278,3 +281,12 @@ def new_probe(name: str, path: Path | str = ".") -> Path:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(text)
     return target
+
+
+def new_probe_command(
+    name: Annotated[str, typer.Argument(help="Probe name: lowercase letters, digits and _ (e.g. runq_wait).")],
+    path: Annotated[Path, typer.Option("--path", help="Folder to create jalki-NAME/ in.")] = Path(),
+) -> None:
+    """Create a probe package PATH/jalki-NAME/ (a tracepoint probe in BPF C, its module and tests) to start from."""
+    target = new_probe(name, path)
+    typer.echo(f"created {target}; build it with: pip install --no-build-isolation -e {target}")
