@@ -11,7 +11,7 @@ from jalki_core._libbpf._ffi import ffi, lib
 from jalki_core.errors import BpfMapError
 
 if TYPE_CHECKING:
-    from jalki_core._libbpf.objects import BpfObject
+    from jalki_core._libbpf._owner import ObjectOwner
 
 # bpf_map_update_elem flags (UAPI).
 BPF_ANY = 0
@@ -78,7 +78,7 @@ class BpfMap:
     ``key_size`` / ``value_size`` (checked here, before any C call).
     """
 
-    def __init__(self, owner: BpfObject, handle: Any) -> None:
+    def __init__(self, owner: ObjectOwner, handle: Any) -> None:
         self._owner = owner
         self._ptr: Any = handle
         self._name: str = ffi.string(lib.bpf_map__name(handle)).decode()
@@ -107,7 +107,7 @@ class BpfMap:
         return self._name
 
     @property
-    def owner(self) -> BpfObject:
+    def owner(self) -> ObjectOwner:
         """The object this map belongs to."""
         return self._owner
 

@@ -13,7 +13,7 @@ from jalki_core._libbpf.log import capture_libbpf_log
 from jalki_core.errors import BpfAttachError, BpfLoadError, LibbpfError
 
 if TYPE_CHECKING:
-    from jalki_core._libbpf.objects import BpfObject
+    from jalki_core._libbpf._owner import ObjectOwner
 
 
 def last_warning(lines: list[str]) -> str | None:
@@ -88,7 +88,7 @@ class BpfLink:
 class BpfProgram:
     """A program of an open object (created by :class:`BpfObject`)."""
 
-    def __init__(self, owner: BpfObject, handle: Any) -> None:
+    def __init__(self, owner: ObjectOwner, handle: Any) -> None:
         self._owner = owner
         self._ptr: Any = handle
         self._name: str = ffi.string(lib.bpf_program__name(handle)).decode()
@@ -118,7 +118,7 @@ class BpfProgram:
         return self._section
 
     @property
-    def owner(self) -> BpfObject:
+    def owner(self) -> ObjectOwner:
         """The object this program belongs to."""
         return self._owner
 

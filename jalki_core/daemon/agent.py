@@ -28,7 +28,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -47,8 +47,6 @@ from jalki_core.loader import ProbeOptions
 from jalki_core.session import ProbeRunStats, SessionSummary, TraceSession
 
 if TYPE_CHECKING:
-    from jalki_core.daemon.metrics import MetricsServer
-    from jalki_core.daemon.server import ApiServer
     from jalki_core.emitters.base import Emitter
     from jalki_core.plugins import JalkiPlugins
 
@@ -138,6 +136,42 @@ EventTap = Callable[[list[dict[str, Any]]], None]
 """Called on the drain thread with each batch (the server's subscriber hand-off, ask's collectors)."""
 
 
+class Service(Protocol):
+    """A server the agent starts and stops (the metrics endpoint)."""
+
+    def start(self) -> None:
+        """Start serving (in its own thread)."""
+
+    def close(self) -> None:
+        """Stop serving and release what it holds."""
+
+
+class EventServer(Service, Protocol):
+    """What the agent needs of its API server (:class:`jalki_core.daemon.server.ApiServer`).
+
+    Named as a protocol so the agent, which creates the server, is not imported back by the module it imports.
+    """
+
+    def claim(self) -> None:
+        """Take the socket's lock (one daemon per socket) before anything attaches."""
+
+    def stop_accepting(self) -> None:
+        """Stop taking new clients; subscribers still get the final drain."""
+
+    def publish(self, source: str, raws: list[bytes]) -> None:
+        """Offer one probe's encoded events to the live subscriptions."""
+
+    def subscriber_stats(self) -> dict[str, Any]:
+        """Subscriptions, queued bytes, sent and dropped events."""
+
+    def connection_stats(self) -> dict[str, Any]:
+        """Clients connected, refused and the cap."""
+
+    @property
+    def requests(self) -> dict[tuple[str, str], int]:
+        """API requests answered, by (type, outcome)."""
+
+
 class Agent:
     """The long-running tracing agent behind ``jalki run --serve``."""
 
@@ -167,8 +201,8 @@ class Agent:
         self.stopping = False
         self._taps: list[EventTap] = []
         self._taps_lock = threading.Lock()
-        self._server: ApiServer | None = None
-        self._metrics: MetricsServer | None = None
+        self._server: EventServer | None = None
+        self._metrics: Service | None = None
         self._reopen_requested = False
         self._malloc_trim: Callable[[int], int] | None = None
         self._next_trim = 0.0
