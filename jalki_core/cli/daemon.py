@@ -162,13 +162,22 @@ def _filters(pid: int | None, command: str | None, src_ip: str | None, dst_ip: s
             "dst_port": dst_port}
 
 
+def _endpoint_text(network: dict[str, Any], side: str) -> str:
+    """``ip:port`` of one side (``[ip]:port`` for IPv6; the ip alone when the event has no port for that side)."""
+    ip = str(network[f"{side}_ip"])
+    port = network.get(f"{side}_port")
+    host = f"[{ip}]" if ":" in ip else ip
+    return host if port is None else f"{host}:{port}"
+
+
 def _event_line(event: dict[str, Any]) -> str:
     from rich.markup import escape
 
     network = event.get("network_data") or {}
     process = event.get("process_data") or {}
-    where = (f"{network.get('src_ip')}:{network.get('src_port')} -> {network.get('dst_ip')}:{network.get('dst_port')}"
-             if network else "")
+    where = " -> ".join(_endpoint_text(network, side) for side in ("src", "dst") if network.get(f"{side}_ip"))
+    if network.get("src_ip") and not network.get("dst_ip"):
+        where += " (local side)"  # an aggregate keyed by its local endpoint (e.g. resets sent to many peers)
     who = f"{process.get('command')}[{process.get('pid')}]" if process.get("pid") else "-"
     error = (event.get("error") or {}).get("code")
     state = (event.get("data") or {}).get("tcp_state")
