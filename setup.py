@@ -47,6 +47,8 @@ class BuildPyWithBpf(build_py):  # type: ignore[misc]
             shutil.copyfile(ROOT / "specs" / name, schemas / name)
         kb_data = ROOT / "jalki_core" / "kb" / "data"
         kb_data.mkdir(exist_ok=True)
+        for stale in kb_data.glob("*.json"):  # a renamed kb/ file must not linger as a second copy
+            stale.unlink()
         for source in (ROOT / "kb").glob("*.json"):
             shutil.copyfile(source, kb_data / source.name)
         super().run()

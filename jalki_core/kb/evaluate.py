@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jalki_core.kb.conditions import Window, get_path, holds
-from jalki_core.kb.model import SEVERITY_RANK, Interpretation
+from jalki_core.kb.model import SEVERITY_RANK, Interpretation, named
 from jalki_core.kb.summarize import (
     CommandGroup,
     FieldSummary,
@@ -130,6 +130,9 @@ class Finding:
         (``SIGSEGV (exit 139, core dumped) from crashy (13 processes)``).
     :param decisive_fields: the fields whose values the evidence carries: those
         the rule tests, then those the entry marks important.
+    :param names: the interpretation's stated names by kind (``errno`` and the
+        vocabulary's ``reported_names``; see :class:`Interpretation`), each
+        also an attribute (``finding.errno``, ``finding.tcp_state``).
     """
 
     entry_id: str
@@ -137,12 +140,23 @@ class Finding:
     severity: str
     conclusion: str
     action: str
-    errno: str | None
-    tcp_state: str | None
+    names: tuple[tuple[str, str | None], ...]
     windowed: bool
     evidence: tuple[Evidence, ...]
     detail: str = ""
     decisive_fields: tuple[str, ...] = ()
+
+    def __getattr__(self, kind: str) -> str | None:
+        return named(self, kind)
+
+    @property
+    def errno(self) -> str | None:
+        """The errno name the interpretation states, if any."""
+        return dict(self.names).get("errno")
+
+    def name(self, kind: str) -> str | None:
+        """The name of this kind the interpretation states (``"errno"``, a reported value set), or ``None``."""
+        return dict(self.names).get(kind)
 
     @property
     def events(self) -> int:
@@ -161,8 +175,7 @@ class Finding:
             "severity": self.severity,
             "conclusion": self.conclusion,
             "action": self.action,
-            "errno": self.errno,
-            "tcp_state": self.tcp_state,
+            **dict(self.names),
             "windowed": self.windowed,
             "events": self.events,
             "detail": self.detail,
@@ -262,7 +275,7 @@ def _detail(interpretation: Interpretation, fields: Sequence[tuple[str, str]],
     """
     evidence, events = groups[0]
     values = values_phrase(summarize_fields(fields, events), len(events), pinned_values(interpretation.rule),
-                           kept=[value for value in (interpretation.errno, interpretation.tcp_state) if value])
+                           kept=[value for _, value in interpretation.names if value])
     phrase = detail_phrase(values, [d.address for d in evidence.destinations], evidence.commands,
                            evidence.unattributed)
     more = len(groups) - 1
@@ -293,8 +306,7 @@ def evaluate_interpretation(interpretation: Interpretation, events: Sequence[Map
         severity=interpretation.severity,
         conclusion=interpretation.conclusion,
         action=interpretation.action,
-        errno=interpretation.errno,
-        tcp_state=interpretation.tcp_state,
+        names=interpretation.names,
         windowed=isinstance(rule, Window),
         evidence=tuple(evidence),
         detail=_detail(interpretation, fields, groups),

@@ -50,7 +50,7 @@ class Verdict:
             "needs_events": self.needs_events, "window_seconds": self.window_seconds,
             "group_by": list(self.group_by), "counts_toward": self.counts_toward,
             "missing_fields": list(self.missing_fields), "conclusion": rule.conclusion, "action": rule.action,
-            "errno": rule.errno, "tcp_state": rule.tcp_state, "condition": rule.raw_condition,
+            **dict(rule.names), "condition": rule.raw_condition,
         }
 
 

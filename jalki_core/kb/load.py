@@ -3,8 +3,11 @@
 Order and precedence: the built-in ``kb/`` directory, then ``JALKI_KB_PATH``
 (files or directories separated by ``os.pathsep``), then plugin documents. When
 two documents define the same entry id (or interpretation id) the first wins
-and the second is reported. Vocabulary documents (``value_sets``) are merged
-first, so any layer document may use any value set.
+and the second is reported, except that an implemented entry replaces the
+placeholder entry (``implemented_by`` null) it ``implements`` or whose id it
+has: one entry, the implementer's rules (``KnowledgeBase.implemented``).
+Vocabulary documents (``value_sets``) are merged first, so any layer document
+may use any value set.
 """
 
 from __future__ import annotations
@@ -95,14 +98,22 @@ def _merge_vocabulary(base: Vocabulary | None, extra: Vocabulary, source: str,
         else:
             envelope[path] = field_type
     attach = base.attach_kinds + tuple(kind for kind in extra.attach_kinds if kind not in base.attach_kinds)
-    return Vocabulary(value_sets, attach, envelope)
+    reported = base.reported_names + tuple(name for name in extra.reported_names if name not in base.reported_names)
+    return Vocabulary(value_sets, attach, envelope, reported)
 
 
-def _cross_check(entries: dict[str, KbEntry], vocabulary: Vocabulary, problems: list[KbProblem]) -> None:
-    """Drop dangling combine_with references and unreachable rules, reporting each."""
+def _cross_check(entries: dict[str, KbEntry], vocabulary: Vocabulary, problems: list[KbProblem],
+                 implemented: dict[str, str]) -> None:
+    """Drop dangling combine_with references and unreachable rules, reporting each.
+
+    A reference to a replaced placeholder points to the entry that implements it.
+    """
     for entry_id, entry in list(entries.items()):
-        keep = []
-        for i, other in enumerate(entry.combine_with):
+        keep: list[str] = []
+        for i, named in enumerate(entry.combine_with):
+            other = implemented.get(named, named)
+            if other in keep or (other == entry_id and named != entry_id):
+                continue  # two names of one entry, or the placeholder this entry implements
             if other == entry_id or other not in entries:
                 why = "an entry cannot combine with itself" if other == entry_id else f"no entry {other!r}"
                 problems.append(KbProblem(entry.source, entry_id, f"combine_with[{i}]", why))
@@ -149,8 +160,7 @@ def load_kb(paths: Iterable[str | os.PathLike[str]] | None = None,
     if vocabulary is None:
         problems.append(KbProblem("kb", None, "", "no vocabulary document loaded (kb/vocabulary.json)"))
         vocabulary = Vocabulary()
-    entries: dict[str, KbEntry] = {}
-    rule_owner: dict[str, KbEntry] = {}
+    candidates: list[KbEntry] = []
     for source, data in parsed:
         if data is None or is_vocabulary_document(data):
             continue
@@ -164,22 +174,64 @@ def load_kb(paths: Iterable[str | os.PathLike[str]] | None = None,
             except RecursionError:  # a condition nested beyond reason must not take the tool down
                 entry, entry_problems = None, [KbProblem(source, f"#{index}", "", "nested too deeply")]
             problems.extend(entry_problems)
-            if entry is None:
-                continue
-            if entry.id in entries:
-                problems.append(KbProblem(source, entry.id, "id", f"entry id already defined in "
-                                                                  f"{entries[entry.id].source}; ignored"))
-                continue
-            clash = next((rule.id for rule in entry.interpretations if rule.id in rule_owner), None)
-            if clash is not None:
-                problems.append(KbProblem(source, entry.id, "interpretations", f"interpretation id {clash!r} is "
-                                          f"already used by entry {rule_owner[clash].id!r}; entry ignored"))
-                continue
-            entries[entry.id] = entry
-            rule_owner.update({rule.id: entry for rule in entry.interpretations})
-    _cross_check(entries, vocabulary, problems)
+            if entry is not None:
+                candidates.append(entry)
+    implemented = _implemented_placeholders(candidates, problems)
+    entries: dict[str, KbEntry] = {}
+    rule_owner: dict[str, KbEntry] = {}
+    for entry in candidates:
+        if entry.placeholder and entry.id in implemented:
+            continue  # replaced by the entry that implements it
+        if entry.id in entries:
+            problems.append(KbProblem(entry.source, entry.id, "id", f"entry id already defined in "
+                                                                    f"{entries[entry.id].source}; ignored"))
+            continue
+        clash = next((rule.id for rule in entry.interpretations if rule.id in rule_owner), None)
+        if clash is not None:
+            problems.append(KbProblem(entry.source, entry.id, "interpretations", f"interpretation id {clash!r} is "
+                                      f"already used by entry {rule_owner[clash].id!r}; entry ignored"))
+            continue
+        entries[entry.id] = entry
+        rule_owner.update({rule.id: entry for rule in entry.interpretations})
+    implemented = {placeholder: by for placeholder, by in implemented.items() if by in entries}
+    _cross_check(entries, vocabulary, problems, implemented)
     return KnowledgeBase(entries=dict(sorted(entries.items())), vocabulary=vocabulary, problems=tuple(problems),
-                         sources=tuple(source for source, _ in parsed))
+                         sources=tuple(source for source, _ in parsed), implemented=implemented)
+
+
+def _implemented_placeholders(candidates: list[KbEntry], problems: list[KbProblem]) -> dict[str, str]:
+    """Placeholder id → id of the implemented entry that replaces it; ``candidates`` record what they implement.
+
+    An implemented entry replaces the placeholder it names in ``implements``,
+    or the placeholder of its own id. The first implementer (in load order)
+    wins; a later one, or an ``implements`` that names no placeholder, is
+    reported and loads as an entry of its own.
+    """
+    placeholders = {entry.id for entry in candidates if entry.placeholder}
+    implemented_ids = {entry.id: entry for entry in candidates if not entry.placeholder}
+    implemented: dict[str, str] = {}
+    for index, entry in enumerate(candidates):
+        if entry.placeholder:
+            continue
+        target = entry.implements or (entry.id if entry.id in placeholders else None)
+        if target is None:
+            continue
+        if target not in placeholders:
+            other = implemented_ids.get(target)
+            why = (f"entry {target!r} is not a placeholder: {other.source} implements it with "
+                   f"{other.implemented_by.plugin}/{other.implemented_by.probe}"
+                   if other is not None and other is not entry and other.implemented_by is not None
+                   else f"no placeholder entry {target!r} (implemented_by null) is loaded")
+            problems.append(KbProblem(entry.source, entry.id, "implements", f"{why}; nothing replaced"))
+            candidates[index] = dataclasses.replace(entry, implements=None)
+        elif target in implemented:
+            problems.append(KbProblem(entry.source, entry.id, "implements", f"placeholder {target!r} is already "
+                                      f"implemented by entry {implemented[target]!r}; nothing replaced"))
+            candidates[index] = dataclasses.replace(entry, implements=None)
+        else:
+            implemented[target] = entry.id
+            candidates[index] = dataclasses.replace(entry, implements=target)
+    return implemented
 
 
 @functools.lru_cache(maxsize=8)

@@ -2,10 +2,11 @@
 
 A :class:`KnowledgeBase` holds the entries of every KB document that loaded
 (built-in ``kb/*.json``, the user's ``JALKI_KB_PATH``, plugins), the shared
-:class:`Vocabulary` (value sets such as TCP state names, attach kinds, the
-event envelope's fields) and the :class:`KbProblem` list of everything that
+:class:`Vocabulary` (value sets, attach kinds, the event envelope's fields, the
+names an answer reports) and the :class:`KbProblem` list of everything that
 did not load. Conditions are compiled objects from
-:mod:`jalki_core.kb.conditions`, never text.
+:mod:`jalki_core.kb.conditions`, never text. Nothing here knows a probe
+family: what is specific to one (its state names, …) is vocabulary data.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class KbProblem:
     message: str
 
     def one_line(self) -> str:
-        """``kb/tcp.json: entry 'tcp_connect': interpretations[0].errno: unknown errno name 'EFOO'``."""
+        """``kb/demo.json: entry 'demo_probe': interpretations[0].errno: unknown errno name 'EFOO'``."""
         parts = [self.source]
         if self.entry is not None:
             parts.append(f"entry {self.entry!r}")
@@ -61,7 +62,7 @@ class KbProblem:
 
 @dataclass(frozen=True)
 class ValueSet:
-    """A named set of symbolic values (e.g. ``tcp_state``), with optional kernel numbers."""
+    """A named set of symbolic values (e.g. ``signal``), with optional kernel numbers."""
 
     name: str
     names: tuple[str, ...]
@@ -69,7 +70,7 @@ class ValueSet:
     description: str = ""
 
     def name_of(self, number: int) -> str | None:
-        """The symbolic name of a kernel number (``7`` → ``"CLOSE"`` for ``tcp_state``)."""
+        """The symbolic name of a kernel number (``9`` → ``"SIGKILL"`` for ``signal``)."""
         for name, value in self.numbers.items():
             if value == number:
                 return name
@@ -78,15 +79,25 @@ class ValueSet:
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Data the validator needs, kept in ``kb/vocabulary.json`` rather than in code."""
+    """Data the validator needs, kept in ``kb/vocabulary.json`` rather than in code.
+
+    :param reported_names: value sets whose name an interpretation may state
+        beside its conclusion (``"tcp_state": "CLOSE_WAIT"``), as it may an
+        errno; answers carry each of them (and ``errno``) under its own key.
+    """
 
     value_sets: Mapping[str, ValueSet] = field(default_factory=dict)
     attach_kinds: tuple[str, ...] = ()
     envelope_fields: Mapping[str, str] = field(default_factory=dict)
+    reported_names: tuple[str, ...] = ()
 
     def field_types(self) -> tuple[str, ...]:
         """Every type a field may declare: the base types and the value-set names."""
         return (*BASE_FIELD_TYPES, *sorted(self.value_sets))
+
+    def name_kinds(self) -> tuple[str, ...]:
+        """The kinds of name an interpretation may state: ``errno``, then the reported value sets."""
+        return ("errno", *self.reported_names)
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,13 @@ class Interpretation:
 
     ``rule`` is ``None`` when every event of the entry's type is the finding
     (an OOM kill needs no further condition).
+
+    ``names`` are the kernel names the conclusion is about, one per kind the
+    vocabulary lets an interpretation state (``errno``, then its
+    ``reported_names``), ``None`` where it states none: ``(("errno",
+    "ECONNREFUSED"), ("tcp_state", None))``. Each kind also reads as an
+    attribute (``rule.errno``; ``rule.tcp_state`` when the vocabulary reports
+    ``tcp_state``); see :func:`named`.
     """
 
     id: str
@@ -121,9 +139,20 @@ class Interpretation:
     conclusion: str
     severity: str
     action: str
-    errno: str | None = None
-    tcp_state: str | None = None
+    names: tuple[tuple[str, str | None], ...] = ()
     raw_condition: Any = field(default=None, compare=False, repr=False)
+
+    def __getattr__(self, kind: str) -> str | None:
+        return named(self, kind)
+
+    def name(self, kind: str) -> str | None:
+        """The stated name of this kind (``"errno"``, a reported value set), or ``None``."""
+        return dict(self.names).get(kind)
+
+    @property
+    def errno(self) -> str | None:
+        """The errno name the conclusion is about, if any."""
+        return self.name("errno")
 
     @property
     def windowed(self) -> bool:
@@ -131,6 +160,19 @@ class Interpretation:
         from jalki_core.kb.conditions import Window
 
         return isinstance(self.rule, Window)
+
+
+def named(holder: object, kind: str) -> str | None:
+    """Attribute access to a kind in ``holder.names``; other names raise :class:`AttributeError`.
+
+    Lets ``interpretation.tcp_state`` read the vocabulary's ``tcp_state`` name
+    without the model declaring a field for one probe family.
+    """
+    names: tuple[tuple[str, str | None], ...] = vars(holder).get("names", ())
+    for name_kind, value in names:
+        if name_kind == kind:
+            return value
+    raise AttributeError(f"{type(holder).__name__!r} object has no attribute {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -155,6 +197,13 @@ class KbEntry:
     combine_with: tuple[str, ...]
     interpretations: tuple[Interpretation, ...]
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    implements: str | None = None
+    """The placeholder entry id this entry replaced (set by the loader, also for the same-id case)."""
+
+    @property
+    def placeholder(self) -> bool:
+        """No probe of this project emits the entry's events yet (``implemented_by`` is null)."""
+        return self.implemented_by is None
 
     def field_spec(self, name: str) -> FieldSpec | None:
         """The declared field ``name`` (a dotted event path), or ``None``."""
@@ -164,18 +213,25 @@ class KbEntry:
         return None
 
     def as_dict(self) -> dict[str, Any]:
-        """The entry as written in its KB file, plus ``layer`` and ``source``."""
-        return {**dict(self.raw), "layer": self.layer, "source": self.source}
+        """The entry as written in its KB file, plus ``layer``, ``source`` and the placeholder it replaced."""
+        implements = {"implements": self.implements} if self.implements else {}
+        return {**dict(self.raw), **implements, "layer": self.layer, "source": self.source}
 
 
 @dataclass(frozen=True)
 class KnowledgeBase:
-    """Every entry that loaded, the vocabulary, and the problems of what did not."""
+    """Every entry that loaded, the vocabulary, and the problems of what did not.
+
+    :param implemented: placeholder entry id → id of the entry that implements
+        it and replaced it (``implements``, or the same id); :meth:`get`
+        follows it.
+    """
 
     entries: Mapping[str, KbEntry]
     vocabulary: Vocabulary
     problems: tuple[KbProblem, ...] = ()
     sources: tuple[str, ...] = ()
+    implemented: Mapping[str, str] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[KbEntry]:
         return iter(self.entries[key] for key in sorted(self.entries))
@@ -184,8 +240,11 @@ class KnowledgeBase:
         return len(self.entries)
 
     def get(self, entry_id: str) -> KbEntry | None:
-        """The entry with this id, or ``None``."""
-        return self.entries.get(entry_id)
+        """The entry with this id (or the entry that implements this placeholder), or ``None``."""
+        entry = self.entries.get(entry_id)
+        if entry is None and entry_id in self.implemented:
+            entry = self.entries.get(self.implemented[entry_id])
+        return entry
 
     def layers(self) -> tuple[str, ...]:
         """The layers that have at least one entry, sorted."""

@@ -2,10 +2,11 @@
 
 It enforces what ``specs/kb.schema.json`` describes (checked against each other
 in the tests) plus what a JSON Schema cannot say: condition fields declared by
-the entry, values of the right type (errno names, TCP state names …), event
-types in the document's layer, attach kinds and value sets from the
-vocabulary. Every problem names the source, the entry and the field path; an
-entry with a problem is left out, its siblings still load.
+the entry, values of the right type (errno names, the vocabulary's value
+sets …), event types in the document's layer, attach kinds, value sets and
+the names an interpretation may state from the vocabulary. Every problem
+names the source, the entry and the field path; an entry with a problem is
+left out, its siblings still load.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from jalki_core.kb.conditions import ERRNO_NAMES, check_value, compile_rule
+from jalki_core.kb.conditions import check_value, compile_rule
 from jalki_core.kb.model import (
     EVENT_RATES,
     SEVERITIES,
@@ -37,13 +38,15 @@ FIELD_PATH_RE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 ERRNO_RE = re.compile(r"^E[A-Z0-9]+$")
 
 LAYER_KEYS = frozenset({"$schema", "kb_version", "layer", "description", "entries"})
-VOCABULARY_KEYS = frozenset({"$schema", "kb_version", "description", "value_sets", "attach_kinds", "envelope_fields"})
+VOCABULARY_KEYS = frozenset({"$schema", "kb_version", "description", "value_sets", "attach_kinds", "envelope_fields",
+                             "reported_names"})
 ENTRY_KEYS = frozenset({
-    "id", "summary", "function", "tracepoint", "implemented_by", "attach", "event_type", "event_rate",
+    "id", "summary", "function", "tracepoint", "implemented_by", "implements", "attach", "event_type", "event_rate",
     "answers", "keywords", "fields", "use_when", "not_when", "combine_with", "interpretations",
 })
-REQUIRED_ENTRY_KEYS = ENTRY_KEYS - {"function", "tracepoint"}
-INTERPRETATION_KEYS = frozenset({"id", "condition", "conclusion", "severity", "action", "errno", "tcp_state"})
+REQUIRED_ENTRY_KEYS = ENTRY_KEYS - {"function", "tracepoint", "implements"}
+INTERPRETATION_KEYS = frozenset({"id", "condition", "conclusion", "severity", "action"})
+"""An interpretation's own keys; it may also state a name of each kind :meth:`Vocabulary.name_kinds` lists."""
 FIELD_KEYS = frozenset({"name", "type", "meaning", "important"})
 
 
@@ -63,11 +66,12 @@ class _Checker:
     def fail(self, path: str, message: str) -> None:
         self.problems.append(KbProblem(self.source, self.entry, path, message))
 
-    def keys(self, raw: Mapping[str, Any], path: str, allowed: frozenset[str], required: frozenset[str]) -> None:
+    def keys(self, raw: Mapping[str, Any], path: str, allowed: frozenset[str], required: frozenset[str],
+             hint: str = "") -> None:
         for key in sorted(required - set(raw)):
             self.fail(f"{path}.{key}".lstrip("."), "required field is missing")
         for key in sorted(set(raw) - allowed):
-            self.fail(f"{path}.{key}".lstrip("."), "unknown field")
+            self.fail(f"{path}.{key}".lstrip("."), "unknown field" + hint)
 
     def text(self, raw: Mapping[str, Any], key: str, path: str = "", pattern: re.Pattern[str] | None = None) -> str:
         value = raw.get(key)
@@ -130,9 +134,13 @@ def check_vocabulary(data: Any, source: str) -> tuple[Vocabulary | None, list[Kb
             check.fail(f"envelope_fields.{path}", f"expected a field path and one of {vocabulary.field_types()}")
         else:
             envelope[path] = field_type
+    reported = check.texts(data, "reported_names", NAME_RE, non_empty=False)
+    for i, name in enumerate(reported):
+        if name not in value_sets:
+            check.fail(f"reported_names[{i}]", f"{name!r} is not a value set of this document")
     if check.problems:
         return None, check.problems
-    return Vocabulary(value_sets, attach, envelope), []
+    return Vocabulary(value_sets, attach, envelope, reported), []
 
 
 def _value_set(check: _Checker, name: str, raw: Any) -> ValueSet | None:
@@ -195,6 +203,10 @@ def check_entry(raw: Any, index: int, layer: str, source: str, vocabulary: Vocab
     if "function" not in raw and "tracepoint" not in raw:
         check.fail("function", "an entry names a kernel function, a tracepoint, or both")
     implemented_by = _implementation(check, raw.get("implemented_by"))
+    implements = check.text(raw, "implements", pattern=NAME_RE) or None
+    if implements is not None and raw.get("implemented_by") is None:
+        check.fail("implements", "only an implemented entry (implemented_by a plugin and probe) can implement "
+                                 "a placeholder")
     attach = check.texts(raw, "attach", NAME_RE)
     for i, kind in enumerate(attach):
         if kind not in vocabulary.attach_kinds:
@@ -215,7 +227,7 @@ def check_entry(raw: Any, index: int, layer: str, source: str, vocabulary: Vocab
         keywords=check.texts(raw, "keywords", KEYWORD_RE), fields=fields,
         use_when=check.text(raw, "use_when"), not_when=check.text(raw, "not_when"),
         combine_with=check.texts(raw, "combine_with", NAME_RE, non_empty=False),
-        interpretations=interpretations, raw=raw,
+        interpretations=interpretations, raw=raw, implements=implements,
     )
     return (None, check.problems) if check.problems else (entry, [])
 
@@ -276,7 +288,9 @@ def _interpretations(check: _Checker, raw: Any, entry_id: str, fields: tuple[Fie
             check.fail(path, "expected an interpretation object")
             continue
         before = len(check.problems)
-        check.keys(item, path, INTERPRETATION_KEYS, frozenset({"id", "conclusion", "severity", "action"}))
+        kinds = vocabulary.name_kinds()
+        check.keys(item, path, INTERPRETATION_KEYS | set(kinds), frozenset({"id", "conclusion", "severity", "action"}),
+                   f"; an interpretation may state a name of: {', '.join(kinds)} (the vocabulary's reported_names)")
         rule_id = check.text(item, "id", path, NAME_RE)
         check.text(item, "conclusion", path)
         check.text(item, "action", path)
@@ -284,22 +298,28 @@ def _interpretations(check: _Checker, raw: Any, entry_id: str, fields: tuple[Fie
             check.fail(f"{path}.id", f"interpretation id {rule_id!r} is used twice in this entry")
         if item.get("severity") not in SEVERITIES:
             check.fail(f"{path}.severity", f"expected one of {', '.join(SEVERITIES)}, got {item.get('severity')!r}")
-        errno_name = check.text(item, "errno", path, ERRNO_RE) or None
-        if errno_name and errno_name not in ERRNO_NAMES:
-            check.fail(f"{path}.errno", check_value("errno", errno_name, vocabulary) or "unknown errno")
-        tcp_state = check.text(item, "tcp_state", path) or None
-        if tcp_state is not None:
-            message = ("the vocabulary has no tcp_state value set" if "tcp_state" not in vocabulary.value_sets
-                       else check_value("tcp_state", tcp_state, vocabulary))
-            if message:
-                check.fail(f"{path}.tcp_state", message)
+        names = tuple((kind, _stated_name(check, item, kind, path, vocabulary)) for kind in kinds)
         rule = None
         if "condition" in item:
             rule = compile_rule(item["condition"], field_types, vocabulary, check.fail, f"{path}.condition")
         if len(check.problems) == before:
             result.append(Interpretation(
                 id=rule_id, entry_id=entry_id, rule=rule, conclusion=str(item["conclusion"]),
-                severity=str(item["severity"]), action=str(item["action"]), errno=errno_name,
-                tcp_state=tcp_state, raw_condition=item.get("condition"),
+                severity=str(item["severity"]), action=str(item["action"]), names=names,
+                raw_condition=item.get("condition"),
             ))
     return tuple(result)
+
+
+def _stated_name(check: _Checker, item: Mapping[str, Any], kind: str, path: str,
+                 vocabulary: Vocabulary) -> str | None:
+    """The name of ``kind`` an interpretation states (``"errno": "ECONNRESET"``), checked; ``None`` when absent."""
+    name = check.text(item, kind, path, ERRNO_RE if kind == "errno" else None) or None
+    if name is None:
+        return None
+    if kind == "errno" and not ERRNO_RE.match(name):
+        return None  # the pattern failure is reported
+    message = check_value(kind, name, vocabulary)
+    if message:
+        check.fail(f"{path}.{kind}", message)
+    return name

@@ -105,7 +105,7 @@ def test_kb_only_without_an_implementing_plugin(tmp_path: Path) -> None:
     assert answer["possible_causes"]
 
     # An entry (here from the user's KB) implemented by a plugin that is not installed names the install.
-    document = json.loads((Path(__file__).resolve().parents[2] / "kb" / "tcp.json").read_text())
+    document = json.loads((Path(__file__).resolve().parents[2] / "kb" / "tcp.planned.json").read_text())
     entry = dict(document["entries"][0], id="zorblax_request", implemented_by={"plugin": "http",
                                                                                 "probe": "http_request"},
                  answers=["Why does the zorblax gateway fail?"], keywords=["zorblax"], combine_with=[])

@@ -70,11 +70,23 @@ def load_one(tmp_path: Path, document: Any) -> tuple[Any, Path]:
 def test_schema_is_valid_and_every_builtin_file_conforms() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     files = sorted(KB_DIR.glob("*.json"))
-    assert [f.name for f in files] == ["fs.json", "memory.json", "network.json", "process.json", "sched.json",
-                                       "tcp.json", "vocabulary.json"]
+    assert [f.name for f in files] == ["fs.planned.json", "memory.planned.json", "network.planned.json",
+                                       "process.planned.json", "sched.planned.json", "tcp.planned.json",
+                                       "vocabulary.json"]
     for path in files:
         errors = [error.message for error in VALIDATOR.iter_errors(json.loads(path.read_text()))]
         assert errors == [], path
+
+
+def test_core_layer_files_hold_only_placeholders_and_never_share_a_plugin_file_name() -> None:
+    plugin_names = {path.name for path in SHIPPED[1:]}
+    for path in KB_DIR.glob("*.json"):
+        document = json.loads(path.read_text())
+        if "layer" not in document:
+            continue
+        assert path.name == f"{document['layer']}.planned.json"
+        assert path.name not in plugin_names
+        assert [entry["id"] for entry in document["entries"] if entry["implemented_by"] is not None] == [], path
 
 
 def test_builtin_kb_loads_without_problems() -> None:
