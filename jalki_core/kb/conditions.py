@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jalki_core.kb.model import Vocabulary
+from jalki_core.kb.vocabulary import Vocabulary
 
 Scalar = str | int | float | bool
 Report = Callable[[str, str], None]

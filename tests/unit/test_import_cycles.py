@@ -33,16 +33,6 @@ import pytest
 
 CORE = Path(__file__).resolve().parents[2] / "jalki_core"
 
-# Cycles in modules owned by other work in progress (issue 10, "jalki_core by
-# stage"), allowed ONLY until that restructure lands; the coordinator removes
-# this list then. Each entry must match a cycle exactly: a cycle that grows or
-# a new one fails, and an entry whose cycle is gone fails too (remove it).
-ALLOWED_CYCLES: tuple[frozenset[str], ...] = (
-    # conditions imports model.Vocabulary; model imports conditions.Rule under TYPE_CHECKING
-    frozenset({"jalki_core.kb.conditions", "jalki_core.kb.model"}),
-)
-
-
 @dataclass(frozen=True)
 class Module:
     """One module of the package tree: its dotted name, file and whether it is a package."""
@@ -178,15 +168,8 @@ def describe(graph: dict[str, set[str]], component: frozenset[str]) -> str:
 def test_jalki_core_has_no_import_cycle() -> None:
     graph = import_graph(CORE)
     assert len(graph) > 50, "the scan found too few modules: is CORE right?"
-    unexpected = [describe(graph, component) for component in cycles(graph) if component not in ALLOWED_CYCLES]
+    unexpected = [describe(graph, component) for component in cycles(graph)]
     assert not unexpected, "import cycles in jalki_core:\n" + "\n".join(unexpected)
-
-
-def test_allowed_cycles_still_exist() -> None:
-    """An allow-list entry whose cycle is gone must be removed, so the list only shrinks."""
-    present = set(cycles(import_graph(CORE)))
-    stale = [sorted(entry) for entry in ALLOWED_CYCLES if entry not in present]
-    assert not stale, f"these allowed cycles are gone; remove them from ALLOWED_CYCLES: {stale}"
 
 
 def write_tree(root: Path, files: dict[str, str]) -> Path:
