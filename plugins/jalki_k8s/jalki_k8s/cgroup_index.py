@@ -1,0 +1,173 @@
+"""Cgroup v2 id -> cgroup path, for the ``cgroup_id`` events carry.
+
+``bpf_get_current_cgroup_id()`` is the id of the process's cgroup v2 (unified) cgroup, which is the
+inode number of its directory. :class:`CgroupIndex` keeps a bounded map of those inodes, built by
+walking the v2 hierarchy and rebuilt lazily when an id is missing (at most once per
+``refresh_interval_s``: a burst of unknown ids costs one walk, not one each). When the id is unknown
+(a cgroup made and removed between two walks, or a node whose runtime uses only cgroup v1), the
+event's pid is looked up in ``<proc>/<pid>/cgroup``, whose v2 line and v1 hierarchy lines all name
+the container.
+
+The v2 root is found the way the kernel mounts it: ``/sys/fs/cgroup`` on a pure v2 node,
+``/sys/fs/cgroup/unified`` on a hybrid one; :func:`detect_v2_root` tells which.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from jalki_k8s.cgroup_path import parse_cgroup_path
+
+DEFAULT_CGROUP_MOUNT = Path("/sys/fs/cgroup")
+DEFAULT_MAX_ENTRIES = 200_000
+DEFAULT_REFRESH_INTERVAL_S = 1.0
+
+
+def detect_v2_root(mount: Path = DEFAULT_CGROUP_MOUNT) -> Path | None:
+    """The cgroup v2 hierarchy under ``mount``: itself (pure v2), ``unified/`` (hybrid) or ``None`` (v1 only)."""
+    for candidate in (mount, mount / "unified"):
+        if (candidate / "cgroup.controllers").is_file():
+            return candidate
+    return None
+
+
+@dataclass
+class CgroupIndexStats:
+    """Counters of the index, for status and metrics."""
+
+    refreshes: int = 0
+    refresh_skipped: int = 0
+    """Misses that found a refresh too recent to repeat (rate limit)."""
+    truncated: int = 0
+    """Refreshes that stopped at ``max_entries`` directories."""
+    proc_fallbacks: int = 0
+    """Ids resolved through ``/proc/<pid>/cgroup``."""
+    entries: int = 0
+
+
+class CgroupIndex:
+    """Bounded, lazily refreshed map from cgroup v2 id to cgroup path (relative to the v2 root, ``/``-led).
+
+    :param v2_root: the cgroup v2 hierarchy; default: detected under ``/sys/fs/cgroup``. ``None`` after
+        detection (v1-only node) leaves only the ``/proc`` fallback.
+    :param proc_root: where the host's ``/proc`` is (``/host/proc`` in the DaemonSet).
+    :param max_entries: most directories indexed (a walk stops there, counted).
+    :param refresh_interval_s: least time between two walks.
+    :param clock: monotonic clock (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        v2_root: Path | Literal["detect"] | None = "detect",
+        *,
+        proc_root: Path = Path("/proc"),
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        refresh_interval_s: float = DEFAULT_REFRESH_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.v2_root = detect_v2_root() if v2_root == "detect" else v2_root
+        self.proc_root = proc_root
+        self.max_entries = max_entries
+        self.refresh_interval_s = refresh_interval_s
+        self.stats = CgroupIndexStats()
+        self._clock = clock
+        self._paths: dict[int, str] = {}
+        self._last_refresh: float | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Walk the v2 hierarchy now and replace the index (nothing on a v1-only node)."""
+        if self.v2_root is None:
+            return
+        paths: dict[int, str] = {}
+        root = str(self.v2_root)
+        stack = [root]
+        truncated = False
+        while stack and not truncated:
+            directory = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:  # removed while we walked: it has no processes to name
+                continue
+            for entry in entries:
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    inode = entry.inode()
+                except OSError:
+                    continue
+                if len(paths) >= self.max_entries:
+                    truncated = True
+                    break
+                paths[inode] = entry.path[len(root):]
+                stack.append(entry.path)
+        try:
+            paths[self.v2_root.stat().st_ino] = "/"
+        except OSError:
+            pass
+        with self._lock:
+            self._paths = paths
+            self._last_refresh = self._clock()
+            self.stats.refreshes += 1
+            self.stats.truncated += truncated
+            self.stats.entries = len(paths)
+
+    def path_of(self, cgroup_id: int, pid: int | None = None) -> str | None:
+        """The cgroup path of ``cgroup_id`` (or, failing that, of process ``pid``); ``None`` when neither is known.
+
+        A miss rebuilds the index unless the last rebuild is younger than ``refresh_interval_s``.
+        """
+        with self._lock:
+            path = self._paths.get(cgroup_id)
+            last = self._last_refresh
+        if path is not None:
+            return path
+        if cgroup_id and self.v2_root is not None:
+            if last is None or self._clock() - last >= self.refresh_interval_s:
+                self.refresh()
+                with self._lock:
+                    path = self._paths.get(cgroup_id)
+                if path is not None:
+                    return path
+            else:
+                self.stats.refresh_skipped += 1
+        if pid:
+            found = self.proc_cgroup_path(pid)
+            if found is not None:
+                self.stats.proc_fallbacks += 1
+            return found
+        return None
+
+    def proc_cgroup_path(self, pid: int) -> str | None:
+        """The most telling path in ``<proc>/<pid>/cgroup``: the first that names a container, else the v2 one."""
+        try:
+            text = (self.proc_root / str(pid) / "cgroup").read_text()
+        except OSError:  # the process has exited (or /proc is not the host's)
+            return None
+        return pick_proc_cgroup_path(text, parse_cgroup_path)
+
+
+def pick_proc_cgroup_path(text: str, parse: Callable[[str], object]) -> str | None:
+    """From a ``/proc/<pid>/cgroup`` text: the v2 (``0::``) path if it names a container, else the first v1
+    hierarchy path that does, else the v2 path (a host process), else ``None``."""
+    v2: str | None = None
+    v1: list[str] = []
+    for line in text.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        _controllers, _, path = rest.partition(":")
+        if not path:
+            continue
+        if hierarchy == "0":
+            v2 = path
+        else:
+            v1.append(path)
+    for path in ([v2] if v2 else []) + v1:
+        if parse(path) is not None:
+            return path
+    return v2 or (v1[0] if v1 else None)

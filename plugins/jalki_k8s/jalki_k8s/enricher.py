@@ -1,0 +1,280 @@
+"""The enricher stage: adds a ``k8s`` object to each event whose process runs in a pod of this node.
+
+The object is flat and its keys are the OpenTelemetry semantic-convention attribute names, so that
+an OTLP exporter can copy them as resource attributes unchanged::
+
+    "k8s": {"k8s.pod.name": "checkout-7f9c", "k8s.pod.uid": "...", "k8s.namespace.name": "payments",
+            "k8s.container.name": "app", "container.id": "<64 hex>", "container.runtime": "containerd",
+            "k8s.replicaset.name": "checkout-7f9c", "k8s.deployment.name": "checkout", "k8s.node.name": "n1"}
+
+Workload keys are those of the pod's owner (``k8s.deployment.name``, ``k8s.statefulset.name``,
+``k8s.daemonset.name``, ``k8s.job.name`` with a ``k8s.cronjob.name`` candidate). Two jalki keys say how
+it was resolved: ``jalki.k8s.pod_deleted`` (from a tombstone) and ``jalki.k8s.unresolved`` (the cgroup
+names a pod the API server never showed within the retry window: only its uid and container id).
+A container outside any pod (plain docker, podman) gets ``container.id`` and ``container.runtime``.
+
+Events whose pod is not yet known wait in a bounded buffer for ``retry_s`` (a pod's first processes
+start before its watch event arrives); they come out of a later :meth:`K8sEnricher.enrich` or
+:meth:`K8sEnricher.flush`, resolved ("late") or marked unresolved. Nothing is dropped: a full buffer
+lets its oldest event out marked unresolved, counted.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lightkube import KubeConfig
+from lightkube.config.kubeconfig import SingleConfig
+
+from jalki_k8s.cgroup_index import CgroupIndex
+from jalki_k8s.cgroup_path import ContainerRef, parse_cgroup_path
+from jalki_k8s.pods import PodIndex, PodInfo
+from jalki_k8s.watch import DEFAULT_SILENCE_S, PodWatcher
+
+log = logging.getLogger("jalki.k8s")
+
+DEFAULT_RETRY_S = 2.0
+DEFAULT_MAX_PENDING = 10_000
+UNRESOLVED_KEY = "jalki.k8s.unresolved"
+DELETED_KEY = "jalki.k8s.pod_deleted"
+
+K8S_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Kubernetes names of the event's process (OpenTelemetry semantic conventions); jalki-k8s",
+    "properties": {
+        **{key: {"type": "string", "minLength": 1} for key in (
+            "k8s.pod.name", "k8s.namespace.name", "k8s.container.name", "k8s.node.name", "container.runtime",
+            "k8s.replicaset.name", "k8s.deployment.name", "k8s.statefulset.name", "k8s.daemonset.name",
+            "k8s.job.name", "k8s.cronjob.name", "k8s.replicationcontroller.name")},
+        "k8s.pod.uid": {"type": "string", "pattern": "^[0-9a-f-]{32,36}$"},
+        "container.id": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        UNRESOLVED_KEY: {"const": True},
+        DELETED_KEY: {"const": True},
+    },
+    "additionalProperties": False,
+    "anyOf": [
+        {"required": ["k8s.pod.name", "k8s.pod.uid", "k8s.namespace.name"]},
+        {"required": ["k8s.pod.uid", UNRESOLVED_KEY]},
+        {"required": ["container.id"], "not": {"required": ["k8s.pod.uid"]}},
+    ],
+}
+"""JSON schema of the ``k8s`` object (for the core's event schema)."""
+
+
+@dataclass
+class EnrichCounters:
+    """What happened to each event the enricher saw (every event lands in exactly one of the first eight)."""
+
+    hit: int = 0
+    """Resolved at once (tombstones included)."""
+    late: int = 0
+    """Resolved after waiting in the buffer."""
+    unresolved: int = 0
+    """Named a pod that stayed unknown: went out marked ``jalki.k8s.unresolved``."""
+    miss: int = 0
+    """No cgroup path for the event's cgroup id or pid (both gone)."""
+    host_process: int = 0
+    """A process outside any container."""
+    container_only: int = 0
+    """A container outside any pod (plain docker, podman)."""
+    api_unavailable: int = 0
+    """In a pod, but no API server was configured or reachable: no k8s fields."""
+    no_process: int = 0
+    """Events with neither cgroup id nor pid."""
+    tombstone: int = 0
+    """Of hit and late: resolved from a deleted pod's tombstone."""
+    pending_overflow: int = 0
+    """Of unresolved: let out early because the buffer was full."""
+
+
+class K8sEnricher:
+    """Adds ``k8s`` to events (see the module docstring); :meth:`start`, :meth:`enrich`, :meth:`close`.
+
+    :param node_name: this node (default: ``$NODE_NAME``, else the host name, as the kubelet defaults to).
+    :param config: the API server (default: in-cluster, else ``KUBECONFIG`` / ``~/.kube/config``).
+    :param cgroup_root: the cgroup v2 hierarchy (default: detected; ``/sys/fs/cgroup`` or its ``unified/``).
+    :param proc_root: the host's ``/proc`` (``/host/proc`` in the DaemonSet).
+    :param retry_s: how long an event whose pod is unknown waits.
+    :param max_pending: most events waiting.
+    :param watch: start a :class:`PodWatcher` (``False``: the caller fills :attr:`pods` itself).
+    """
+
+    def __init__(
+        self,
+        *,
+        node_name: str | None = None,
+        config: KubeConfig | SingleConfig | None = None,
+        cgroup_root: Path | None = None,
+        proc_root: Path = Path("/proc"),
+        retry_s: float = DEFAULT_RETRY_S,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        watch: bool = True,
+        pods: PodIndex | None = None,
+        cgroups: CgroupIndex | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        silence_s: float = DEFAULT_SILENCE_S,
+    ) -> None:
+        self.node_name = node_name or os.environ.get("NODE_NAME") or socket.gethostname().lower()
+        self.pods = pods or PodIndex()
+        self.cgroups = cgroups or CgroupIndex(cgroup_root if cgroup_root is not None else "detect",
+                                              proc_root=proc_root)
+        self.retry_s = retry_s
+        self.max_pending = max_pending
+        self.counters = EnrichCounters()
+        self._clock = clock
+        self._pending: deque[tuple[float, dict[str, Any], ContainerRef]] = deque()
+        self._overflow: list[dict[str, Any]] = []
+        """Events let out of a full buffer, marked unresolved, for the next call's output."""
+        self._parse = functools.lru_cache(maxsize=65536)(parse_cgroup_path)
+        self.watcher: PodWatcher | None = None
+        if watch:
+            self.watcher = PodWatcher(self.pods, self.node_name, config=config, silence_s=silence_s)
+        if not node_name and not os.environ.get("NODE_NAME"):
+            log.info("jalki-k8s: NODE_NAME is not set; using the host name %r as the node name", self.node_name)
+
+    def start(self) -> None:
+        """Start following the pods of this node (returns at once; :attr:`ready` tells when they are known)."""
+        if self.watcher is not None:
+            self.watcher.start()
+
+    @property
+    def ready(self) -> bool:
+        """True once the pods of this node have been listed (always, without a watcher)."""
+        return self.watcher is None or self.watcher.synced.is_set()
+
+    def enrich(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add ``k8s`` to ``events``; the events ready to go on (buffered earlier ones first).
+
+        An event whose pod is not yet known is held back and comes out of a later call or :meth:`flush`.
+        """
+        out = self._release(force=False)
+        for event in events:
+            if self._enrich_one(event):
+                out.append(event)
+        return out
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Every held event now: resolved if its pod is known, else marked unresolved."""
+        return self._release(force=True)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Stop watching; the held events (as :meth:`flush`)."""
+        if self.watcher is not None:
+            self.watcher.close()
+        return self.flush()
+
+    @property
+    def pending(self) -> int:
+        """Events waiting for their pod."""
+        return len(self._pending)
+
+    def status(self) -> dict[str, Any]:
+        """State and counters, for ``status`` and metrics."""
+        watcher = self.watcher
+        if watcher is None:
+            state, problem = "static", None
+        elif watcher.disabled:
+            state, problem = "disabled", watcher.problem
+        elif watcher.problem is not None:
+            state, problem = "unreachable", watcher.problem
+        else:
+            state, problem = ("synced" if watcher.synced.is_set() else "connecting"), None
+        return {
+            "state": state,
+            "problem": problem,
+            "node": self.node_name,
+            "cgroup_root": str(self.cgroups.v2_root) if self.cgroups.v2_root else None,
+            "pending": self.pending,
+            "counters": asdict(self.counters),
+            "pods": asdict(self.pods.stats),
+            "cgroups": asdict(self.cgroups.stats),
+            "watch": asdict(watcher.stats) if watcher is not None else None,
+        }
+
+    # -- one event -------------------------------------------------------------------------------------------
+
+    def _enrich_one(self, event: dict[str, Any]) -> bool:
+        """Enrich ``event``; False when it was held back."""
+        process = event.get("process_data") or {}
+        cgroup_id, pid = process.get("cgroup_id") or 0, process.get("pid") or 0
+        if not cgroup_id and not pid:
+            self.counters.no_process += 1
+            return True
+        path = self.cgroups.path_of(cgroup_id, pid)
+        if path is None:
+            self.counters.miss += 1
+            return True
+        ref = self._parse(path)
+        if ref is None:
+            self.counters.host_process += 1
+            return True
+        if ref.pod_uid is None:
+            self.counters.container_only += 1
+            event["k8s"] = {"container.id": ref.container_id, "container.runtime": ref.runtime or "docker"}
+            return True
+        info, deleted = self.pods.lookup(ref.pod_uid, ref.container_id)
+        if info is not None:
+            self._attach(event, ref, info, deleted)
+            self.counters.hit += 1
+            return True
+        watcher = self.watcher
+        if watcher is not None and (watcher.disabled or (watcher.problem and not watcher.synced.is_set())):
+            self.counters.api_unavailable += 1
+            return True
+        if len(self._pending) >= self.max_pending:
+            _, oldest, oldest_ref = self._pending.popleft()
+            self._mark_unresolved(oldest, oldest_ref)
+            self.counters.pending_overflow += 1
+            self._overflow.append(oldest)
+        self._pending.append((self._clock() + self.retry_s, event, ref))
+        return False
+
+    def _release(self, *, force: bool) -> list[dict[str, Any]]:
+        out, self._overflow = self._overflow, []
+        if not self._pending:
+            return out
+        now = self._clock()
+        keep: deque[tuple[float, dict[str, Any], ContainerRef]] = deque()
+        for deadline, event, ref in self._pending:
+            info, deleted = self.pods.lookup(ref.pod_uid, ref.container_id)
+            if info is not None:
+                self._attach(event, ref, info, deleted)
+                self.counters.late += 1
+                out.append(event)
+            elif force or deadline <= now:
+                self._mark_unresolved(event, ref)
+                out.append(event)
+            else:
+                keep.append((deadline, event, ref))
+        self._pending = keep
+        return out
+
+    def _attach(self, event: dict[str, Any], ref: ContainerRef, info: PodInfo, deleted: bool) -> None:
+        k8s: dict[str, Any] = dict(info.attributes)
+        if ref.container_id:
+            k8s["container.id"] = ref.container_id
+            name, runtime = info.containers.get(ref.container_id, ("", ref.runtime or ""))
+            if name:
+                k8s["k8s.container.name"] = name
+            if ref.runtime or runtime:
+                k8s["container.runtime"] = ref.runtime or runtime
+        if deleted:
+            k8s[DELETED_KEY] = True
+            self.counters.tombstone += 1
+        event["k8s"] = k8s
+
+    def _mark_unresolved(self, event: dict[str, Any], ref: ContainerRef) -> None:
+        k8s: dict[str, Any] = {"k8s.pod.uid": ref.pod_uid, UNRESOLVED_KEY: True}
+        if ref.container_id:
+            k8s["container.id"] = ref.container_id
+        event["k8s"] = k8s
+        self.counters.unresolved += 1
