@@ -18,7 +18,7 @@ Two parts:
   RSS sampled at an interval, and where that memory is at the end
   (:func:`rss_breakdown`).
 
-Standard library only, plus ``jalki_core.daemon.client`` in the host.
+Standard library only, plus ``jalki_core.sdk`` in the host.
 """
 
 from __future__ import annotations
@@ -131,13 +131,13 @@ class DaemonProcess:
         )
 
     def client(self) -> Any:
-        from jalki_core.daemon.client import DaemonClient
+        from jalki_core.sdk import Client
 
-        return DaemonClient.connect(self.socket, timeout=30)
+        return Client(self.socket, timeout=30)
 
     def status(self) -> dict[str, Any]:
         with self.client() as client:
-            result: dict[str, Any] = client.status()
+            result: dict[str, Any] = client.status().raw
             return result
 
     def wait_ready(self, subscribers: int = 0) -> dict[str, Any]:

@@ -24,6 +24,7 @@ error carries is declared on its class, never attached later.
     ├── DaemonError                talking to (or being) the jalki daemon failed
     │   ├── DaemonUnavailable      nothing usable answers at the socket
     │   │   ├── NotAllowed         the socket is not ours to use (EACCES)
+    │   │   ├── DaemonTimeout      no reply (or no room to connect) within the client's timeout
     │   │   └── DaemonStopped      the daemon shut down in order while a stream was open
     │   ├── RequestError           the daemon answered a request with an error (code: the protocol's)
     │   │   └── ProbeNotFound      code unknown_probe
@@ -143,6 +144,10 @@ class DaemonUnavailable(DaemonError):
 
 class NotAllowed(DaemonUnavailable):
     """The daemon's socket is not ours to use (``EACCES``: not root and not in its ``--socket-group``)."""
+
+
+class DaemonTimeout(DaemonUnavailable):
+    """The daemon did not answer (or accept the connection) within the client's timeout."""
 
 
 class DaemonStopped(DaemonUnavailable):

@@ -166,18 +166,18 @@ def print_answer(answer: Mapping[str, Any], console: Console) -> None:
 def _ask_daemon(socket_path: Path | None, question: str, seconds: float, pid: int | None, port: int | None,
                 console: Console) -> dict[str, Any] | None:
     """The daemon's answer, or ``None`` when no daemon answers (then ask runs in this process)."""
-    from jalki_core.daemon.client import DaemonClient, DaemonUnavailable
+    from jalki_core.errors import DaemonUnavailable
+    from jalki_core.sdk import Client
 
     try:
-        client = DaemonClient.connect(socket_path, timeout=5)
+        client = Client(socket_path, timeout=5)
     except DaemonUnavailable:
         if socket_path is not None:
             raise
         return None
     with client:
         console.print(f"asking the jalki daemon at {client.path}; observing the kernel for {seconds:g} s …")
-        answer: dict[str, Any] = client.ask(question, seconds=seconds, pid=pid, port=port)
-    return answer
+        return client.ask(question, seconds=seconds, pid=pid, port=port).raw
 
 
 def ask_command(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,7 +25,7 @@ from jalki_core.cli.options import (
 from jalki_core.errors import UsageError
 
 if TYPE_CHECKING:
-    from jalki_core.daemon.client import DaemonClient
+    from jalki_core.sdk import Client
 
 # readable=False: click must not pre-check access; connecting says "not allowed" in one clear line
 SocketOption = Annotated[Path | None, typer.Option("--socket", readable=False, help="The daemon's API socket "
@@ -35,10 +36,10 @@ MAX_TTL_S = 7 * 86400
 """Longest ``--ttl`` the daemon takes (``specs/protocol.md``: ``ttl`` in (0, 604800] seconds)."""
 
 
-def _connect(socket_path: Path | None) -> DaemonClient:
-    from jalki_core.daemon.client import DaemonClient
+def _connect(socket_path: Path | None) -> Client:
+    from jalki_core.sdk import Client
 
-    return DaemonClient.connect(socket_path)
+    return Client(socket_path)
 
 
 def _print_json(value: Any) -> None:
@@ -70,7 +71,7 @@ def status_command(
     with _connect(socket) as client:
         status = client.status()
     if as_json:
-        _print_json(status)
+        _print_json(status.raw)
         return
     from rich.markup import escape
 
@@ -128,7 +129,7 @@ def deploy_command(
     with _connect(socket) as client:
         result = client.deploy(probe, sample=sample, pid=pid, port=port, ttl=ttl_s)
     if as_json:
-        _print_json(result)
+        _print_json(result.raw)
         return
     verb = "deployed" if result["changed"] else "already deployed"
     ttl_text = "" if result["ttl_remaining_s"] is None else f", expires in {result['ttl_remaining_s']:.0f}s"
@@ -144,7 +145,7 @@ def undeploy_command(
     with _connect(socket) as client:
         result = client.undeploy(probe)
     if as_json:
-        _print_json(result)
+        _print_json(result.raw)
         return
     _console().print(f"undeployed {probe}: {result['events']} events, drops {_drops_text(result['drops'])}")
 
@@ -170,7 +171,7 @@ def _endpoint_text(network: dict[str, Any], side: str) -> str:
     return host if port is None else f"{host}:{port}"
 
 
-def _event_line(event: dict[str, Any]) -> str:
+def _event_line(event: Mapping[str, Any]) -> str:
     from rich.markup import escape
 
     network = event.get("network_data") or {}
@@ -196,6 +197,8 @@ def watch_command(
     """Watch one probe's events live for a while, one line per event."""
     check_seconds(seconds)
     _check_filters(pid, dst_port=dst_port)
+    from jalki_core.sdk import Gap
+
     console = _console()
     with _connect(socket) as client:
         deployed = probe in client.status()["probes"]
@@ -205,8 +208,8 @@ def watch_command(
         with _connect(socket) as streamer:
             for event in streamer.stream(seconds=seconds, probe=probe,
                                          **_filters(pid, None, None, dst_ip, None, dst_port)):
-                if event.get("type") == "jalki.dropped":
-                    dropped += int(event["count"])
+                if isinstance(event, Gap):
+                    dropped += event.count
                     continue
                 count += 1
                 console.print(_event_line(event), soft_wrap=True)
@@ -233,6 +236,8 @@ def stream_command(
     """Stream live events as JSON lines (server-side filters; pushed, never polled) until Ctrl-C."""
     import orjson
 
+    from jalki_core.sdk import Gap
+
     _check_filters(pid, src_port, dst_port)
     stopping = False
 
@@ -247,10 +252,10 @@ def stream_command(
         with _connect(socket) as client:
             for event in client.stream(probe=probe, event_type=event_type,
                                        **_filters(pid, command, src_ip, dst_ip, src_port, dst_port)):
-                if event.get("type") == "jalki.dropped":
-                    sys.stderr.write(f"jalki: {event['count']} events lost: this reader was too slow\n")
+                if isinstance(event, Gap):
+                    sys.stderr.write(f"jalki: {event.count} events lost: this reader was too slow\n")
                     continue
-                out.write(orjson.dumps(event) + b"\n")
+                out.write(orjson.dumps(event.raw) + b"\n")
                 out.flush()
     except KeyboardInterrupt:
         pass
@@ -281,7 +286,7 @@ def recent_command(
         events = client.recent(since=seconds, event_type=event_type, probe=probe, limit=limit,
                                **_filters(pid, command, None, dst_ip, None, dst_port))
     if as_json:
-        _print_json(events)
+        _print_json([event.raw for event in events])
         return
     console = _console()
     for event in events:

@@ -111,7 +111,8 @@ def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitt
           socket_group: str | None, history: str, metrics_addr: str, cluster: str | None,
           history_limits: HistoryLimits | None = None) -> None:
     """Run the agent until SIGTERM/SIGINT (``jalki serve``, or its alias ``jalki run --serve``)."""
-    from jalki_core.daemon.agent import DEFAULT_HISTORY, Agent, AgentConfig, socket_path_from_env
+    from jalki_core.daemon.agent import DEFAULT_HISTORY, Agent, AgentConfig
+    from jalki_core.daemon.protocol import socket_path_from_env
     from jalki_core.daemon.store import HistoryLimits
 
     config = AgentConfig(

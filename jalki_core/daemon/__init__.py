@@ -7,5 +7,5 @@
 - :mod:`.metrics`: Prometheus ``/metrics``, ``/healthz``, ``/readyz``;
 - :mod:`.ask`: ``ask`` answered from the daemon's session.
 
-Clients use :class:`jalki_core.daemon.client.DaemonClient`.
+Clients use the SDK, :mod:`jalki_core.sdk` (:class:`~jalki_core.sdk.Client`, :class:`~jalki_core.sdk.AsyncClient`).
 """

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from jalki_core.daemon.protocol import DeploySpec, EventFilter
+from jalki_core.daemon.protocol import DEFAULT_SOCKET, DeploySpec, EventFilter
 from jalki_core.daemon.store import (
     DEFAULT_RING_EVENTS,
     EventRings,
@@ -41,6 +41,7 @@ from jalki_core.daemon.store import (
     disabled_history_stats,
     encode_events,
     event_stamps,
+    with_seq,
 )
 from jalki_core.errors import JalkiError, ProtocolError
 from jalki_core.loader import ProbeOptions
@@ -51,9 +52,6 @@ if TYPE_CHECKING:
     from jalki_core.plugins import JalkiPlugins
 
 log = logging.getLogger("jalki.daemon")
-
-DEFAULT_SOCKET = Path("/run/jalki/jalki.sock")
-"""Where the daemon listens and clients look, unless ``--socket`` or ``JALKI_SOCKET`` say otherwise."""
 
 DEFAULT_HISTORY = Path("/var/lib/jalki/history.db")
 """The SQLite event history, unless ``--history PATH|off``."""
@@ -74,14 +72,6 @@ EXPIRED_KEPT = 32
 
 TRIM_EVERY_S = 1.0
 """While events flow, how often the daemon hands freed heap back to the system (glibc ``malloc_trim``, 1-4 ms)."""
-
-
-def socket_path_from_env(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The API socket path: ``explicit``, else ``JALKI_SOCKET``, else :data:`DEFAULT_SOCKET`."""
-    if explicit:
-        return Path(explicit)
-    from_env = os.environ.get("JALKI_SOCKET")
-    return Path(from_env) if from_env else DEFAULT_SOCKET
 
 
 @dataclass
@@ -158,8 +148,8 @@ class EventServer(Service, Protocol):
     def stop_accepting(self) -> None:
         """Stop taking new clients; subscribers still get the final drain."""
 
-    def publish(self, source: str, raws: list[bytes]) -> None:
-        """Offer one probe's encoded events to the live subscriptions."""
+    def publish(self, source: str, raws: list[bytes], first_seq: int) -> None:
+        """Offer one probe's encoded events (sequence numbers from ``first_seq``) to the live subscriptions."""
 
     def subscriber_stats(self) -> dict[str, Any]:
         """Subscriptions, queued bytes, sent and dropped events."""
@@ -208,6 +198,9 @@ class Agent:
         self._next_trim = 0.0
         self._untrimmed_events = 1  # trim once at start: loading BPF objects frees several MiB
         self.summary: SessionSummary | None = None
+        self._next_seq = 1
+        self.stored_seq = 0
+        """The latest sequence number in the rings (and handed to the history and the subscribers)."""
 
     # ---- drain-thread side ---------------------------------------------------
 
@@ -231,17 +224,23 @@ class Agent:
             events[:] = [orjson.Fragment(raw) for raw in raws]  # type: ignore[misc]
 
     def _store(self, source: str, events: list[dict[str, Any]]) -> list[bytes]:
-        """Count, keep and publish one source's events (drain thread); return them encoded."""
+        """Number, count, keep and publish one source's events (drain thread); return them encoded for the
+        emitters (without ``seq``: the sequence number is the daemon's, not the event's)."""
         probe = source.removeprefix("jalki/")
         self._untrimmed_events += len(events)
         stamps, raws = event_stamps(events), encode_events(events)
-        self.rings.add(source, stamps, raws)
+        first = self._next_seq
+        self._next_seq += len(raws)
+        stored = with_seq(raws, first)
+        self.rings.add(source, stamps, stored, first)
         for event_type, count in Counter(str(event.get("type")) for event in events).items():
             self.events_by_type[(probe, event_type)] += count
         if self.history is not None:
-            self.history.add(probe, events, stamps, raws)
+            self.history.add(probe, events, stamps, stored, first)
         if self._server is not None:
-            self._server.publish(source, raws)
+            self._server.publish(source, stored, first)
+        # only now: a subscriber that reads it finds every event up to it in the rings (replay, protocol §8)
+        self.stored_seq = self._next_seq - 1
         return raws
 
     def add_tap(self, tap: EventTap) -> None:
@@ -376,6 +375,7 @@ class Agent:
             "metrics": None if self.config.metrics_addr is None else "{}:{}".format(*self.config.metrics_addr),
             "ready": self.ready,
             **snapshot,
+            "seq": self.stored_seq,
             "expired": list(self.expired),
             "expired_total": self.expired_total,
             "ring": {"capacity": self.rings.capacity, "events": self.rings.sizes(), "bytes": self.rings.stored_bytes()},
@@ -405,6 +405,50 @@ class Agent:
         except JalkiError as exc:  # a corrupt page, or closing: health names it too
             raise ProtocolError("unavailable", exc.one_line()) from exc
 
+    def events_after(self, where: EventFilter, after_seq: int, upto_seq: int | None,
+                     limit: int) -> list[tuple[int, bytes]]:
+        """The oldest ``limit`` events after ``after_seq`` (to ``upto_seq``) the daemon holds, in the rings or the
+        history, as ``(seq, JSON)`` in ``seq`` order; each once."""
+        found = self.rings.after(where, after_seq, upto_seq, limit)
+        if self.history is not None and after_seq + 1 < self.rings.held_from(where):
+            # the rings may lack the start: the history has it unless it was pruned or dropped
+            try:
+                older = self.history.after(where, after_seq, upto_seq, limit)
+            except JalkiError as exc:
+                log.warning("replay from the history failed: %s", exc.one_line())
+                older = []
+            merged = dict(older)
+            merged.update(found)
+            found = sorted(merged.items())[:limit]
+        return found
+
+    def held_from(self, where: EventFilter) -> int:
+        """The lowest sequence number from which the daemon holds every event ``where`` can match (in its
+        rings, or its history)."""
+        held = self.rings.held_from(where)
+        if self.history is not None and held > 1:
+            try:
+                bounds = self.history.seq_bounds()
+            except JalkiError:
+                bounds = None
+            if bounds is not None:
+                held = min(held, bounds[0])
+        return held
+
+    def events_page(self, where: EventFilter, after_seq: int, limit: int, *, history: bool) -> list[dict[str, Any]]:
+        """``get_events``/``recent`` with a cursor: the oldest ``limit`` after ``after_seq``, decoded."""
+        if history:
+            if self.history is None:
+                self.recent(where, None, 1)  # raises the reason
+            assert self.history is not None
+            try:
+                page = self.history.after(where, after_seq, None, limit)
+            except JalkiError as exc:
+                raise ProtocolError("unavailable", exc.one_line()) from exc
+        else:
+            page = self.rings.after(where, after_seq, None, limit)
+        return [orjson.loads(raw) for _, raw in page]
+
     def history_stats(self) -> dict[str, Any] | None:
         """The history's figures, state and problems (``disabled`` when it could not be opened); ``None`` when
         it is off."""
@@ -425,6 +469,14 @@ class Agent:
             return
         history.start()
         self.history = history
+        try:  # numbering goes on from the history's, so a cursor stays valid across restarts
+            bounds = history.seq_bounds()
+        except JalkiError as exc:
+            log.warning("history: cannot read its latest sequence number: %s", exc.one_line())
+            bounds = None
+        if bounds is not None and bounds[1] >= self._next_seq:
+            self._next_seq = bounds[1] + 1
+            self.stored_seq = bounds[1]
 
     def request_stop(self) -> None:
         """Begin the shutdown (safe from a signal handler)."""

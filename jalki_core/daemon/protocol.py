@@ -17,13 +17,27 @@ This module only parses and checks; it never touches probes or sockets.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from jalki_core.errors import ProbeNotFound, ProtocolError, RequestError
+
+DEFAULT_SOCKET = Path("/run/jalki/jalki.sock")
+"""Where the daemon listens and clients look, unless ``--socket`` or ``JALKI_SOCKET`` say otherwise."""
+
+
+def socket_path_from_env(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The API socket path: ``explicit``, else ``JALKI_SOCKET``, else :data:`DEFAULT_SOCKET`."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get("JALKI_SOCKET")
+    return Path(from_env) if from_env else DEFAULT_SOCKET
+
 
 PROTOCOL_VERSION = 1
 """The ``v`` every frame carries; a different version is refused with ``unsupported_version``."""
@@ -240,6 +254,14 @@ def parse_deploy(fields: Mapping[str, Any]) -> DeploySpec:
         ttl_s=_field(fields, "ttl", (int, float), check=lambda v: 0 < v <= 7 * 86400,
                      rule="must be in (0, 604800] seconds"),
     )
+
+
+def parse_seq(fields: Mapping[str, Any], name: str) -> int | None:
+    """A sequence-number cursor (``since_seq`` of ``subscribe``, ``after_seq`` of ``get_events``/``recent``):
+    0 (before the first event) to 2^63 - 1, never a boolean."""
+    value: int | None = _field(fields, name, int, check=lambda v: 0 <= v <= MAX_INT,
+                               rule=f"must be a sequence number from 0 to {MAX_INT}")
+    return value
 
 
 def parse_limit(fields: Mapping[str, Any], default: int = 100) -> int:

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import grp
 import itertools
 import logging
@@ -112,6 +113,10 @@ MAX_SUBSCRIPTIONS = 256
 SUBSCRIPTION_QUEUES_BYTES = 64 << 20
 """JSON bytes queued for all subscriptions together; beyond it events are dropped (counted per subscription)."""
 
+REPLAY_PAGE_EVENTS = 512
+"""Events a resumed subscription replays per store read (``since_seq``); each page waits for room in the
+socket, so a replay never queues more than a page in the daemon."""
+
 SHUTDOWN_FLUSH_S = 5.0
 """At shutdown, how long subscribers get to receive what was drained and their ``end`` push."""
 
@@ -153,6 +158,11 @@ class Subscription:
         self.dropped = 0
         self.unreported_drops = 0
         self.task: asyncio.Task[None] | None = None
+        self.replay: tuple[int, int] | None = None
+        """``(cursor, upto)``: events the writer first replays from what the daemon holds (``since_seq``)."""
+        self.live_after = 0
+        """Live events up to this sequence number are left out: the replay sends them."""
+        self.replayed = 0
         self.closing = False
         """Set at shutdown: the writer sends what is queued, then the ``end`` push, and finishes."""
 
@@ -287,9 +297,11 @@ class Connection:
         await self.send(protocol.reply_ok(request_id, result))
 
     async def pump(self, subscription: Subscription) -> None:
-        """Write a subscription's queued events to the client, announcing losses."""
+        """Write a subscription's queued events to the client, announcing losses (after its replay, if any)."""
         # the frame of protocol.push("event", N, event=...), around the event's stored JSON
         head = protocol.encode(protocol.push("event", subscription.number, event=None))[:-len(b"null}\n")]
+        if subscription.replay is not None:
+            await self.replay(subscription, head)
         while True:
             await subscription.ready.wait()
             subscription.ready.clear()
@@ -298,7 +310,8 @@ class Connection:
                 parts: list[bytes] = []
                 if subscription.unreported_drops:
                     count, subscription.unreported_drops = subscription.unreported_drops, 0
-                    parts.append(protocol.encode(protocol.push("dropped", subscription.number, count=count)))
+                    parts.append(protocol.encode(protocol.push("dropped", subscription.number, count=count,
+                                                               reason="slow")))
                 for raw in raws:
                     parts += (head, raw, b"}\n")
                 async with self.write_lock:
@@ -309,12 +322,49 @@ class Connection:
                 await self.finish(subscription)
                 return
 
+    async def replay(self, subscription: Subscription, head: bytes) -> None:
+        """Send what the daemon holds after the subscription's cursor, in pages (``since_seq``, protocol §8);
+        a ``dropped`` push (``reason`` ``not_held``) first when some of it is no longer held."""
+        assert subscription.replay is not None
+        cursor, upto = subscription.replay
+        server = self.server
+        where = subscription.where
+        held_from = await server._agent_call(lambda: server.agent.held_from(where), server._ring_pool)
+        if cursor + 1 < held_from:
+            gone = min(held_from - 1, upto) - cursor
+            if gone > 0:
+                await self.write(protocol.encode(protocol.push("dropped", subscription.number, count=gone,
+                                                               reason="not_held", after=cursor)))
+        after = cursor
+        while after < upto:
+            page = await server._agent_call(
+                functools.partial(server.agent.events_after, where, after, upto, REPLAY_PAGE_EVENTS),
+                server._ring_pool)
+            if not page:
+                break
+            parts: list[bytes] = []
+            for _, raw in page:
+                parts += (head, raw, b"}\n")
+            await self.write(b"".join(parts))
+            subscription.replayed += len(page)
+            after = page[-1][0]
+            if len(page) < REPLAY_PAGE_EVENTS:
+                break
+        subscription.replay = None
+
+    async def write(self, data: bytes) -> None:
+        """Write pre-framed bytes, waiting for room in the socket."""
+        async with self.write_lock:
+            self.writer.write(data)
+            await self.writer.drain()
+
     async def finish(self, subscription: Subscription) -> None:
         """At shutdown, after the last queued event: announce losses, send the ``end`` push, flush."""
         parts: list[bytes] = []
         if subscription.unreported_drops:
             count, subscription.unreported_drops = subscription.unreported_drops, 0
-            parts.append(protocol.encode(protocol.push("dropped", subscription.number, count=count)))
+            parts.append(protocol.encode(protocol.push("dropped", subscription.number, count=count,
+                                                       reason="slow")))
         parts.append(protocol.encode(protocol.push("end", subscription.number, reason="shutdown",
                                                    sent=subscription.sent, dropped=subscription.dropped)))
         async with self.write_lock:
@@ -348,7 +398,7 @@ class ApiServer:
         self.retired_sent = 0  # figures of ended subscriptions (the metrics are counters)
         self.retired_dropped = 0
         self._numbers = itertools.count(1)
-        self._handoff: deque[tuple[str, list[bytes]]] = deque()
+        self._handoff: deque[tuple[str, list[bytes], int]] = deque()
         self._handoff_events = 0
         self._handoff_bytes = 0
         self._handoff_lock = threading.Lock()
@@ -541,8 +591,9 @@ class ApiServer:
 
     # ---- events from the drain thread ----------------------------------------------
 
-    def publish(self, source: str, raws: list[bytes]) -> None:
-        """Hand a batch of encoded events of one ``source`` to the subscribers (drain thread; never blocks).
+    def publish(self, source: str, raws: list[bytes], first_seq: int = 0) -> None:
+        """Hand a batch of encoded events of one ``source`` (sequence numbers from ``first_seq``) to the
+        subscribers (drain thread; never blocks).
 
         What does not fit in the hand-off is lost for every subscription, and counted.
         """
@@ -566,7 +617,7 @@ class ApiServer:
             if not taken:
                 return
             wake = not self._handoff
-            self._handoff.append((source, raws if not lost else raws[:taken]))
+            self._handoff.append((source, raws if not lost else raws[:taken], first_seq))
             self._handoff_events += taken
             self._handoff_bytes += size
         if wake:
@@ -578,16 +629,22 @@ class ApiServer:
             self._handoff.clear()
             self._handoff_events = self._handoff_bytes = 0
         subscriptions = list(self.subscriptions)
-        for source, raws in batches:
+        for source, raws, first_seq in batches:
             for subscription in subscriptions:
                 raw_filter = subscription.filter
                 if not raw_filter.accepts_source(source):
                     continue
+                batch = raws
+                replayed = subscription.live_after - first_seq + 1  # the replay sends these
+                if replayed > 0:
+                    if replayed >= len(raws):
+                        continue
+                    batch = raws[replayed:]
                 if raw_filter.decode:
-                    subscription.offer([raw for raw in raws
+                    subscription.offer([raw for raw in batch
                                         if raw_filter.candidate(raw) and raw_filter.confirm(raw) is not None])
                 else:
-                    subscription.offer(raws)
+                    subscription.offer(batch)
 
     def retire(self, subscription: Subscription) -> None:
         """Forget an ended subscription, keeping its figures in the since-start totals."""
@@ -643,6 +700,10 @@ class ApiServer:
         where = protocol.parse_filter(request.fields)
         since = protocol.parse_since(request.fields)
         limit = protocol.parse_limit(request.fields)
+        after = protocol.parse_seq(request.fields, "after_seq")
+        if after is not None:
+            self._refuse_time_and_cursor(since)
+            return await self._page(after, where, limit, history=False)
         events = await self._agent_call(lambda: self.agent.get_events(where, since, limit), self._ring_pool)
         return {"events": events, "count": len(events)}
 
@@ -650,11 +711,31 @@ class ApiServer:
         where = protocol.parse_filter(request.fields)
         since = protocol.parse_since(request.fields)
         limit = protocol.parse_limit(request.fields)
+        after = protocol.parse_seq(request.fields, "after_seq")
+        if after is not None:
+            self._refuse_time_and_cursor(since)
+            return await self._page(after, where, limit, history=True)
         events = await self._agent_call(lambda: self.agent.recent(where, since, limit), self._scan_pool)
+        return {"events": events, "count": len(events)}
+
+    @staticmethod
+    def _refuse_time_and_cursor(since: int | None) -> None:
+        if since is not None:
+            raise ProtocolError("bad_request", "fields 'since' and 'after_seq' exclude each other: page by one")
+
+    async def _page(self, after: int, where: EventFilter, limit: int, *, history: bool) -> Any:
+        events = await self._agent_call(lambda: self.agent.events_page(where, after, limit, history=history),
+                                        self._scan_pool if history else self._ring_pool)
         return {"events": events, "count": len(events)}
 
     async def on_subscribe(self, conn: Connection, request: Request) -> Any:
         where = protocol.parse_filter(request.fields)
+        cursor = protocol.parse_seq(request.fields, "since_seq")
+        head = self.agent.stored_seq  # every event up to it is in the rings; later ones come live
+        if cursor is not None and cursor > head:
+            raise ProtocolError("bad_request", f"field 'since_seq' ({cursor}) is past this daemon's latest "
+                                               f"sequence number ({head}): a cursor of another daemon run? "
+                                               "(numbers go on across restarts only with the history on)")
         if len(conn.subscriptions) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
             self.subscriptions_refused += 1
             raise ProtocolError("limit_reached", f"at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per "
@@ -664,11 +745,14 @@ class ApiServer:
             raise ProtocolError("limit_reached", f"the daemon serves at most {MAX_SUBSCRIPTIONS} subscriptions "
                                                  "at once; try again later")
         subscription = Subscription(next(self._numbers), where, self.subscriber_queue, budget=self.queue_budget)
+        if cursor is not None:
+            subscription.replay = (cursor, head)
+            subscription.live_after = head
         conn.subscriptions[subscription.number] = subscription
         self.subscriptions.add(subscription)
         subscription.task = asyncio.get_running_loop().create_task(conn.pump(subscription))
         conn.pumps.append(subscription.task)
-        return {"subscription": subscription.number, "filters": where.as_dict()}
+        return {"subscription": subscription.number, "filters": where.as_dict(), "seq": head}
 
     async def on_unsubscribe(self, conn: Connection, request: Request) -> Any:
         number = protocol.parse_subscription(request.fields)  # bad_request for true, 1.0, "1"
@@ -680,7 +764,8 @@ class ApiServer:
             conn.pumps.remove(subscription.task)
         self.retire(subscription)
         self.agent.request_trim()
-        return {"subscription": number, "sent": subscription.sent, "dropped": subscription.dropped}
+        return {"subscription": number, "sent": subscription.sent, "dropped": subscription.dropped,
+                "replayed": subscription.replayed}
 
     async def on_ask(self, conn: Connection, request: Request) -> Any:
         from jalki_core.daemon.ask import ask_through_agent
@@ -696,7 +781,7 @@ def _socket_alive(path: Path) -> bool:
     A full backlog (``EAGAIN``) is a live, busy daemon: the connect waits for room, and one that still
     waits after :data:`LIVENESS_TIMEOUT_S` is taken as alive.
     """
-    from jalki_core.daemon.client import connect_unix
+    from jalki_core.sdk import connect_unix
 
     try:
         sock = connect_unix(path, LIVENESS_TIMEOUT_S)

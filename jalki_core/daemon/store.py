@@ -34,6 +34,7 @@ truncates the WAL.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import logging
@@ -63,6 +64,9 @@ MIB = 1 << 20
 DEFAULT_RING_EVENTS = 10_000
 """Events kept in memory per probe for ``get_events``."""
 
+MAX_SEQ = (1 << 63) - 1
+"""Largest sequence number (64-bit, like SQLite's integers)."""
+
 RING_BLOCK_EVENTS = 128
 """Events compressed together in a ring (about 16:1 for 128 jalki-tcp events at zlib level 1)."""
 
@@ -79,6 +83,12 @@ def encode_events(events: Sequence[Mapping[str, Any]]) -> list[bytes]:
         return [bytes(memoryview(dumps(event))) for event in events]
     except TypeError:  # a value orjson does not know (a decoder's bug): keep the event, as text
         return [bytes(memoryview(dumps(event, default=str))) for event in events]
+
+
+def with_seq(raws: Sequence[bytes], first: int) -> list[bytes]:
+    """Each encoded event with its sequence number (``first``, ``first + 1``, …) as a last ``"seq"`` key."""
+    return [b'%s,"seq":%d}' % (raw[:-1], seq) if raw != b"{}" else b'{"seq":%d}' % seq
+            for seq, raw in enumerate(raws, first)]
 
 
 def event_stamps(events: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -131,10 +141,12 @@ class RawFilter:
 class _Block:
     """Sealed events of a ring: their timestamps, and their JSON lines compressed together."""
 
-    __slots__ = ("data", "stamps", "top")
+    __slots__ = ("data", "seqs", "stamps", "top")
 
-    def __init__(self, stamps: array[int], data: bytes, top: int) -> None:
+    def __init__(self, stamps: array[int], seqs: array[int], data: bytes, top: int) -> None:
         self.stamps = stamps
+        self.seqs = seqs
+        """Each event's sequence number (increasing: a ring gets its events in drain order)."""
         self.data = data
         self.top = top
         """The largest timestamp in this block and every older one: older blocks cannot hold anything newer."""
@@ -143,38 +155,50 @@ class _Block:
 class _Ring:
     """One probe's ring: sealed blocks, oldest first, and the newest events not yet sealed."""
 
-    __slots__ = ("blocks", "held", "pending", "pending_stamps", "skip", "top")
+    __slots__ = ("blocks", "evicted", "held", "pending", "pending_seqs", "pending_stamps", "skip", "top")
 
-    def __init__(self) -> None:
+    def __init__(self, evicted: int = 0) -> None:
         self.blocks: deque[_Block] = deque()
         self.skip = 0  # events at the start of blocks[0] that have fallen out
         self.pending: list[bytes] = []
         self.pending_stamps: array[int] = array("q")
+        self.pending_seqs: array[int] = array("q")
         self.held = 0
         self.top = 0  # largest timestamp sealed so far
+        self.evicted = evicted
+        """The largest sequence number that fell out of this ring (0: none did)."""
+
+    def last_seq(self) -> int:
+        if self.pending_seqs:
+            return self.pending_seqs[-1]
+        return self.blocks[-1].seqs[-1] if self.blocks else self.evicted
 
     def seal(self, count: int) -> None:
-        raws, stamps = self.pending[:count], self.pending_stamps[:count]
+        raws, stamps, seqs = self.pending[:count], self.pending_stamps[:count], self.pending_seqs[:count]
         del self.pending[:count]
         del self.pending_stamps[:count]
+        del self.pending_seqs[:count]
         self.top = max(self.top, max(stamps))
-        self.blocks.append(_Block(stamps, zlib.compress(b"\n".join(raws), 1), self.top))
+        self.blocks.append(_Block(stamps, seqs, zlib.compress(b"\n".join(raws), 1), self.top))
 
     def trim(self, capacity: int) -> None:
         while self.held > capacity:
             excess = self.held - capacity
             if not self.blocks:
+                self.evicted = max(self.evicted, self.pending_seqs[excess - 1])
                 del self.pending[:excess]
                 del self.pending_stamps[:excess]
+                del self.pending_seqs[:excess]
                 self.held -= excess
                 return
             first = len(self.blocks[0].stamps) - self.skip
             if first <= excess:
-                self.blocks.popleft()
+                self.evicted = max(self.evicted, self.blocks.popleft().seqs[-1])
                 self.skip = 0
                 self.held -= first
             else:
                 self.skip += excess
+                self.evicted = max(self.evicted, self.blocks[0].seqs[self.skip - 1])
                 self.held -= excess
 
 
@@ -189,17 +213,23 @@ class EventRings:
         self._rings: dict[str, _Ring] = {}
         self._lock = threading.Lock()
 
-    def add(self, source: str, stamps: Sequence[int], raws: Sequence[bytes]) -> None:
-        """Append a batch of encoded events of one ``source`` (``jalki/<probe>``), in drain order."""
+    def add(self, source: str, stamps: Sequence[int], raws: Sequence[bytes], first_seq: int = 0) -> None:
+        """Append a batch of encoded events of one ``source`` (``jalki/<probe>``), in drain order; their
+        sequence numbers are ``first_seq``, ``first_seq + 1``, … (all 0 when ``first_seq`` is 0)."""
         if not raws:
             return
+        seqs = array("q", range(first_seq, first_seq + len(raws))) if first_seq else array("q", bytes(8 * len(raws)))
         with self._lock:
             ring = self._rings.get(source)
             if ring is None or len(raws) >= self.capacity:  # new, or the batch alone fills it
-                ring = self._rings[source] = _Ring()
-                raws, stamps = raws[-self.capacity:], stamps[-self.capacity:]
+                evicted = 0 if ring is None else ring.last_seq()
+                if len(raws) > self.capacity:
+                    evicted = max(evicted, seqs[len(raws) - self.capacity - 1])
+                ring = self._rings[source] = _Ring(evicted)
+                raws, stamps, seqs = raws[-self.capacity:], stamps[-self.capacity:], seqs[-self.capacity:]
             ring.pending.extend(raws)
             ring.pending_stamps.extend(stamps)
+            ring.pending_seqs.extend(seqs)
             ring.held += len(raws)
             while len(ring.pending) >= RING_BLOCK_EVENTS:
                 ring.seal(RING_BLOCK_EVENTS)
@@ -221,6 +251,49 @@ class EventRings:
                                                                   raw_filter, since_ns, limit))
         found.sort(key=lambda entry: entry[:4])
         return [orjson.loads(item) if isinstance(item, bytes) else item for *_, item in found[-limit:]]
+
+    def after(self, where: EventFilter, after_seq: int, upto_seq: int | None = None,
+              limit: int = 100) -> list[tuple[int, bytes]]:
+        """The oldest ``limit`` events passing ``where`` with a sequence number above ``after_seq`` (and at most
+        ``upto_seq``), as ``(seq, JSON)`` in ``seq`` order."""
+        raw_filter = RawFilter(where)
+        upto = MAX_SEQ if upto_seq is None else upto_seq
+        with self._lock:
+            snapshot = [(list(ring.blocks), ring.skip, list(ring.pending), array("q", ring.pending_seqs))
+                        for source, ring in self._rings.items() if raw_filter.accepts_source(source)]
+        found: list[tuple[int, bytes]] = []
+        for blocks, skip, pending, pending_seqs in snapshot:
+            mine: list[tuple[int, bytes]] = []
+            parts: list[tuple[array[int], _Block | None, int]] = [
+                (block.seqs, block, skip if index == 0 else 0) for index, block in enumerate(blocks)]
+            parts.append((pending_seqs, None, 0))
+            for seqs, block, start in parts:
+                if len(mine) >= limit:
+                    break
+                if not seqs or seqs[-1] <= after_seq:
+                    continue
+                if seqs[start] > upto:
+                    break
+                raws = pending if block is None else zlib.decompress(block.data).split(b"\n")
+                for index in range(max(start, bisect.bisect_right(seqs, after_seq)), len(seqs)):
+                    seq = seqs[index]
+                    if seq > upto or len(mine) >= limit:
+                        break
+                    raw = raws[index]
+                    if raw_filter.decode and not (raw_filter.candidate(raw) and raw_filter.confirm(raw) is not None):
+                        continue
+                    mine.append((seq, raw))
+            found.extend(mine)
+        found.sort(key=lambda entry: entry[0])
+        return found[:limit]
+
+    def held_from(self, where: EventFilter) -> int:
+        """The lowest sequence number from which every event of the rings ``where`` can match is still held
+        (1 when none fell out)."""
+        raw_filter = RawFilter(where)
+        with self._lock:
+            return 1 + max((ring.evicted for source, ring in self._rings.items()
+                            if raw_filter.accepts_source(source)), default=0)
 
     def sizes(self) -> dict[str, int]:
         """Events held per probe."""
@@ -307,10 +380,10 @@ class HistoryLimits:
 _ROW_OVERHEAD = 200
 """Bytes a queued row costs besides its JSON (tuple, id, timestamp): an estimate, for the queue bound."""
 
-_Row = tuple[Any, int, Any, str, bytes]
+_Row = tuple[Any, int, Any, str, bytes, int | None]
 
 _ROWS_PER_INSERT = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 128
-"""Most rows per INSERT statement (5 parameters each; SQLite allows 999 parameters before 3.32.0).
+"""Most rows per INSERT statement (6 parameters each; SQLite allows 999 parameters before 3.32.0).
 
 Statements hold a power of two of rows, so the sqlite3 module's statement cache holds at most 9 of them
 (one per size; a prepared statement of 256 rows takes about 100 KiB): a statement per distinct row count
@@ -319,7 +392,8 @@ would fill the cache (128 statements) with hundreds of MiB."""
 
 @functools.cache
 def _insert_sql(rows: int) -> str:
-    return "INSERT OR IGNORE INTO events VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+    return ("INSERT OR IGNORE INTO events (id, ts_ns, type, probe, event, seq) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows))
 
 
 def _insert_chunks(count: int) -> Iterator[tuple[int, int]]:
@@ -352,6 +426,9 @@ class History:
         "CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ns)",
         "CREATE INDEX IF NOT EXISTS events_type_ts ON events (type, ts_ns)",
     )
+    SEQ_INDEX = "CREATE INDEX IF NOT EXISTS events_seq ON events (seq) WHERE seq IS NOT NULL"
+    """The ``seq`` column is added to every database (new or made by an older jalki) when it is opened; rows
+    of an older jalki have none (NULL): they are read by time, never by cursor."""
     PRUNE_EVERY_S = 30.0
     """How often rows past the age bound are deleted and the WAL is truncated (the size bound is checked after
     every write)."""
@@ -398,6 +475,10 @@ class History:
             try:
                 for statement in self.SCHEMA:
                     self._db.execute(statement)
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+                if "seq" not in columns:  # new, or made by an older jalki
+                    self._db.execute("ALTER TABLE events ADD COLUMN seq INTEGER")
+                self._db.execute(self.SEQ_INDEX)
                 self._page_size = self._pragma("page_size")
                 self._needs_vacuum = self._pragma("auto_vacuum") != 2  # made by an older jalki: converted once
                 (self._rows,) = self._db.execute("SELECT count(*) FROM events").fetchone()
@@ -459,9 +540,9 @@ class History:
     # ---- drain-thread side -----------------------------------------------------
 
     def add(self, probe: str, events: Sequence[Mapping[str, Any]], stamps: Sequence[int],
-            raws: Sequence[bytes]) -> None:
-        """Queue encoded events of ``probe`` for writing; what does not fit in the queue, or comes after the writer
-        stopped, is dropped and counted (never blocks)."""
+            raws: Sequence[bytes], first_seq: int = 0) -> None:
+        """Queue encoded events of ``probe`` for writing (sequence numbers from ``first_seq``; 0: none); what
+        does not fit in the queue, or comes after the writer stopped, is dropped and counted (never blocks)."""
         limits = self.limits
         with self._cond:
             if self.failure is not None:
@@ -471,12 +552,12 @@ class History:
             room_bytes = limits.queue_bytes - self._queued_bytes
             rows: list[_Row] = []
             size = 0
-            for event, stamp, raw in zip(events, stamps, raws, strict=True):
+            for index, (event, stamp, raw) in enumerate(zip(events, stamps, raws, strict=True)):
                 cost = len(raw) + _ROW_OVERHEAD
                 if len(rows) >= room or size + cost > room_bytes:
                     break
                 rows.append((event.get("id"), stamp if stamp <= _MAX_NS else _MAX_NS, event.get("type", ""),
-                             probe, raw))
+                             probe, raw, first_seq + index if first_seq else None))
                 size += cost
             if len(rows) < len(raws):
                 self.drops["queue_full"] += len(raws) - len(rows)
@@ -716,6 +797,61 @@ class History:
             reader.close()
         self._succeeded("read")
         found.reverse()
+        return found
+
+    def seq_bounds(self) -> tuple[int, int] | None:
+        """The lowest and highest sequence number in the history; ``None`` when no row has one."""
+        try:
+            low, high = self._read_one("SELECT min(seq), max(seq) FROM events WHERE seq IS NOT NULL")
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            raise JalkiError(f"cannot read the event history {self.path}: {exc}") from exc
+        return None if low is None else (int(low), int(high))
+
+    def _read_one(self, sql: str) -> tuple[Any, ...]:
+        reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            row: tuple[Any, ...] = reader.execute(sql).fetchone()
+            return row
+        finally:
+            reader.close()
+
+    def after(self, where: EventFilter, after_seq: int, upto_seq: int | None = None,
+              limit: int = 100) -> list[tuple[int, bytes]]:
+        """The oldest ``limit`` events passing ``where`` with a sequence number above ``after_seq`` (and at most
+        ``upto_seq``), as ``(seq, JSON)`` in ``seq`` order. :raises JalkiError: the read failed."""
+        clauses = ["seq > ?", "seq <= ?"]
+        params: list[int | str] = [MAX_SEQ if upto_seq is None else upto_seq]
+        if where.type is not None:
+            clauses.append("type = ?")
+            params.append(where.type)
+        if where.probe is not None:
+            clauses.append("probe = ?")
+            params.append(where.probe)
+        sql = f"SELECT seq, event FROM events WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT {READ_CHUNK_ROWS}"
+        raw_filter = RawFilter(where)
+        found: list[tuple[int, bytes]] = []
+        try:
+            reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            try:
+                while len(found) < limit:
+                    chunk = reader.execute(sql, [after_seq, *params]).fetchall()
+                    for seq, blob in chunk:
+                        after_seq = seq
+                        if raw_filter.decode and not (raw_filter.candidate(blob)
+                                                      and raw_filter.confirm(blob) is not None):
+                            continue
+                        found.append((seq, bytes(blob)))
+                        if len(found) >= limit:
+                            break
+                    if len(chunk) < READ_CHUNK_ROWS:
+                        break
+            finally:
+                reader.close()
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            raise JalkiError(f"cannot read the event history {self.path}: {exc}") from exc
+        self._succeeded("read")
         return found
 
     def close(self) -> None:

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jalki_core.daemon.client import DaemonClient, DaemonUnavailable
+from jalki_core.errors import DaemonUnavailable
+from jalki_core.sdk import Client
 
 JALKI = str(Path(sys.executable).with_name("jalki"))
 """The venv's ``jalki`` console script."""
@@ -79,9 +80,9 @@ class Daemon:
             self._reader.join(10)
         return "".join(self.stderr_lines)
 
-    def client(self, timeout: float | None = 30.0) -> DaemonClient:
+    def client(self, timeout: float | None = 30.0) -> Client:
         """A new connection to the daemon (use it as a context manager)."""
-        return DaemonClient.connect(self.socket, timeout=timeout)
+        return Client(self.socket, timeout=timeout)
 
     def cli(self, *args: str, timeout: float = 60, user: list[str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``jalki <args> --socket <socket>`` (optionally behind ``user``, e.g. a setpriv prefix).

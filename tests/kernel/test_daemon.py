@@ -34,8 +34,9 @@ from netns_helpers import NetNs
 from tcp_helpers import COMMAND
 
 from jalki_core.cli.exit_codes import exit_code_for
-from jalki_core.daemon.client import DaemonClient, RequestError
 from jalki_core.daemon.protocol import MAX_FRAME_BYTES
+from jalki_core.errors import RequestError
+from jalki_core.sdk import Client
 from jalki_core.testing import event_validator
 
 pytestmark = pytest.mark.kernel
@@ -79,12 +80,12 @@ def cli_json(daemon: Daemon, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
-def events_of(client: DaemonClient, count: int, timeout: float = 10, **filters: Any) -> list[dict[str, Any]]:
+def events_of(client: Client, count: int, timeout: float = 10, **filters: Any) -> list[dict[str, Any]]:
     """``get_events`` once it holds ``count`` events (it never holds more, asserted)."""
-    events = wait_for(lambda: (found := client.get_events(**filters)) and len(found) >= count and found,
+    events = wait_for(lambda: (found := client.events(**filters)) and len(found) >= count and found,
                       timeout=timeout, what=f"{count} events matching {filters}")
     assert len(events) == count, events
-    return list(events)
+    return [event.raw for event in events]
 
 
 class LineReader:
@@ -154,13 +155,13 @@ def test_deploy_then_get_events_and_stream_see_exactly_the_refused_connects(netn
             streamed += [orjson.loads(line) for line in lines.take(7)]
             assert streamed == events and len({e["id"] for e in streamed}) == 12
             # the other filters select the same events, server-side
-            assert client.get_events(pid=second["pid"], event_type=CONNECT, dst_port=port) == events[5:]
-            assert client.get_events(probe="tcp_connect", event_type=CONNECT, dst_port=port, command=COMMAND,
+            assert client.events(pid=second["pid"], event_type=CONNECT, dst_port=port) == events[5:]
+            assert client.events(probe="tcp_connect", event_type=CONNECT, dst_port=port, command=COMMAND,
                                      limit=3) == events[-3:]
-            assert client.get_events(probe="tcp_connect", dst_port=port, dst_ip="127.0.0.1",
+            assert client.events(probe="tcp_connect", dst_port=port, dst_ip="127.0.0.1",
                                      src_port=first["results"][0]["sport"]) == events[:1]
-            assert client.get_events(probe="tcp_close", dst_port=port) == []
-            assert client.get_events(probe="tcp_connect", event_type=CONNECT, dst_port=port, since=3600) == events
+            assert client.events(probe="tcp_close", dst_port=port) == []
+            assert client.events(probe="tcp_connect", event_type=CONNECT, dst_port=port, since=3600) == events
             time.sleep(0.3)  # nothing more may come
             assert subscribers(daemon) == 1
         stream.send_signal(signal.SIGTERM)
@@ -205,7 +206,7 @@ def test_client_deploy_is_idempotent_resampling_reattaches_and_status_counts(net
             """The probe's status once its event count equals the ring's events since ``previous``."""
             def check() -> Any:
                 probe = client.status()["probes"]["tcp_connect"]
-                held = len(client.get_events(probe="tcp_connect", limit=10_000))
+                held = len(client.events(probe="tcp_connect", limit=10_000))
                 return probe["events"] == held - previous and (probe, held)
             found: tuple[dict[str, Any], int] = wait_for(check, what="status and ring to agree")
             return found
@@ -226,20 +227,20 @@ def test_client_deploy_is_idempotent_resampling_reattaches_and_status_counts(net
         # another sample rate: detached and attached again with fresh figures
         resampled = client.deploy("tcp_connect", port=port, sample=0.5)
         assert (resampled["changed"], resampled["sample"], resampled["events"]) == (True, 0.5, 0)
-        before = len(client.get_events(probe="tcp_connect", limit=10_000))
+        before = len(client.events(probe="tcp_connect", limit=10_000))
         refuse(netns, port, 40)
         wait_for(lambda: (p := client.status()["probes"]["tcp_connect"])
-                 and len(client.get_events(probe="tcp_connect", event_type=CONNECT, limit=10_000)) - 6
+                 and len(client.events(probe="tcp_connect", event_type=CONNECT, limit=10_000)) - 6
                  + p["drops"]["sampled"] == 40, what="40 connects, each kept or counted as sampled")
         probe, _ = settled(before)
-        kept = len(client.get_events(probe="tcp_connect", event_type=CONNECT, limit=10_000)) - 6
+        kept = len(client.events(probe="tcp_connect", event_type=CONNECT, limit=10_000)) - 6
         assert 0 < kept < 40 and kept + probe["drops"]["sampled"] == 40 and probe["sample"] == 0.5
         text = daemon.cli("status")
         assert text.returncode == 0 and "tcp_connect" in text.stdout and f"port={port} sample=0.5" in text.stdout
         health = cli_json(daemon, "health", "--json")
         assert health["ready"] is True and health["healthy"] is True  # sampling is not a loss
         undeployed = client.undeploy("tcp_connect")
-        assert undeployed["events"] == len(client.get_events(probe="tcp_connect", limit=10_000)) - before
+        assert undeployed["events"] == len(client.events(probe="tcp_connect", limit=10_000)) - before
         assert client.status()["probes"] == {}
         with pytest.raises(RequestError) as missing:
             client.undeploy("tcp_connect")
@@ -344,7 +345,7 @@ def test_the_history_stays_within_history_max_mb(netns: NetNs, tmp_path: Path) -
         assert (stats["max_bytes"], stats["max_age_s"], stats["dropped"], stats["errors"]) == (1 << 20, 7200, 0, 0)
         assert stats["pruned"] > 0 and stats["size_bytes"] <= 1 << 20
         # the newest events are kept
-        newest = client.get_events(probe="tcp_connect", event_type=CONNECT, limit=50)
+        newest = client.events(probe="tcp_connect", event_type=CONNECT, limit=50)
         assert client.recent(probe="tcp_connect", event_type=CONNECT, limit=50) == newest
     assert largest <= 1 << 20 and history_disk_bytes(history) <= 1 << 20
     db = sqlite3.connect(f"file:{history}?mode=ro", uri=True)
@@ -668,7 +669,7 @@ def test_sighup_reopens_the_file_emitter(netns: NetNs, tmp_path: Path) -> None:
 
         def all_written(connects: int) -> bool:
             status = client.status()
-            return (len(client.get_events(probe="tcp_connect", event_type=CONNECT)) == connects
+            return (len(client.events(probe="tcp_connect", event_type=CONNECT)) == connects
                     and status["emitters"]["file"]["events_emitted"] == status["probes"]["tcp_connect"]["events"])
 
         before = refuse(netns, port, 3)

@@ -90,7 +90,7 @@ def refuse(netns: NetNs, count: int) -> None:
 
 def connect_events(daemon: Daemon) -> int:
     with daemon.client() as client:
-        return len(client.get_events(probe="tcp_connect", event_type=CONNECT, dst_port=REFUSED_PORT, limit=10_000))
+        return len(client.events(probe="tcp_connect", event_type=CONNECT, dst_port=REFUSED_PORT, limit=10_000))
 
 
 def probe_events(daemon: Daemon) -> int:

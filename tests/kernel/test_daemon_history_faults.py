@@ -94,7 +94,7 @@ def traces(daemon: Daemon, netns: NetNs, port: int) -> None:
     with daemon.client() as client:
         client.deploy("tcp_connect", port=port)
         refuse(netns, port, 5)
-        wait_for(lambda: len(client.get_events(probe="tcp_connect", event_type=CONNECT, dst_port=port)) == 5,
+        wait_for(lambda: len(client.events(probe="tcp_connect", event_type=CONNECT, dst_port=port)) == 5,
                  timeout=30, what="five connect events")
 
 

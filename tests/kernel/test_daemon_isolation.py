@@ -88,23 +88,23 @@ def test_a_raising_decoder_or_derivation_costs_only_its_probe(netns: NetNs, tmp_
             client.deploy(probe)
 
         poisoned = refused(netns, decode_port, 3)
-        wait_for(lambda: sports(client.get_events(probe="tcp_connect", limit=10_000), decode_port) == poisoned,
+        wait_for(lambda: sports(client.events(probe="tcp_connect", limit=10_000), decode_port) == poisoned,
                  what="tcp_connect to see every poisoned connect")
         faulty = wait_for(lambda: (p := client.status()["probes"]["faulty_connect"])["drops"]["decode_error"] >= 3
                           and p, what="the decoder failures to be counted")
-        assert sports(client.get_events(probe="faulty_connect", limit=10_000), decode_port) == []
+        assert sports(client.events(probe="faulty_connect", limit=10_000), decode_port) == []
         assert faulty["attach"] is not None  # still attached and draining
 
         derived = refused(netns, derive_port, 2)
         wait_for(lambda: client.status()["probes"]["faulty_connect"]["derive_errors"] >= 1,
                  what="the derivation failure to be counted")
         # a failed derivation costs the derived events only: the batch's own events are delivered
-        wait_for(lambda: sports(client.get_events(probe="faulty_connect", limit=10_000), derive_port) == derived,
+        wait_for(lambda: sports(client.events(probe="faulty_connect", limit=10_000), derive_port) == derived,
                  what="faulty_connect's own events despite its derivation failing")
 
         healthy = refused(netns, healthy_port, 4)
         for probe in ("tcp_connect", "faulty_connect"):
-            wait_for(lambda probe=probe: sports(client.get_events(probe=probe, limit=10_000), healthy_port) == healthy,
+            wait_for(lambda probe=probe: sports(client.events(probe=probe, limit=10_000), healthy_port) == healthy,
                      what=f"{probe} to see the healthy connects")
         status = client.status()["probes"]
         assert status["tcp_connect"]["drops"]["decode_error"] == 0 and status["tcp_connect"]["derive_errors"] == 0

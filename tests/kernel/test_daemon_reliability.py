@@ -26,9 +26,10 @@ import pytest
 from daemon_helpers import JALKI, running_daemon, wait_for
 from netns_helpers import NetNs
 
-from jalki_core.daemon.client import DaemonClient, DaemonUnavailable, RequestError
 from jalki_core.daemon.server import MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_PER_CONNECTION
 from jalki_core.daemon.store import History
+from jalki_core.errors import DaemonUnavailable, RequestError
+from jalki_core.sdk import Client
 
 pytestmark = pytest.mark.kernel
 
@@ -122,9 +123,9 @@ def test_idle_connections_past_the_fd_limit_are_refused_counted_and_the_daemon_l
 
         wait_for(closed_seen, what="the daemon to see the closed connections")
         with daemon.client() as client:
-            wait_for(lambda: len(client.get_events(probe="tcp_connect", event_type="kernel.tcp.connect")) == 5,
+            wait_for(lambda: len(client.events(probe="tcp_connect", event_type="kernel.tcp.connect")) == 5,
                      what="the 5 connects")
-            events = client.get_events(probe="tcp_connect", event_type="kernel.tcp.connect")
+            events = client.events(probe="tcp_connect", event_type="kernel.tcp.connect")
             assert [e["network_data"]["src_port"] for e in events] == [r["sport"] for r in report["results"]]
             status = client.status()
         assert status["connections"]["max"] == served
@@ -165,7 +166,7 @@ def test_a_second_daemon_never_takes_a_live_daemons_socket_even_with_a_full_back
             resume = threading.Timer(1.0, os.kill, (pid, signal.SIGCONT))
             resume.start()
             try:
-                with DaemonClient.connect(daemon.socket, timeout=60) as client:
+                with Client(daemon.socket, timeout=60) as client:
                     assert client.ping()["pid"] == pid
             finally:
                 resume.join()
