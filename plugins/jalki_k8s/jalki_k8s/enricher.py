@@ -102,7 +102,8 @@ class K8sEnricher:
     :param node_name: this node (default: ``$NODE_NAME``, else the host name, as the kubelet defaults to).
     :param config: the API server (default: in-cluster, else ``KUBECONFIG`` / ``~/.kube/config``).
     :param cgroup_root: the cgroup v2 hierarchy (default: detected; ``/sys/fs/cgroup`` or its ``unified/``).
-    :param proc_root: the host's ``/proc`` (``/host/proc`` in the DaemonSet).
+    :param proc_root: the host's ``/proc`` (default: ``$JALKI_HOST_PROC``, else ``/proc``; the DaemonSet
+        mounts it at ``/host/proc``).
     :param retry_s: how long an event whose pod is unknown waits.
     :param max_pending: most events waiting.
     :param watch: start a :class:`PodWatcher` (``False``: the caller fills :attr:`pods` itself).
@@ -114,7 +115,7 @@ class K8sEnricher:
         node_name: str | None = None,
         config: KubeConfig | SingleConfig | None = None,
         cgroup_root: Path | None = None,
-        proc_root: Path = Path("/proc"),
+        proc_root: Path | None = None,
         retry_s: float = DEFAULT_RETRY_S,
         max_pending: int = DEFAULT_MAX_PENDING,
         watch: bool = True,
@@ -126,14 +127,14 @@ class K8sEnricher:
         self.node_name = node_name or os.environ.get("NODE_NAME") or socket.gethostname().lower()
         self.pods = pods or PodIndex()
         self.cgroups = cgroups or CgroupIndex(cgroup_root if cgroup_root is not None else "detect",
-                                              proc_root=proc_root)
+                                              proc_root=proc_root or Path(os.environ.get("JALKI_HOST_PROC", "/proc")))
         self.retry_s = retry_s
         self.max_pending = max_pending
         self.counters = EnrichCounters()
         self._clock = clock
         self._pending: deque[tuple[float, dict[str, Any], ContainerRef]] = deque()
         self._overflow: list[dict[str, Any]] = []
-        """Events let out of a full buffer, marked unresolved, for the next call's output."""
+        """Events the current batch pushed out of a full buffer, marked unresolved."""
         self._parse = functools.lru_cache(maxsize=65536)(parse_cgroup_path)
         self.watcher: PodWatcher | None = None
         if watch:
@@ -157,10 +158,10 @@ class K8sEnricher:
         An event whose pod is not yet known is held back and comes out of a later call or :meth:`flush`.
         """
         out = self._release(force=False)
-        for event in events:
-            if self._enrich_one(event):
-                out.append(event)
-        return out
+        ready = [event for event in events if self._enrich_one(event)]
+        out += self._overflow  # let out of a full buffer by this batch: older than the batch
+        self._overflow = []
+        return out + ready
 
     def flush(self) -> list[dict[str, Any]]:
         """Every held event now: resolved if its pod is known, else marked unresolved."""
@@ -239,7 +240,7 @@ class K8sEnricher:
         return False
 
     def _release(self, *, force: bool) -> list[dict[str, Any]]:
-        out, self._overflow = self._overflow, []
+        out: list[dict[str, Any]] = []
         if not self._pending:
             return out
         now = self._clock()

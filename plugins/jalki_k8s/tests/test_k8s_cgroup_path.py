@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from jalki_k8s.cgroup_index import pick_proc_cgroup_path
 from jalki_k8s.cgroup_path import ContainerRef, normalize_pod_uid, parse_cgroup_path
 
@@ -70,10 +69,10 @@ def test_pod_uid_normalized_from_systemd_escaping() -> None:
 
 def test_proc_cgroup_prefers_the_line_that_names_a_container() -> None:
     v2_host_v1_pod = (
-        "12:memory:/kubepods/burstable/pod{uid}/{cid}\n"
-        "1:name=systemd:/kubepods/burstable/pod{uid}/{cid}\n"
+        f"12:memory:/kubepods/burstable/pod{UID}/{CID}\n"
+        f"1:name=systemd:/kubepods/burstable/pod{UID}/{CID}\n"
         "0::/\n"
-    ).format(uid=UID, cid=CID)
+    )
     assert pick_proc_cgroup_path(v2_host_v1_pod, parse_cgroup_path) == f"/kubepods/burstable/pod{UID}/{CID}"
     pure_v2 = f"0::/kubepods.slice/kubepods-pod{SUID}.slice/cri-containerd-{OTHER}.scope\n"
     assert parse_cgroup_path(pick_proc_cgroup_path(pure_v2, parse_cgroup_path) or "") == ContainerRef(

@@ -7,11 +7,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fake_apiserver import FakeApiServer, make_pod
-from lightkube import KubeConfig
-
 from jalki_k8s.enricher import K8sEnricher
 from jalki_k8s.pods import PodIndex
 from jalki_k8s.watch import PodWatcher
+from lightkube import KubeConfig
 
 NODE = "node-a"
 UIDS = [f"1111111{i}-2222-4333-8444-55555555555{i}" for i in range(6)]

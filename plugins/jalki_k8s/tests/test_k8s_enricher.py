@@ -1,0 +1,124 @@
+"""K8sEnricher on a cgroup-shaped directory tree: hits, tombstones, the retry buffer, counters, the schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from fake_apiserver import make_pod
+from jalki_k8s.cgroup_index import CgroupIndex
+from jalki_k8s.enricher import K8S_SCHEMA, UNRESOLVED_KEY, K8sEnricher
+from jalki_k8s.pods import PodIndex, owner_attributes
+
+UID = "5b7c1e2a-9d3f-4e8a-b1c6-0f2d3e4a5b6c"
+LATE_UID = "6c8d2f3b-0e4a-4f9b-82d7-1a3e4f5b6c7d"
+CID, LATE_CID, DOCKER_CID = "c" * 64, "d" * 64, "e" * 64
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cgroup(root: Path, relative: str) -> int:
+    path = root / relative.strip("/")
+    path.mkdir(parents=True)
+    return path.stat().st_ino
+
+
+def event(cgroup_id: int, pid: int = 0) -> dict[str, Any]:
+    return {"type": "kernel.tcp.connect", "process_data": {"pid": pid, "cgroup_id": cgroup_id}}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict[str, int]:
+    slice_ = f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID.replace('-', '_')}.slice"
+    late = f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{LATE_UID.replace('-', '_')}.slice"
+    return {
+        "app": cgroup(tmp_path, f"{slice_}/cri-containerd-{CID}.scope"),
+        "late": cgroup(tmp_path, f"{late}/crio-{LATE_CID}.scope"),
+        "docker": cgroup(tmp_path, f"system.slice/docker-{DOCKER_CID}.scope"),
+        "host": cgroup(tmp_path, "user.slice/user-0.slice"),
+    }
+
+
+def test_enrich_hit_late_unresolved_tombstone_and_counters(tmp_path: Path, tree: dict[str, int]) -> None:
+    clock = Clock()
+    pods = PodIndex(clock=clock)
+    pods.replace([make_pod("checkout-7f9c-x2", uid=UID, namespace="payments", containers={"app": f"containerd://{CID}"},
+                           owner=("ReplicaSet", "checkout-7f9c"), labels={"pod-template-hash": "7f9c"})])
+    enricher = K8sEnricher(node_name="node-a", watch=False, pods=pods, clock=clock, retry_s=2.0,
+                           cgroups=CgroupIndex(tmp_path, refresh_interval_s=0.0, clock=clock))
+    batch = [event(tree["app"]), event(tree["late"]), event(tree["docker"]), event(tree["host"]),
+             event(987654321), {"type": "kernel.tcp.retransmit", "network_data": {}}]
+    out = enricher.enrich(batch)
+    assert len(out) == 5 and enricher.pending == 1  # the unknown pod's event waits
+    assert out[0]["k8s"] == {
+        "k8s.pod.name": "checkout-7f9c-x2", "k8s.pod.uid": UID, "k8s.namespace.name": "payments",
+        "k8s.node.name": "node-a", "k8s.replicaset.name": "checkout-7f9c", "k8s.deployment.name": "checkout",
+        "container.id": CID, "k8s.container.name": "app", "container.runtime": "containerd"}
+    assert out[1]["k8s"] == {"container.id": DOCKER_CID, "container.runtime": "docker"}
+    assert all("k8s" not in e for e in out[2:])
+
+    # The late pod shows up within the retry window: its event comes out resolved with the next batch.
+    pods.apply("ADDED", make_pod("db-0", uid=LATE_UID, namespace="payments", containers={"pg": f"cri-o://{LATE_CID}"},
+                                 owner=("StatefulSet", "db")))
+    [late] = enricher.enrich([])
+    assert late["k8s"]["k8s.statefulset.name"] == "db" and late["k8s"]["container.runtime"] == "cri-o"
+
+    # Deleted: still resolved from the tombstone, marked so.
+    pods.apply("DELETED", make_pod("checkout-7f9c-x2", uid=UID, namespace="payments"))
+    [dying] = enricher.enrich([event(tree["app"])])
+    assert dying["k8s"]["k8s.pod.name"] == "checkout-7f9c-x2" and dying["k8s"]["jalki.k8s.pod_deleted"] is True
+    assert dying["k8s"]["k8s.container.name"] == "app"  # the last known statuses, not the DELETED object's
+
+    # A pod that never shows up: out after retry_s, marked unresolved with what the cgroup told.
+    pods.apply("DELETED", make_pod("db-0", uid=LATE_UID, namespace="payments"))
+    clock.now += pods.tombstone_ttl_s + 1
+    assert enricher.enrich([event(tree["late"])]) == [] and enricher.pending == 1
+    clock.now += 2.0
+    [unresolved] = enricher.enrich([])
+    assert unresolved["k8s"] == {"k8s.pod.uid": LATE_UID, "container.id": LATE_CID, UNRESOLVED_KEY: True}
+
+    for enriched in (out[0], out[1], late, dying, unresolved):
+        jsonschema.validate(enriched["k8s"], K8S_SCHEMA)
+    counters = enricher.status()["counters"]
+    assert counters == {"hit": 2, "late": 1, "unresolved": 1, "miss": 1, "host_process": 1, "container_only": 1,
+                        "api_unavailable": 0, "no_process": 1, "tombstone": 1, "pending_overflow": 0}
+
+
+def test_full_buffer_lets_the_oldest_out_unresolved_and_flush_empties_it(tmp_path: Path,
+                                                                        tree: dict[str, int]) -> None:
+    clock = Clock()
+    enricher = K8sEnricher(node_name="n", watch=False, pods=PodIndex(clock=clock), clock=clock, max_pending=2,
+                           cgroups=CgroupIndex(tmp_path, clock=clock))
+    first, second, third = event(tree["late"], pid=1), event(tree["late"], pid=2), event(tree["late"], pid=3)
+    assert enricher.enrich([first, second]) == []
+    assert enricher.enrich([third]) == [first]  # nothing lost: out, marked, counted
+    assert first["k8s"][UNRESOLVED_KEY] is True
+    assert enricher.flush() == [second, third] and enricher.pending == 0
+    assert enricher.counters.pending_overflow == 1 and enricher.counters.unresolved == 3
+
+
+def test_cgroup_index_refresh_is_rate_limited(tmp_path: Path) -> None:
+    clock = Clock()
+    index = CgroupIndex(tmp_path, refresh_interval_s=1.0, clock=clock)
+    assert index.path_of(1) is None and index.stats.refreshes == 1
+    made = cgroup(tmp_path, "kubepods/pod" + UID)
+    assert index.path_of(made) is None and index.stats.refresh_skipped == 1  # too soon: no second walk
+    clock.now += 1.0
+    assert index.path_of(made) == f"/kubepods/pod{UID}" and index.stats.refreshes == 2
+
+
+def test_cronjob_candidate_and_deployment_need_the_hash() -> None:
+    job = make_pod("x", uid=UID, owner=("Job", "nightly-report-29160000"))
+    assert owner_attributes(job) == {"k8s.job.name": "nightly-report-29160000", "k8s.cronjob.name": "nightly-report"}
+    bare_rs = make_pod("x", uid=UID, owner=("ReplicaSet", "hand-made"))
+    assert owner_attributes(bare_rs) == {"k8s.replicaset.name": "hand-made"}
+    daemon = make_pod("x", uid=UID, owner=("DaemonSet", "agent"))
+    assert owner_attributes(daemon) == {"k8s.daemonset.name": "agent"}
