@@ -27,25 +27,33 @@ never the wall clock, so replayed events give the same result.
   window if they fall inside it; an event older than a window that was
   already closed is treated as a new event of its group.
 
-Memory is bounded: a group keeps at most ``threshold - 1`` pending events, and
-groups whose pending events all lie more than ``T`` behind the newest event
-are forgotten.
+Memory is bounded: a group keeps at most ``threshold - 1`` pending events;
+a group is forgotten as soon as its pending events all lie more than ``T``
+behind the newest event (or when its window closes), and at most
+``max_groups`` groups are kept: a new group at the cap evicts the least
+recently used one (its pending events no longer count towards a window, or
+its open window is reported early), counted in :attr:`BurstDetector.evictions`.
+Each event costs amortised O(1): groups are kept in least-recently-used order,
+so the idle ones are found at the front of that order, never by a scan.
 """
 
 from __future__ import annotations
 
 import calendar
-import functools
 import heapq
 import time
 from bisect import insort
-from collections.abc import Callable, Hashable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from jalki_core.events import Event, EventContext, Rfc3339Formatter
 
 NS_PER_S = 1_000_000_000
+
+DEFAULT_MAX_GROUPS = 8_192
+"""Groups one :class:`BurstDetector` keeps (pending events or an open window) before it evicts."""
 
 
 class Accumulator(Protocol):
@@ -57,24 +65,42 @@ class Accumulator(Protocol):
 
 A = TypeVar("A", bound=Accumulator)
 
+_SECONDS_KEPT = 4096
+# epoch ns of "YYYY-MM-DDTHH:MM:SS" texts already parsed: a burst's events share a few seconds,
+# so a timestamp is read with one slice, one lookup and one int() (oldest second forgotten first)
+_SECOND_NS: dict[str, int] = {}
 
-@functools.lru_cache(maxsize=4096)
-def _epoch_seconds(prefix: str) -> int:
-    return calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S"))
+
+def _second_ns(prefix: str) -> int:
+    base = _SECOND_NS.get(prefix)
+    if base is None:
+        base = calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S")) * NS_PER_S
+        if len(_SECOND_NS) >= _SECONDS_KEPT:
+            del _SECOND_NS[next(iter(_SECOND_NS))]
+        _SECOND_NS[prefix] = base
+    return base
 
 
 def event_time_ns(event: Event) -> int | None:
     """Nanoseconds since the epoch of an event's RFC 3339 ``timestamp`` (UTC, ``Z``), else None."""
     text = event.get("timestamp")
-    if not isinstance(text, str) or len(text) < 20 or not text.endswith("Z"):
+    if not isinstance(text, str) or len(text) < 20 or text[-1] != "Z":
+        return None
+    if len(text) == 30 and text[19] == ".":  # jalki's own form: nine fraction digits
+        fraction = text[20:29]
+    elif len(text) == 20:
+        fraction = ""
+    elif text[19] == ".":
+        fraction = text[20:-1][:9]
+    else:
+        return None
+    if fraction and not (fraction.isascii() and fraction.isdigit()):
         return None
     try:
-        seconds = _epoch_seconds(text[:19])
-        fraction = text[20:-1] if text[19] == "." else ""
-        nanos = int(fraction.ljust(9, "0")[:9]) if fraction else 0
+        base = _second_ns(text[:19])
     except ValueError:
         return None
-    return seconds * NS_PER_S + nanos
+    return base + int(fraction.ljust(9, "0")) if fraction else base
 
 
 @dataclass
@@ -104,10 +130,14 @@ class Window(Generic[A]):
         return next(iter(self.owners.values())) if len(self.owners) == 1 else None
 
 
-@dataclass
 class _Group(Generic[A]):
-    pending: list[tuple[int, int, Event]] = field(default_factory=list)
-    window: Window[A] | None = None
+    """One group's state: pending events (time order) or an open window, never both."""
+
+    __slots__ = ("pending", "window")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, int, Event]] = []
+        self.window: Window[A] | None = None
 
 
 class BurstDetector(Generic[A]):
@@ -116,56 +146,75 @@ class BurstDetector(Generic[A]):
     :param threshold: events needed in one window (``N``, at least 1).
     :param seconds: window length ``T`` (> 0).
     :param new_accumulator: makes the per-window accumulator.
+    :param max_groups: groups kept at most (see the module's "Memory is bounded").
     """
 
-    def __init__(self, threshold: int, seconds: float, new_accumulator: Callable[[], A]) -> None:
+    def __init__(self, threshold: int, seconds: float, new_accumulator: Callable[[], A],
+                 max_groups: int = DEFAULT_MAX_GROUPS) -> None:
         if threshold < 1:
             raise ValueError("threshold must be at least 1")
         if seconds <= 0:
             raise ValueError("seconds must be positive")
+        if max_groups < 1:
+            raise ValueError("max_groups must be at least 1")
         self.threshold = threshold
         self.seconds = seconds
         self.window_ns = int(seconds * NS_PER_S)
+        self.max_groups = max_groups
         self._new = new_accumulator
-        self._groups: dict[Hashable, _Group[A]] = {}
+        # least recently used first: the groups that can be forgotten are at the front
+        self._groups: OrderedDict[Hashable, _Group[A]] = OrderedDict()
         self._ends: list[tuple[int, int, Hashable]] = []  # heap of open windows by end
         self._sequence = 0
         self._newest = 0
-        self._adds = 0
+        self.evictions = 0
+        """Groups evicted at ``max_groups`` (their pending events lost for detection, or their window cut short)."""
+        self.evicted_events = 0
+        """Pending events of evicted groups: they were emitted, but no longer count towards a window."""
 
     def add(self, group: Hashable, ts_ns: int, event: Event) -> list[Window[A]]:
         """Count one event; return the windows (of any group) that this event closed."""
-        closed = self._close_before(ts_ns)
-        self._newest = max(self._newest, ts_ns)
-        state = self._groups.get(group)
+        ends = self._ends
+        closed = self._close_before(ts_ns) if ends and ends[0][0] < ts_ns else []
+        if ts_ns > self._newest:
+            self._newest = ts_ns
+        groups = self._groups
+        state = groups.get(group)
         if state is None:
-            state = self._groups[group] = _Group()
+            if len(groups) >= self.max_groups:
+                self._forget_idle()  # this event may have moved the horizon: forgetting beats evicting
+                if len(groups) >= self.max_groups:
+                    self._evict(closed)
+            state = groups[group] = _Group()
+        else:
+            groups.move_to_end(group)
         window = state.window
         if window is not None and ts_ns <= window.end_ns:
             window.count += 1
-            window.last_ns = max(window.last_ns, ts_ns)
+            if ts_ns > window.last_ns:
+                window.last_ns = ts_ns
             window.accumulator.add(event)
             window.note_owner(event)
             return closed
         self._sequence += 1
-        insort(state.pending, (ts_ns, self._sequence, event))
-        newest = state.pending[-1][0]
-        while state.pending and newest - state.pending[0][0] > self.window_ns:
-            state.pending.pop(0)
-        if len(state.pending) >= self.threshold:
+        pending = state.pending
+        if not pending or ts_ns >= pending[-1][0]:
+            pending.append((ts_ns, self._sequence, event))
+        else:
+            insort(pending, (ts_ns, self._sequence, event))
+        horizon = pending[-1][0] - self.window_ns
+        while pending[0][0] < horizon:
+            del pending[0]
+        if len(pending) >= self.threshold:
             self._open(group, state)
-        self._adds += 1
-        if self._adds % 1024 == 0:
-            self._forget_idle()
+        self._forget_idle()
         return closed
 
     def flush(self) -> list[Window[A]]:
         """Close and return every open window (at session stop); pending events are kept."""
-        closed = []
-        for state in self._groups.values():
-            if state.window is not None:
-                closed.append(state.window)
-                state.window = None
+        closed = [state.window for state in self._groups.values() if state.window is not None]
+        for window in closed:
+            del self._groups[window.group]
         self._ends.clear()
         closed.sort(key=lambda w: (w.start_ns, repr(w.group)))
         return closed
@@ -186,20 +235,34 @@ class BurstDetector(Generic[A]):
 
     def _close_before(self, ts_ns: int) -> list[Window[A]]:
         closed: list[Window[A]] = []
-        while self._ends and self._ends[0][0] < ts_ns:
-            end, _, group = heapq.heappop(self._ends)
-            state = self._groups.get(group)
+        ends, groups = self._ends, self._groups
+        while ends and ends[0][0] < ts_ns:
+            end, _, group = heapq.heappop(ends)
+            state = groups.get(group)
             if state is not None and state.window is not None and state.window.end_ns == end:
                 closed.append(state.window)
-                state.window = None
+                del groups[group]  # an open window has no pending events: nothing else to keep
         return closed
 
     def _forget_idle(self) -> None:
+        """Forget the least recently used groups whose pending events all lie more than T behind."""
+        groups = self._groups
         horizon = self._newest - self.window_ns
-        idle = [group for group, state in self._groups.items()
-                if state.window is None and (not state.pending or state.pending[-1][0] < horizon)]
-        for group in idle:
-            del self._groups[group]
+        while groups:
+            group = next(iter(groups))
+            state = groups[group]
+            if state.window is not None or state.pending[-1][0] >= horizon:
+                return
+            del groups[group]
+
+    def _evict(self, closed: list[Window[A]]) -> None:
+        """Make room for a new group: drop the least recently used one (its open window is reported now)."""
+        _, state = self._groups.popitem(last=False)
+        self.evictions += 1
+        if state.window is not None:
+            closed.append(state.window)  # its heap entry is skipped when it comes up: the group is gone
+        else:
+            self.evicted_events += len(state.pending)
 
     @property
     def groups(self) -> int:
@@ -238,10 +301,3 @@ def destination_key(event: Event) -> tuple[Any, ...]:
     net = event.get("network_data") or {}
     return (net.get("netns"), net.get("dst_ip"), net.get("dst_port"))
 
-
-def timed(events: Iterable[Event]) -> Iterable[tuple[int, Event]]:
-    """Events with their parsed times; events without a parseable timestamp are skipped."""
-    for event in events:
-        ts = event_time_ns(event)
-        if ts is not None:
-            yield ts, event

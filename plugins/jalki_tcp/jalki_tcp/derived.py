@@ -27,18 +27,19 @@ a window names no single connection.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 from jalki_core.events import Event, EventContext, Rfc3339Formatter
 from jalki_tcp.anomalies import (
+    DEFAULT_MAX_GROUPS,
     BurstDetector,
     Window,
     destination_key,
+    event_time_ns,
     new_anomaly_event,
-    timed,
     window_data,
 )
 
@@ -68,13 +69,20 @@ class _Deriver:
     """Shared plumbing: parse times, feed a detector, turn closed windows into events."""
 
     event_type: str = ""
+    """The anomaly's event type."""
+    source_type: str = ""
+    """The type of the events it counts (every other event is skipped first)."""
+    source_outcome: str | None = None
+    """When set, events with another ``outcome`` are skipped first too."""
+    marks: bool = False
+    """Whether :meth:`mark` rewrites counted events (else they are counted as they are)."""
 
     def __init__(self, detector: BurstDetector[Any]) -> None:
         self.detector = detector
         self._fmt = Rfc3339Formatter()
 
     def group_of(self, event: Event) -> Hashable | None:
-        """The event's group, or None when the event does not qualify."""
+        """The group of an event of :attr:`source_type`, or None when the event does not qualify."""
         raise NotImplementedError
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
@@ -82,17 +90,33 @@ class _Deriver:
         raise NotImplementedError
 
     def mark(self, group: Hashable, event: Event) -> Event:
-        """The event as the detector should count it (default: unchanged)."""
+        """The event as the detector should count it (used when :attr:`marks` is set)."""
         return event
 
     def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
-        """Feed a batch; return the anomaly events of the windows it closed."""
+        """Feed a batch; return the anomaly events of the windows it closed.
+
+        An event of another type than :attr:`source_type` (or another outcome
+        than :attr:`source_outcome`) is skipped before any other work; the
+        others are timed, grouped, then counted.
+        """
         out: list[Event] = []
-        for ts, event in timed(events):
-            group = self.group_of(event)
+        source_type, group_of, add = self.source_type, self.group_of, self.detector.add
+        outcome, marks = self.source_outcome, self.marks
+        for event in events:
+            if event.get("type") != source_type:
+                continue
+            if outcome is not None and event.get("outcome") != outcome:
+                continue
+            ts = event_time_ns(event)
+            if ts is None:
+                continue
+            group = group_of(event)
             if group is None:
                 continue
-            out.extend(self.build(window, ctx) for window in self.detector.add(group, ts, self.mark(group, event)))
+            closed = add(group, ts, self.mark(group, event) if marks else event)
+            if closed:
+                out.extend(self.build(window, ctx) for window in closed)
         return out
 
     def flush(self, ctx: EventContext) -> list[Event]:
@@ -123,12 +147,13 @@ class RetransmitSpike(_Deriver):
     """``kernel.network.retransmit_spike``: ≥ N retransmitted segments to one destination within T s."""
 
     event_type = "kernel.network.retransmit_spike"
+    source_type = "kernel.tcp.retransmit"
 
     def __init__(self, threshold: int, seconds: float) -> None:
         super().__init__(BurstDetector(threshold, seconds, _RetransmitCounts))
 
     def group_of(self, event: Event) -> Hashable | None:
-        return destination_key(event) if event.get("type") == "kernel.tcp.retransmit" else None
+        return destination_key(event)
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _RetransmitCounts = window.accumulator
@@ -161,13 +186,12 @@ class RstStorm(_Deriver):
     """``kernel.network.rst_storm``: ≥ N resets within T s, per peer (received) or local endpoint (sent)."""
 
     event_type = "kernel.network.rst_storm"
+    source_type = "kernel.tcp.reset"
 
     def __init__(self, threshold: int, seconds: float) -> None:
         super().__init__(BurstDetector(threshold, seconds, _ResetCounts))
 
     def group_of(self, event: Event) -> Hashable | None:
-        if event.get("type") != "kernel.tcp.reset":
-            return None
         direction = (event.get("data") or {}).get("direction")
         net = event.get("network_data") or {}
         if direction == "sent":
@@ -213,14 +237,14 @@ class ConnectFailures(_Deriver):
     """
 
     event_type = "kernel.network.connect_failures"
+    source_type = "kernel.tcp.connect"
+    source_outcome = "failure"
 
     def __init__(self, threshold: int, seconds: float, errors: frozenset[str]) -> None:
         super().__init__(BurstDetector(threshold, seconds, _ConnectCounts))
         self.errors = errors
 
     def group_of(self, event: Event) -> Hashable | None:
-        if event.get("type") != "kernel.tcp.connect" or event.get("outcome") != "failure":
-            return None
         if (event.get("error") or {}).get("code") not in self.errors:
             return None
         return destination_key(event)
@@ -275,52 +299,70 @@ class RttDegradation(_Deriver):
     when its ``srtt_us_avg`` is at least ``factor`` × the baseline, or above
     ``absolute_us`` (which also applies before the baseline is learned; such
     aggregates are not used to learn it). The anomaly is a window of at least
-    ``threshold`` degraded aggregates within ``seconds``.
+    ``threshold`` degraded aggregates within ``seconds``. At most ``max_keys``
+    destinations are learning and at most ``max_keys`` have a baseline; the
+    least recently seen one is evicted beyond that (:attr:`key_evictions`).
     """
 
     event_type = "kernel.network.rtt_degradation"
+    source_type = "kernel.tcp.rtt"
+    marks = True
 
     adapt_below: float = 1.25
     """Aggregates below this many times the baseline move it (by 1/8 of the difference)."""
 
     def __init__(self, threshold: int, seconds: float, *, factor: float, absolute_us: int,
-                 baseline_windows: int) -> None:
+                 baseline_windows: int, max_keys: int = DEFAULT_MAX_GROUPS) -> None:
         super().__init__(BurstDetector(threshold, seconds, _RttCounts))
         self.factor = factor
         self.absolute_us = absolute_us
         self.baseline_windows = baseline_windows
-        self._learning: dict[Hashable, list[int]] = {}
-        self._baseline: dict[Hashable, float] = {}
+        self.max_keys = max_keys
+        # least recently seen first, each at most max_keys long (the oldest key is evicted)
+        self._learning: OrderedDict[Hashable, list[int]] = OrderedDict()
+        self._baseline: OrderedDict[Hashable, float] = OrderedDict()
+        self.key_evictions = 0
+        """Destinations whose baseline (or the aggregates learning it) was evicted at ``max_keys``."""
 
     def baseline(self, key: Hashable) -> float | None:
         """The learned baseline of a destination (µs), or None while it is learned."""
         return self._baseline.get(key)
 
     def group_of(self, event: Event) -> Hashable | None:
-        if event.get("type") != "kernel.tcp.rtt":
-            return None
         avg = (event.get("data") or {}).get("srtt_us_avg")
         if not isinstance(avg, int):
             return None
         key = _rtt_key(event)
         baseline = self._baseline.get(key)
+        if baseline is not None:
+            self._baseline.move_to_end(key)
         degraded = avg > self.absolute_us or (baseline is not None and avg >= self.factor * baseline)
         if degraded:
             return key
         if avg > self.absolute_us:
             return None
         if baseline is None:
-            learning = self._learning.setdefault(key, [])
+            learning = self._learning.get(key)
+            if learning is None:
+                learning = self._learning[key] = []
+                self._bound(self._learning)
             learning.append(avg)
             if len(learning) >= self.baseline_windows:
                 self._baseline[key] = sum(learning) / len(learning)
                 del self._learning[key]
+                self._bound(self._baseline)
         elif avg < self.adapt_below * baseline:
             self._baseline[key] = baseline + (avg - baseline) / 8
         return None
 
+    def _bound(self, table: OrderedDict[Hashable, Any]) -> None:
+        """Evict the least recently seen key of ``table`` beyond ``max_keys``."""
+        if len(table) > self.max_keys:
+            table.popitem(last=False)
+            self.key_evictions += 1
+
     def mark(self, group: Hashable, event: Event) -> Event:
-        """A degraded aggregate carries the baseline in force when it was seen."""
+        """A degraded aggregate carries the baseline in force when it was seen (rare: a copy is fine)."""
         baseline = self._baseline.get(group)
         return {**event, "data": {**event["data"], "_baseline_us": None if baseline is None else round(baseline)}}
 

@@ -20,4 +20,5 @@ TCP_STATES: dict[int, str] = {
 
 def tcp_state_name(number: int) -> str:
     """The kernel name of a TCP state number (``7`` → ``"CLOSE"``)."""
-    return TCP_STATES.get(number, f"UNKNOWN_{number}")
+    name = TCP_STATES.get(number)
+    return f"UNKNOWN_{number}" if name is None else name  # the f-string only when it is needed
