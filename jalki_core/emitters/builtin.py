@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from jalki_core import hookimpl
 from jalki_core.emitters.base import Emitter, EventBatch
 from jalki_core.errors import EmitterClosedError, EmitterError, UsageError
+from jalki_core.hookspecs import hookimpl
 from jalki_core.registry import BoundEmitterRegistry
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024

@@ -177,7 +177,8 @@ def test_a_probe_raising_unavailable_is_reported_like_a_returned_reason(hook: st
 
     from jalki_core.loader import ProbeLoader
 
-    probe = type("Raising", (RaisingProbe,), {"raise_in": hook, "bpf_object": OomKillProbe.bpf_object,
+    oom_object = ProbeResource.of(OomKillProbe(), "bpf_object")  # resolved in jalki_memory, not here
+    probe = type("Raising", (RaisingProbe,), {"raise_in": hook, "bpf_object": oom_object,
                                               "layout": OomKillProbe.layout, "ladder": OomKillProbe.ladder})()
     with pytest.raises(ProbeUnavailableError) as caught:
         ProbeLoader().load(probe)

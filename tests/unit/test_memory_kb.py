@@ -37,7 +37,7 @@ def test_entry_is_this_plugins() -> None:
     assert entry.event_type == "kernel.memory.oom_kill" in registered.probe.event_types
     assert entry.attach == ("tp_btf", "tracepoint")
     assert "process_exit" in entry.combine_with
-    assert entry.source == "plugin memory (jalki-memory 0.1.0): memory.json"
+    assert entry.source == "plugin memory (jalki-memory 0.1.0): kb/memory.json"
     core = json.loads((REPO / "kb" / "memory.planned.json").read_text())
     assert "oom_mark_victim" not in {e["id"] for e in core["entries"]}
 

@@ -42,7 +42,7 @@ def test_entries_are_this_plugins_and_unique() -> None:
         assert registered is not None and registered.owner.plugin == "process"
         assert entry.event_type in registered.probe.event_types
         assert entry.attach == tuple(rung.name for rung in registered.probe.ladder)
-        assert entry.source == "plugin process (jalki-process 0.1.0): process.json"
+        assert entry.source == "plugin process (jalki-process 0.1.0): kb/process.json"
     core = json.loads((REPO / "kb" / "process.planned.json").read_text())
     assert {"process_exit", "process_exec"}.isdisjoint(e["id"] for e in core["entries"])
     assert not KB.problems

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import TYPE_CHECKING
 
 from jalki_core import hookimpl
 from jalki_fs.probes import OpenFailedProbe
 
 if TYPE_CHECKING:
-    from jalki_core.kb.contrib import BoundKbRegistry
-    from jalki_core.registry import BoundProbeRegistry
+    from jalki_core import BoundKbRegistry, BoundProbeRegistry
 
 
 @hookimpl
@@ -22,4 +20,4 @@ def jalki_register_probes(registry: BoundProbeRegistry) -> None:
 @hookimpl
 def jalki_register_kb(registry: BoundKbRegistry) -> None:
     """Register the fs entries of the knowledge base this plugin implements (``kb/fs_open.json``)."""
-    registry.register_file(resources.files("jalki_fs") / "kb" / "fs_open.json")
+    registry.register_file("kb/fs_open.json")

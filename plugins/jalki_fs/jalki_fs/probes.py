@@ -9,12 +9,8 @@ from typing import Any
 
 from jalki_core.errors import LibbpfError, ProbeError, errno_name
 from jalki_core.events import Event, EventContext, errno_message
-from jalki_core.probe import AttachRung, Probe, ProbeResource
+from jalki_core.probe import AttachRung, Probe
 from jalki_fs import layouts
-
-_BPF_PACKAGE = "jalki_fs.bpf"
-_OBJECT = "open_failed.bpf.o"
-_EVENT_SCHEMA = ProbeResource("jalki_fs", "events.schema.json")
 
 PREFIX_ENV = "JALKI_FS_PATH_PREFIX"
 """Environment variable: report only paths starting with this text (empty: all)."""
@@ -71,8 +67,8 @@ class OpenFailedProbe(Probe):
     name = "open_failed"
     observes = "syscalls:sys_enter_openat / sys_exit_openat (+ openat2, open, creat)"
     event_types = ("kernel.fs.open_failed",)
-    bpf_object = ProbeResource(_BPF_PACKAGE, _OBJECT)
-    event_schema = _EVENT_SCHEMA
+    bpf_object = "bpf/open_failed.bpf.o"
+    event_schema = "events.schema.json"
     layout = layouts.OPEN_FAILED
     extra_drop_causes = layouts.EXTRA_DROP_CAUSES
     # Entry programs before their exit programs: the loader detaches in reverse

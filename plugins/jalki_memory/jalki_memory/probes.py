@@ -6,11 +6,9 @@ import resource
 from typing import Any
 
 from jalki_core.events import OWNER_KNOWN, Event, EventContext, kernel_comm
-from jalki_core.probe import AttachRung, Probe, ProbeResource
+from jalki_core.probe import AttachRung, Probe
 from jalki_memory import layouts
 
-_BPF_PACKAGE = "jalki_memory.bpf"
-_EVENT_SCHEMA = ProbeResource("jalki_memory", "events.schema.json")
 """The JSON Schema of the memory events, beyond the core envelope."""
 _FIGURES = ("total_vm", "anon_rss", "file_rss", "shmem_rss")
 
@@ -40,8 +38,8 @@ class OomKillProbe(Probe):
     name = "oom_kill"
     observes = "oom:mark_victim"
     event_types = ("kernel.memory.oom_kill",)
-    bpf_object = ProbeResource(_BPF_PACKAGE, "oom_kill.bpf.o")
-    event_schema = _EVENT_SCHEMA
+    bpf_object = "bpf/oom_kill.bpf.o"
+    event_schema = "events.schema.json"
     layout = layouts.OOM_KILL
     ladder = (
         AttachRung("tp_btf", ("tpbtf_oom_mark_victim",), "tp_btf/mark_victim (victim task and mm)"),

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import TYPE_CHECKING
 
 from jalki_core import hookimpl
 from jalki_process.probes import ProcessExecProbe, ProcessExitProbe
 
 if TYPE_CHECKING:
-    from jalki_core.kb.contrib import BoundKbRegistry
-    from jalki_core.registry import BoundProbeRegistry
+    from jalki_core import BoundKbRegistry, BoundProbeRegistry
 
 
 @hookimpl
@@ -23,4 +21,4 @@ def jalki_register_probes(registry: BoundProbeRegistry) -> None:
 @hookimpl
 def jalki_register_kb(registry: BoundKbRegistry) -> None:
     """Register the knowledge-base entries this plugin implements (``kb/process.json``)."""
-    registry.register_file(resources.files("jalki_process") / "kb" / "process.json")
+    registry.register_file("kb/process.json")

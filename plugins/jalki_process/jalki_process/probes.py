@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from jalki_core.events import Event, EventContext, kernel_comm
-from jalki_core.probe import AttachRung, Probe, ProbeResource
+from jalki_core.probe import AttachRung, Probe
 from jalki_process import layouts
 from jalki_process.signals import decode_wait_status, signal_name
 
-_BPF_PACKAGE = "jalki_process.bpf"
-_EVENT_SCHEMA = ProbeResource("jalki_process", "events.schema.json")
 """The JSON Schema of the process events, beyond the core envelope."""
 
 
@@ -43,8 +41,8 @@ class ProcessExecProbe(Probe):
     name = "process_exec"
     observes = "sched:sched_process_exec"
     event_types = ("kernel.process.exec",)
-    bpf_object = ProbeResource(_BPF_PACKAGE, "process_exec.bpf.o")
-    event_schema = _EVENT_SCHEMA
+    bpf_object = "bpf/process_exec.bpf.o"
+    event_schema = "events.schema.json"
     layout = layouts.EXEC
     ladder = (
         AttachRung("tp_btf", ("tpbtf_process_exec",), "tp_btf/sched_process_exec"),
@@ -87,8 +85,8 @@ class ProcessExitProbe(Probe):
     name = "process_exit"
     observes = "sched:sched_process_exit"
     event_types = ("kernel.process.exit",)
-    bpf_object = ProbeResource(_BPF_PACKAGE, "process_exit.bpf.o")
-    event_schema = _EVENT_SCHEMA
+    bpf_object = "bpf/process_exit.bpf.o"
+    event_schema = "events.schema.json"
     layout = layouts.EXIT
     ladder = (
         AttachRung("tp_btf", ("tpbtf_process_exit",), "tp_btf/sched_process_exit (group_dead argument)"),

@@ -11,12 +11,8 @@ from typing import Any
 
 from jalki_core.errors import ProbeError, errno_name
 from jalki_core.events import Event, EventContext, errno_message
-from jalki_core.probe import AttachRung, Probe, ProbeResource
+from jalki_core.probe import AttachRung, Probe
 from jalki_storage import layouts
-
-_BPF_PACKAGE = "jalki_storage.bpf"
-_OBJECT = "block_io.bpf.o"
-_EVENT_SCHEMA = ProbeResource("jalki_storage", "events.schema.json")
 
 WARNING_ENV = "JALKI_STORAGE_WARNING_MS"
 """Environment variable: the warning threshold in milliseconds (default 50)."""
@@ -124,8 +120,8 @@ class BlockIoProbe(Probe):
     observes = "block:block_rq_issue -> block:block_rq_complete"
     event_types = ("kernel.storage.io_latency", "kernel.storage.io_error",
                    "kernel.storage.io_latency_histogram")
-    bpf_object = ProbeResource(_BPF_PACKAGE, _OBJECT)
-    event_schema = _EVENT_SCHEMA
+    bpf_object = "bpf/block_io.bpf.o"
+    event_schema = "events.schema.json"
     layout = layouts.BLOCK_IO
     extra_drop_causes = layouts.EXTRA_DROP_CAUSES
     # Issue before complete: the loader detaches in reverse order, so no

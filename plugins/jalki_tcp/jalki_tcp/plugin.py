@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from importlib import resources
+from typing import TYPE_CHECKING
 
 from jalki_core import hookimpl
-from jalki_core.kb.contrib import BoundKbRegistry
-from jalki_core.registry import BoundProbeRegistry
 from jalki_tcp.probes import TcpCloseProbe, TcpConnectProbe, TcpResetProbe, TcpRetransmitProbe, TcpRttProbe
 
-KB_FILES = ("tcp.json", "network.json")
-"""The plugin's knowledge-base documents (package data under ``jalki_tcp/kb/``)."""
+if TYPE_CHECKING:
+    from jalki_core import BoundKbRegistry, BoundProbeRegistry
+
+KB_FILES = ("kb/tcp.json", "kb/network.json")
+"""The plugin's knowledge-base documents, relative to the ``jalki_tcp`` package."""
 
 
 @hookimpl
@@ -26,6 +27,5 @@ def jalki_register_probes(registry: BoundProbeRegistry) -> None:
 @hookimpl
 def jalki_register_kb(registry: BoundKbRegistry) -> None:
     """Register the KB entries of the probes this plugin implements and of its anomalies."""
-    kb_dir = resources.files("jalki_tcp") / "kb"
     for name in KB_FILES:
-        registry.register_file(kb_dir / name)
+        registry.register_file(name)
