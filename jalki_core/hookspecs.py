@@ -22,7 +22,12 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 """Marker for the hook specifications below."""
 
 if TYPE_CHECKING:
-    from jalki_core.registry import BoundEmitterRegistry, BoundKbRegistry, BoundProbeRegistry
+    from jalki_core.registry import (
+        BoundCommandRegistry,
+        BoundEmitterRegistry,
+        BoundKbRegistry,
+        BoundProbeRegistry,
+    )
 
 
 @hookspec
@@ -72,5 +77,30 @@ def jalki_register_kb(registry: BoundKbRegistry) -> None:
         or an exception in this hook becomes a problem naming the plugin,
         file, entry and field; it never stops other documents or plugins, and
         the plugin's probes still load.
+    :return: nothing; results are ignored.
+    """
+
+
+@hookspec
+def jalki_register_commands(cli: BoundCommandRegistry) -> None:
+    """Add subcommands to the ``jalki`` command line (the way ``jalki mcp`` is added).
+
+    Called once per process in the same loading pass as the other
+    registration hooks. The ``jalki`` CLI runs the pass only when the command
+    line names no built-in command (``jalki``, ``jalki --help``, a plugin's
+    command), so built-in commands start no slower for it. Keep this hook
+    cheap: register the functions and import heavy dependencies inside them.
+
+    :param cli: ``@cli.command("name", help=...)`` registers a function as
+        ``jalki name`` exactly like ``typer.Typer.command`` (its typer
+        options and arguments are read from its signature); or
+        ``cli.add_typer(sub_app, name="name")`` adds a ``typer.Typer`` as a
+        command group. A name used by a built-in command or by another
+        plugin, a bad name, or an exception in this hook drops this plugin's
+        commands (all of them) with one warning line naming the plugin; its
+        probes, emitters and KB documents still load, and other plugins'
+        commands are unaffected. A command raises
+        :class:`jalki_core.errors.JalkiError` subclasses for bad input; the
+        CLI turns them into one line and an exit code.
     :return: nothing; results are ignored.
     """

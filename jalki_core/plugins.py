@@ -2,15 +2,19 @@
 
 :class:`JalkiPlugins` is the one owner of plugin loading and the typed facade
 the rest of the core uses; nothing else calls a plugin's hooks. It loads each
-plugin once and calls its three registration hooks in one pass: probes,
-emitters and KB documents (``jalki_register_kb``); the knowledge base is then
-built from :meth:`JalkiPlugins.kb_documents` (``default_kb(plugins=...)``).
+plugin once and calls its registration hooks in one pass: probes, emitters,
+KB documents (``jalki_register_kb``) and CLI commands
+(``jalki_register_commands``); the knowledge base is then built from
+:meth:`JalkiPlugins.kb_documents` (``default_kb(plugins=...)``) and the
+``jalki`` CLI adds :attr:`JalkiPlugins.commands` to its app.
 Each plugin is loaded and its hooks are called in isolation: a plugin that
 fails to import, declares an unknown hook, raises in a hook or registers a
 duplicate name is recorded as broken with one line that names its
 distribution and version, and every other plugin still loads. A
 ``jalki_register_kb`` hook that raises does not break its plugin: it becomes
-a located problem of the knowledge base.
+a located problem of the knowledge base, and a ``jalki_register_commands``
+hook that raises or registers a taken name costs only that plugin's commands
+(one line in :attr:`JalkiPlugins.command_problems`).
 
 Operators choose what loads with two environment variables:
 ``JALKI_DISABLE_PLUGINS`` (comma-separated plugin names to skip) and
@@ -35,6 +39,7 @@ import pluggy
 from jalki_core import hookspecs
 from jalki_core.errors import JalkiError, UnknownPluginError
 from jalki_core.registry import (
+    CommandRegistry,
     EmitterRegistry,
     KbDocument,
     KbRegistry,
@@ -63,6 +68,18 @@ class BrokenPlugin:
         return f"plugin {self.identity.plugin!r} ({self.identity}) is broken: {self.reason}"
 
 
+@dataclass(frozen=True)
+class CommandProblem:
+    """A plugin whose ``jalki`` subcommands were not added, and why (its probes still load)."""
+
+    identity: PluginIdentity
+    reason: str
+
+    def one_line(self) -> str:
+        """``plugin 'x' (dist 1.0): its commands are not added: reason``."""
+        return f"plugin {self.identity.plugin!r} ({self.identity}): its commands are not added: {self.reason}"
+
+
 @dataclass
 class PluginInfo:
     """What one loaded plugin provides, for ``jalki plugins``."""
@@ -71,6 +88,7 @@ class PluginInfo:
     probes: list[str] = field(default_factory=list)
     emitters: list[str] = field(default_factory=list)
     kb_documents: list[KbDocument] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -116,7 +134,9 @@ class JalkiPlugins:
         self.pm.add_hookspecs(hookspecs)
         self.probes = ProbeRegistry()
         self.emitters = EmitterRegistry()
+        self.commands = CommandRegistry()
         self.broken: list[BrokenPlugin] = []
+        self.command_problems: list[CommandProblem] = []
         self.loaded: dict[str, PluginInfo] = {}
         self.skipped: list[PluginIdentity] = []
         if load_defaults:
@@ -166,6 +186,38 @@ class JalkiPlugins:
         except Exception as exc:  # a plugin's own bug must not stop the others
             self.pm.unregister(module)
             self._mark_broken(identity, f"registration hook raised {type(exc).__name__}: {exc}")
+            return
+        self._add_commands(module, identity)
+
+    def _add_commands(self, module: ModuleType, identity: PluginIdentity) -> None:
+        """Run the plugin's ``jalki_register_commands``: all its commands or none, never breaking its probes."""
+        hook = getattr(module, COMMANDS_HOOK, None)
+        if hook is None:
+            return
+        staged = CommandRegistry()
+        try:
+            hook(cli=staged.bound_to(identity))
+            for command in staged:
+                self.commands.ensure_unique(command.name, identity)
+        except JalkiError as exc:
+            self.drop_commands(identity, exc.one_line())
+            return
+        except Exception as exc:  # a plugin's own bug must not stop the others
+            self.drop_commands(identity, f"{COMMANDS_HOOK} raised {type(exc).__name__}: {exc}")
+            return
+        for command in staged:
+            self.commands.add(command)
+        self.loaded[identity.plugin].commands.extend(command.name for command in staged)
+
+    def drop_commands(self, identity: PluginIdentity, reason: str) -> None:
+        """Remove every command of one plugin and record why in one line (its probes stay)."""
+        self.commands = _without(self.commands, identity)
+        info = self.loaded.get(identity.plugin)
+        if info is not None:
+            info.commands.clear()
+        problem = CommandProblem(identity, reason)
+        self.command_problems.append(problem)
+        log.warning("%s", problem.one_line())
 
     @staticmethod
     def _collect_registrations(
@@ -260,6 +312,7 @@ class JalkiPlugins:
                     "probes": [self.probes.get(name).probe.describe() for name in info.probes  # type: ignore[union-attr]
                                ],
                     "emitters": list(info.emitters),
+                    "commands": list(info.commands),
                 }
             )
         for broken in self.broken:
@@ -272,12 +325,22 @@ class JalkiPlugins:
                     "error": broken.reason,
                     "probes": [],
                     "emitters": [],
+                    "commands": [],
                 }
             )
         return rows
 
 
 KB_HOOK = "jalki_register_kb"
+COMMANDS_HOOK = "jalki_register_commands"
+
+
+def _without(commands: CommandRegistry, identity: PluginIdentity) -> CommandRegistry:
+    kept = CommandRegistry()
+    for command in commands:
+        if command.owner != identity:
+            kept.add(command)
+    return kept
 
 
 def _collect_kb(module: object, identity: PluginIdentity) -> list[KbDocument]:

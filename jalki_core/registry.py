@@ -1,8 +1,8 @@
 """Registries that plugins fill through the registration hooks.
 
 Each plugin gets a view of a registry bound to its own identity, so a
-duplicate name is reported with both distributions named. The three
-registries (probes, emitters, KB documents) live here, below
+duplicate name is reported with both distributions named. The four
+registries (probes, emitters, KB documents, CLI commands) live here, below
 :mod:`jalki_core.plugins` (which fills them) and :mod:`jalki_core.hookspecs`
 (which names them), and import neither.
 """
@@ -235,3 +235,89 @@ class BoundKbRegistry:
     def register_document(self, data: Mapping[str, Any], name: str = "document") -> None:
         """Register an already-parsed KB document (a layer or vocabulary object)."""
         self._registry.documents.append(KbDocument(f"{self.origin}: {name}", data=data))
+
+
+@dataclass(frozen=True)
+class RegisteredCommand:
+    """A ``jalki`` subcommand a plugin adds: a typer command function or a typer sub-app.
+
+    :param callback: the command function (``typer.Typer.command`` semantics) or ``None`` for a sub-app.
+    :param app: a ``typer.Typer`` added as a command group, or ``None`` for a plain command.
+    :param options: keyword arguments for ``Typer.command``/``Typer.add_typer`` (``help``, ``hidden`` ...).
+    """
+
+    name: str
+    owner: PluginIdentity
+    callback: Callable[..., Any] | None = None
+    app: Any = None
+    options: Mapping[str, Any] | None = None
+
+
+COMMAND_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+class CommandRegistry:
+    """The subcommands plugins add to ``jalki``, by name (checked against each other, not yet the built-ins)."""
+
+    def __init__(self) -> None:
+        self._commands: dict[str, RegisteredCommand] = {}
+
+    def bound_to(self, owner: PluginIdentity) -> BoundCommandRegistry:
+        """The view of this registry handed to one plugin's ``jalki_register_commands``."""
+        return BoundCommandRegistry(self, owner)
+
+    def add(self, command: RegisteredCommand) -> None:
+        """Add a command; a bad or duplicate name raises :class:`PluginError` naming the owners."""
+        name = command.name
+        if not name or not set(name) <= COMMAND_NAME_CHARS or name.startswith("-"):
+            raise PluginError(
+                f"command name {name!r} from {command.owner} is not a command name",
+                hint="use lower-case letters, digits and '-'",
+            )
+        self.ensure_unique(name, command.owner)
+        self._commands[name] = command
+
+    def ensure_unique(self, name: str, owner: PluginIdentity) -> None:
+        """Raise :class:`PluginError` naming both distributions if ``name`` is taken."""
+        existing = self._commands.get(name)
+        if existing is not None:
+            raise PluginError(
+                f"command {name!r} from {owner} duplicates the one from {existing.owner}",
+                hint="uninstall one of the two distributions or disable one with JALKI_DISABLE_PLUGINS",
+            )
+
+    def get(self, name: str) -> RegisteredCommand | None:
+        """The command registered under ``name``, if any."""
+        return self._commands.get(name)
+
+    def __iter__(self) -> Iterator[RegisteredCommand]:
+        return iter(self._commands.values())
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+
+class BoundCommandRegistry:
+    """The ``cli`` a plugin's ``jalki_register_commands(cli)`` receives.
+
+    ``cli.command("name", help=...)`` is a decorator like ``typer.Typer.command``;
+    ``cli.add_typer(sub_app, name="name")`` adds a command group. Nothing is
+    imported or run here: the ``jalki`` CLI adds the commands to its app.
+    """
+
+    def __init__(self, registry: CommandRegistry, owner: PluginIdentity) -> None:
+        self._registry = registry
+        self.owner = owner
+
+    def command(self, name: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated function as ``jalki NAME`` (typer options and arguments in its signature)."""
+
+        def decorator(function: Callable[..., Any]) -> Callable[..., Any]:
+            self._registry.add(RegisteredCommand(name, self.owner, callback=function, options=options))
+            return function
+
+        return decorator
+
+    def add_typer(self, app: Any, *, name: str, **options: Any) -> None:
+        """Register a ``typer.Typer`` as the command group ``jalki NAME``."""
+        self._registry.add(RegisteredCommand(name, self.owner, app=app, options=options))

@@ -47,5 +47,21 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 for plugin in plugins/jalki_*/; do
     "${PIP[@]}" install --no-deps --no-build-isolation --editable "$plugin"
 done
+# --no-deps above keeps pip from fetching a released jalki over the editable core; the plugins' other
+# dependencies (jalki-mcp: the mcp SDK; jalki-k8s: lightkube, and kubernetes-validate for its tests) are
+# installed here, read from their pyproject.toml.
+mapfile -t plugin_deps < <(.venv/bin/python - plugins/jalki_*/pyproject.toml <<'PY'
+import re, sys, tomllib
+for path in sys.argv[1:]:
+    with open(path, "rb") as file:
+        project = tomllib.load(file).get("project", {})  # run-time deps and the "test" extra (jalki-k8s)
+        for dep in project.get("dependencies", []) + project.get("optional-dependencies", {}).get("test", []):
+            if not re.match(r"jalki([-_]|\b)", dep):
+                print(dep)
+PY
+)
+if [ "${#plugin_deps[@]}" -gt 0 ]; then
+    "${PIP[@]}" install "${plugin_deps[@]}"
+fi
 .venv/bin/jalki plugins >/dev/null
 echo "setup: ready ($(.venv/bin/jalki --help >/dev/null && echo 'jalki installed'); plugins: $(.venv/bin/python -c 'from jalki_core.plugins import JalkiPlugins; print(", ".join(JalkiPlugins().plugin_names()))'))"

@@ -1,5 +1,11 @@
 """The ``jalki`` typer app: every command registered from its module, and :func:`main`.
 
+Plugins add commands through ``jalki_register_commands``
+(:func:`add_plugin_commands`). Loading plugins costs time, so :func:`main`
+loads them only when the command line names no built-in command (``jalki``,
+``jalki --help``, a plugin's command): built-in commands start as fast as
+before, and the help lists the plugins' commands.
+
 This is the only module that turns :class:`JalkiError` into a red line and an
 exit code (:mod:`jalki_core.cli.exit_codes`). ``JALKI_DEBUG=1`` shows the
 traceback as well.
@@ -11,13 +17,18 @@ import logging
 import os
 import sys
 import traceback
-from typing import Annotated
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from jalki_core.cli.common import load_plugins, print_json, stderr_console
 from jalki_core.cli.exit_codes import ExitCode, exit_code_for
 from jalki_core.errors import JalkiError
+
+if TYPE_CHECKING:
+    from jalki_core.plugins import JalkiPlugins
+    from jalki_core.registry import PluginIdentity, RegisteredCommand
 
 app = typer.Typer(
     name="jalki",
@@ -73,6 +84,89 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def builtin_command_names(target: typer.Typer = app) -> frozenset[str]:
+    """The names of the commands and groups registered on ``target`` (typer's name for an unnamed one)."""
+    names = {info.name or typer.main.get_command_name(info.callback.__name__)  # type: ignore[union-attr]
+             for info in target.registered_commands}
+    names.update(info.name for info in target.registered_groups if info.name)
+    return frozenset(names)
+
+
+BUILTIN_COMMANDS = builtin_command_names()
+"""The core's own commands; a plugin may not take these names."""
+
+
+def add_plugin_commands(target: typer.Typer, plugins: JalkiPlugins,
+                        reserved: Iterable[str] = BUILTIN_COMMANDS) -> list[str]:
+    """Add the commands plugins registered to ``target``; the names added.
+
+    A plugin whose command takes a ``reserved`` name, or whose commands typer
+    cannot build (a bad signature), loses all its commands, recorded by
+    :meth:`JalkiPlugins.drop_commands` with one line naming it; every other
+    plugin's commands are added.
+    """
+    taken = set(reserved)
+    by_owner: dict[PluginIdentity, list[RegisteredCommand]] = {}
+    for command in plugins.commands:
+        by_owner.setdefault(command.owner, []).append(command)
+    added: list[str] = []
+    for owner, commands in by_owner.items():
+        trial = typer.Typer()
+        try:
+            for command in commands:
+                name = command.name
+                if name in taken:
+                    raise JalkiError(f"command {name!r} is a built-in jalki command",
+                                     hint="the plugin must pick another name")
+                _add_command(trial, command)
+            typer.main.get_command(trial)  # typer checks signatures here; a bad one costs only its plugin
+        except JalkiError as exc:
+            plugins.drop_commands(owner, exc.one_line())
+            continue
+        except Exception as exc:  # a plugin's own bug must not stop the CLI
+            plugins.drop_commands(owner, f"typer refused a command: {type(exc).__name__}: {exc}")
+            continue
+        for command in commands:
+            _add_command(target, command)
+            added.append(command.name)
+    return added
+
+
+def _add_command(target: typer.Typer, command: RegisteredCommand) -> None:
+    options = dict(command.options or {})
+    if command.app is not None:
+        target.add_typer(command.app, name=command.name, **options)
+    elif command.callback is not None:
+        target.command(command.name, **options)(command.callback)
+
+
+_plugin_commands_added = False
+
+
+def _wants_plugin_commands(argv: list[str]) -> bool:
+    """Whether the command line names no built-in command (so a plugin's command or the help may be asked for)."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first is None or first not in BUILTIN_COMMANDS
+
+
+def _load_plugin_commands() -> None:
+    """Load the plugins once per process and add their commands to ``app``, each problem one warning line."""
+    global _plugin_commands_added
+    if _plugin_commands_added:
+        return
+    _plugin_commands_added = True
+    from rich.markup import escape
+
+    from jalki_core.cli.common import load_plugins
+
+    plugins = load_plugins()
+    add_plugin_commands(app, plugins)
+    if plugins.command_problems:
+        console = stderr_console()
+        for problem in plugins.command_problems:
+            console.print(f"[yellow]warning:[/] {escape(problem.one_line())}", soft_wrap=True)
+
+
 def _print_error(message: str) -> None:
     try:
         stderr_console().print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
@@ -111,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("jalki.session").setLevel(logging.ERROR)  # shown in the summary
     usage_errors, aborts = _click_exception_types()
     interrupts: tuple[type[BaseException], ...] = (*aborts, KeyboardInterrupt)
+    if _wants_plugin_commands(sys.argv[1:] if argv is None else argv):
+        _load_plugin_commands()
     try:
         result = app(args=argv, prog_name="jalki", standalone_mode=False)
     except JalkiError as exc:
