@@ -709,7 +709,8 @@ class AsyncClient:
         sock, self.path = await asyncio.to_thread(_connect, self._socket, self.timeout)
         sock.setblocking(False)
         self._session = _Session(self.path)
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_FRAME_BYTES)
+        # a small read-ahead: a slow consumer makes the daemon count drops, not this process buffer megabytes
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=sock, limit=_READ_BYTES)
         return self
 
     async def __aenter__(self) -> AsyncClient:

@@ -330,9 +330,7 @@ class Agent:
         now = time.monotonic()
         return {
             "probes": {name: d.describe(now) for name, d in self.deployments.items()},
-            "emitters": {key: {"events_emitted": w.stats.events_emitted,
-                               "events_dropped": w.stats.events_dropped,
-                               "errors": w.stats.errors, "last_error": w.stats.last_error}
+            "emitters": {key: w.as_dict()
                          for key, w in zip(_emitter_keys(self.session.workers), self.session.workers, strict=True)},
             "delivery": {"lost": dict(self.session.delivery_lost), "last_error": self.session.delivery_last_error},
         }
@@ -524,11 +522,11 @@ class Agent:
 
                 self._metrics = MetricsServer(self, self.config.metrics_addr)
                 self._metrics.start()
-            self._server.start()
-            if install_signals:
+            if install_signals:  # before the socket answers: a client may stop the daemon at its first reply
                 previous = {sig: signal.signal(sig, lambda *_: self.request_stop())
                             for sig in (signal.SIGTERM, signal.SIGINT)}
                 previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: self.request_reopen())
+            self._server.start()
             self.ready = True
             log.info("jalki daemon ready on %s", self.config.socket_path)
             self.session.run(tick=self._tick)

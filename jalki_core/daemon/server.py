@@ -182,7 +182,7 @@ class Subscription:
         if taken < len(raws):
             self.dropped += len(raws) - taken
             self.unreported_drops += len(raws) - taken
-        if taken:
+        if taken or self.unreported_drops:  # a loss is announced even when nothing follows it
             self.ready.set()
 
     def take(self, max_bytes: int) -> list[bytes]:
@@ -318,6 +318,10 @@ class Connection:
                     self.writer.write(b"".join(parts))
                     subscription.sent += len(raws)  # in the socket's buffer: a cancelled drain cannot unsend them
                     await self.writer.drain()
+            if subscription.unreported_drops and not subscription.closing:
+                count, subscription.unreported_drops = subscription.unreported_drops, 0
+                await self.write(protocol.encode(protocol.push("dropped", subscription.number, count=count,
+                                                               reason="slow")))
             if subscription.closing:
                 await self.finish(subscription)
                 return

@@ -485,12 +485,13 @@ def test_malformed_frames_get_error_replies_and_nobody_is_disturbed(tmp_path: Pa
             number = subscribed["result"]["subscription"]
             assert subscribed == {"v": 1, "id": "s", "ok": True, "result": {
                 "subscription": number, "filters": {"probe": "tcp_connect", "dst_ip": "::1",
-                                                    "dst_port": 5432}}}
+                                                    "dst_port": 5432}, "seq": subscribed["result"]["seq"]}}
             assert error_of(other.ask(orjson.dumps({"v": 1, "id": "u", "type": "unsubscribe",
                                                     "subscription": number}) + b"\n")) == ("u", "not_attached")
             assert raw.ask(orjson.dumps({"v": 1, "id": "u", "type": "unsubscribe", "subscription": number})
                            + b"\n") == {"v": 1, "id": "u", "ok": True,
-                                        "result": {"subscription": number, "sent": 0, "dropped": 0}}
+                                        "result": {"subscription": number, "sent": 0, "dropped": 0,
+                                                   "replayed": 0}}
             # the same connection and a new client still work
             assert raw.ask(b'{"v": 1, "id": null, "type": "ping"}\n')["ok"] is True
             with daemon.client() as client:
@@ -536,7 +537,7 @@ def test_a_slow_subscriber_loses_counted_events_and_slows_nobody(netns: NetNs, t
                         received += 1
                     else:
                         assert message == {"v": 1, "push": "dropped", "subscription": number,
-                                           "count": message["count"]}
+                                           "count": message["count"], "reason": "slow"}
                         announced += message["count"]
             except TimeoutError:
                 pass
@@ -737,7 +738,7 @@ def test_clients_without_a_daemon_say_so_in_one_line_and_exit_69(tmp_path: Path)
     result = subprocess.run([JALKI, "status", "--socket", str(missing)], capture_output=True, text=True,
                             timeout=30, check=False)
     assert (result.returncode, result.stdout) == (69, "")
-    assert result.stderr == (f"error: no jalki daemon at {missing} (start one with 'jalki run --serve', or point "
+    assert result.stderr == (f"error: no jalki daemon at {missing} (start one with 'jalki serve', or point "
                              "--socket/JALKI_SOCKET at its socket)\n")
     from_env = subprocess.run([JALKI, "recent"], capture_output=True, text=True, timeout=30, check=False,
                               env={**os.environ, "JALKI_SOCKET": str(missing)})
