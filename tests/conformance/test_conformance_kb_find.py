@@ -99,6 +99,7 @@ def test_limit(demo_kb: KnowledgeBase) -> None:
     ("Is there packet loss?", "tcp_retransmit_skb"),
     ("Was my process OOM-killed?", "oom_mark_victim"),
     ("who killed my process", "signal_generate"),
+    ("why can't my app reach port 5432", "tcp_connect"),
 ])
 def test_plain_questions_find_the_right_probe_first(question: str, first: str) -> None:
     matches = jalki_core.find(question)

@@ -23,6 +23,8 @@ def test_plain_questions_find_the_right_probe_first() -> None:
     assert top("Was my process OOM-killed?", n=1) == [("oom_mark_victim", 302)]
     assert top("who killed my process", n=1) == [("signal_generate", 303)]
     assert top("why is the disk slow", n=1) == [("block_rq_complete", 202)]
+    # the question of issue 12: "port" alone also names tcp_state_change ("stopped listening on its port")
+    assert top("why can't my app reach port 5432", n=2) == [("tcp_connect", 401), ("tcp_state_change", 100)]
 
 
 def test_match_explains_itself_in_the_question_words() -> None:
