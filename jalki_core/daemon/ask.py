@@ -112,7 +112,10 @@ def _passes(event: Mapping[str, Any], pid: int | None, port: int | None, asked_n
         return False
     if port is not None:
         network = event.get("network_data") or {}
-        if port not in (network.get("src_port"), network.get("dst_port")):
+        # As the kernel-side filter: either port of the socket. An aggregate over a local service's
+        # clients (a passive tcp_rtt key) names only the remote side; its local port is data.local_port.
+        local_port = (event.get("data") or {}).get("local_port")
+        if port not in (network.get("src_port"), network.get("dst_port"), local_port):
             return False
     return True
 

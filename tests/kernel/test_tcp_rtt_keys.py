@@ -4,7 +4,12 @@ A server in its own process (it calls listen() itself) and a client make
 thousands of short connections to one service port in a fresh namespace.
 Each connection gives the server one sample per segment it receives in
 ESTABLISHED (the request and the client's FIN) and the client one (the
-reply), so the exact sample totals are known.
+server's ACK of the request), so the exact sample totals are known. The
+client's one holds only because it half-closes after that ACK has arrived:
+tcp:tcp_probe fires for segments received in ESTABLISHED, and under load a
+loopback softirq may run after the client's shutdown(), the ACK then reaching
+a FIN_WAIT1 socket (no sample). Without that wait the kernel really makes
+fewer than 9,000 client samples, and the count looked like a loss.
 """
 
 from __future__ import annotations

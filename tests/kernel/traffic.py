@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import json
 import os
 import select
 import socket
+import struct
 import sys
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -308,6 +311,14 @@ def connect_modes(args: argparse.Namespace) -> None:
     report(results=results)
 
 
+def _wait_acked(conn: socket.socket, deadline: float) -> None:
+    """Wait until every byte sent on ``conn`` is acknowledged (``TIOCOUTQ``: unsent plus unacked bytes)."""
+    while struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
+        if time.monotonic() > deadline:
+            raise TimeoutError("request not acknowledged within 10 s")
+        time.sleep(0.0002)
+
+
 def churn(args: argparse.Namespace) -> None:
     """Serve in a child process, and from this one make --count short connections to it: each sends
     --send bytes, half-closes and reads the --send-byte reply to EOF. Report both pids and the port."""
@@ -328,6 +339,10 @@ def churn(args: argparse.Namespace) -> None:
     for _ in range(args.count):
         with socket.create_connection((args.host, port), timeout=10) as conn:
             conn.sendall(b"s" * args.send)
+            # Half-close only once the request is acknowledged, so that the server's ACK always
+            # reaches this socket in ESTABLISHED (one tcp_probe sample), never in FIN_WAIT1 (none):
+            # under load loopback softirqs run late and shutdown() would otherwise win the race.
+            _wait_acked(conn, deadline=time.monotonic() + 10)
             conn.shutdown(socket.SHUT_WR)
             while conn.recv(65536):
                 pass
