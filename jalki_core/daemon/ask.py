@@ -48,7 +48,14 @@ class AgentCollect:
         def tap(events: list[dict[str, Any]]) -> None:
             if events[0].get("source") not in sources:
                 return
-            kept = [event for event in events if _passes(event, pid, port, asked_ns)]
+            # The agent numbers a batch (seq) before its taps see it; one source's batch ends at stored_seq.
+            # The events stay as the emitters get them (no seq): evidence names copies that carry it.
+            first = self.agent.stored_seq - len(events) + 1
+            if all(event.get("source") == events[0].get("source") for event in events):
+                kept = [{**event, "seq": seq} for seq, event in enumerate(events, first)
+                        if _passes(event, pid, port, asked_ns)]
+            else:  # a mixed batch is numbered source by source: no seq to name
+                kept = [event for event in events if _passes(event, pid, port, asked_ns)]
             if kept:
                 per_probe[str(kept[0]["source"]).removeprefix("jalki/")] += len(kept)
                 collector(kept)

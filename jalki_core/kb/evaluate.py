@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 MAX_LISTED = 20
 """Most destinations and processes listed per evidence group (the busiest first)."""
 
+MAX_EVIDENCE_IDS = 20
+"""Most event ids (and ``seq`` numbers) listed per evidence group: its first events; ``events`` counts them all."""
+
 _TIMESTAMP_RE = re.compile(
     r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$"
 )
@@ -93,6 +96,10 @@ class Evidence:
     :param unattributed: events whose process the kernel could not tell (``process_data.pid`` null).
     :param fields: the values of the finding's decisive fields over these events, with their counts.
     :param commands: the attributed events grouped by command (short-lived processes: one line per program).
+    :param event_ids: the ``id`` of the group's first :data:`MAX_EVIDENCE_IDS` events (those that have one),
+        in the group's order: as received for per-event rules, by time for windows.
+    :param event_seqs: the daemon's ``seq`` of those same events, for those that carry one (events a
+        daemon collected); empty for events observed in-process, which have no ``seq``.
     """
 
     group: tuple[tuple[str, Any], ...]
@@ -105,6 +112,8 @@ class Evidence:
     unattributed: int
     fields: tuple[FieldSummary, ...] = ()
     commands: tuple[CommandGroup, ...] = ()
+    event_ids: tuple[str, ...] = ()
+    event_seqs: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -119,6 +128,8 @@ class Evidence:
             "unattributed": self.unattributed,
             "fields": [summary.as_dict() for summary in self.fields],
             "commands": [command.as_dict() for command in self.commands],
+            "event_ids": list(self.event_ids),
+            "event_seqs": list(self.event_seqs),
         }
 
 
@@ -210,6 +221,7 @@ def _evidence(events: Sequence[Mapping[str, Any]], group: tuple[tuple[str, Any],
         ns = parse_timestamp(event.get("timestamp"))
         if ns is not None:
             stamped.append((ns, event["timestamp"]))
+    listed = events[:MAX_EVIDENCE_IDS]
     return Evidence(
         group=group,
         events=len(events),
@@ -223,6 +235,9 @@ def _evidence(events: Sequence[Mapping[str, Any]], group: tuple[tuple[str, Any],
         unattributed=unattributed,
         fields=summarize_fields(fields, events),
         commands=group_by_command(events),
+        event_ids=tuple(event["id"] for event in listed if isinstance(event.get("id"), str)),
+        event_seqs=tuple(event["seq"] for event in listed
+                         if isinstance(event.get("seq"), int) and not isinstance(event.get("seq"), bool)),
     )
 
 

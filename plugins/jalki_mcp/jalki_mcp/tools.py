@@ -12,12 +12,12 @@ destination and process) and lists at most ``limit`` (default 50, at most
 500), with ``truncated``, ``next_cursor`` (the last ``seq`` listed, for
 ``cursor``) and ``dropped`` (what the daemon lost for these probes, so counts
 are lower bounds); ``ask`` lists at most :data:`MAX_FINDINGS` findings, each
-with the ``seq`` of at most :data:`MAX_EVIDENCE_IDS` evidence events.
+with the ``seq`` and ``id`` of at most :data:`MAX_EVIDENCE_IDS` evidence events,
+as the answer's evidence names them (``specs/ask.md``).
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -34,6 +34,7 @@ SCAN_EVENTS = 1000
 """Events read from the daemon per ``get_events`` call (one reply frame holds about 1,400)."""
 MAX_FINDINGS = 10
 MAX_EVIDENCE_IDS = 20
+"""Evidence events named per finding: the first its groups list, group by group."""
 MAX_GROUPS = 10
 """Destinations and processes listed in a summary."""
 MAX_SECONDS = 300.0
@@ -180,12 +181,15 @@ class FindingOut(BaseModel):
     severity: str
     conclusion: str
     action: str
+    errno: str | None = Field(default=None, description="The errno the finding states (ECONNREFUSED…), if any.")
     detail: str
     events: int
     destinations: list[str]
     processes: list[str]
-    evidence_ids: list[int] = Field(description="seq of evidence events: fetch them with get_events.")
-    evidence_ids_total: int
+    evidence_ids: list[int] = Field(description="seq of the first evidence events: get_events with cursor=seq-1 "
+                                                "lists the event seq first.")
+    evidence_event_ids: list[str] = Field(description="The id of those same events, in the same order.")
+    evidence_ids_total: int = Field(description="Evidence events in all (those named and the rest).")
 
 
 class AskToolResult(DaemonNote):
@@ -360,13 +364,10 @@ class JalkiTools:
         if not 0 < seconds <= MAX_SECONDS:
             raise UsageError(f"seconds {seconds:g} is out of range",
                              hint=f"use more than 0 and at most {MAX_SECONDS:g}")
-        started = time.time()
         try:
             async with self.connect() as daemon:
                 answer = plain(await daemon.ask(question, seconds, pid=pid, port=port))
-                findings = answer.get("findings") or []
-                ids = await _evidence_ids(daemon, findings[:MAX_FINDINGS], started, pid, port)
-            return answer["answer"], _ask_result(answer, ids, daemon=True)
+            return answer["answer"], _ask_result(answer, daemon=True)
         except DaemonUnavailable as exc:
             note = self._no_daemon(exc)
         from jalki_core.ask.engine import ask as ask_here
@@ -375,7 +376,7 @@ class JalkiTools:
             raise JalkiError(f"no daemon ({note})")
 
         result = ask_here(question, seconds=seconds, pid=pid, port=port, collect=no_daemon).as_dict()
-        return str(result["answer"]), _ask_result(result, {}, daemon=False, note=note)
+        return str(result["answer"]), _ask_result(result, daemon=False, note=note)
 
     async def deploy_probe(self, probe: str, ttl: float | None = None, sample: float | None = None,
                            pid: int | None = None, port: int | None = None) -> tuple[Summary, DeployResult]:
@@ -454,77 +455,29 @@ def summarise(events: Sequence[Mapping[str, Any]]) -> EventsSummary:
                          by_process=_top(processes))
 
 
-async def _evidence_ids(daemon: Daemon, findings: Sequence[Mapping[str, Any]], started: float, pid: int | None,
-                        port: int | None) -> dict[int, list[int]]:
-    """Per finding (by position): the ``seq`` of the events its interpretation matched during the ask.
-
-    The answer names its evidence by counts, destinations and processes; the
-    events themselves stay in the daemon's rings. They are read back (the
-    entry's probe, since the ask began) and the interpretation's rule is
-    applied to them again, as the ask did, so the ids are those events.
-    """
-    from jalki_core.kb import default_kb
-    from jalki_core.kb.conditions import Window, get_path, holds
-
-    kb = default_kb()
-    by_probe: dict[str, list[dict[str, Any]]] = {}
-    ids: dict[int, list[int]] = {}
-    for index, finding in enumerate(findings):
-        entry = kb.get(str(finding.get("entry")))
-        if entry is None or entry.implemented_by is None:
-            continue
-        interpretation = next((i for i in entry.interpretations if i.id == finding.get("interpretation")), None)
-        if interpretation is None:
-            continue
-        probe = entry.implemented_by.probe
-        if probe not in by_probe:
-            ago = max(0.0, time.time() - started) + 1.0
-            by_probe[probe] = [plain(e) for e in await daemon.events(probe=probe, since=ago, limit=SCAN_EVENTS)]
-        rule = interpretation.rule
-        groups = [dict(group.get("group") or {}) for group in finding.get("evidence") or ()]
-        matched: list[int] = []
-        for event in by_probe[probe]:
-            if event.get("type") != entry.event_type or not _within(event, pid, port):
-                continue
-            if isinstance(rule, Window):
-                if rule.where is not None and not holds(rule.where, event):
-                    continue
-                if not any(all(get_path(event, k) == v for k, v in group.items()) for group in groups):
-                    continue
-            elif rule is not None and not holds(rule, event):
-                continue
-            matched.append(_seq(event))
-        ids[index] = sorted(seq for seq in matched if seq)
-    return ids
+def _named(evidence: Sequence[Mapping[str, Any]], key: str) -> list[Any]:
+    """The ``key`` list (``event_seqs``, ``event_ids``) of each evidence group in turn, at most
+    :data:`MAX_EVIDENCE_IDS` in all (answers of an older daemon name none)."""
+    return [item for group in evidence for item in group.get(key) or ()][:MAX_EVIDENCE_IDS]
 
 
-def _within(event: Mapping[str, Any], pid: int | None, port: int | None) -> bool:
-    """The ask's own filters (the daemon applies them in user space to probes it shares)."""
-    if pid is not None and (event.get("process_data") or {}).get("pid") != pid:
-        return False
-    if port is not None:
-        network = event.get("network_data") or {}
-        return port in (network.get("src_port"), network.get("dst_port"))
-    return True
-
-
-def _ask_result(answer: Mapping[str, Any], ids: Mapping[int, list[int]], *, daemon: bool,
-                note: str | None = None) -> AskToolResult:
+def _ask_result(answer: Mapping[str, Any], *, daemon: bool, note: str | None = None) -> AskToolResult:
     findings = list(answer.get("findings") or ())
     rows = []
-    for index, finding in enumerate(findings[:MAX_FINDINGS]):
+    for finding in findings[:MAX_FINDINGS]:
         evidence = list(finding.get("evidence") or ())
         destinations = _names((d.get("address"), d.get("events"))
                               for g in evidence for d in g.get("destinations", ()))
         processes = _names((f"{p.get('command') or '?'} (pid {p.get('pid')})", p.get("events"))
                            for g in evidence for p in g.get("processes", ()))
-        found = ids.get(index, [])
         rows.append(FindingOut(entry=finding["entry"], interpretation=finding["interpretation"],
                                severity=finding["severity"], conclusion=finding.get("conclusion", ""),
-                               action=finding.get("action", ""), detail=finding.get("detail", ""),
+                               action=finding.get("action", ""), errno=finding.get("errno"),
+                               detail=finding.get("detail", ""),
                                events=int(finding.get("events") or 0), destinations=destinations,
-                               processes=processes, evidence_ids=found[:MAX_EVIDENCE_IDS],
-                               evidence_ids_total=len(found)))
+                               processes=processes, evidence_ids=_named(evidence, "event_seqs"),
+                               evidence_event_ids=_named(evidence, "event_ids"),
+                               evidence_ids_total=sum(int(group.get("events") or 0) for group in evidence)))
     notes = list(answer.get("notes") or ())
     if note:
         notes.insert(0, f"no daemon: {note}; answered from the knowledge base")
