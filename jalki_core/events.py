@@ -8,12 +8,13 @@ the kernel's CLOCK_MONOTONIC time), ``source``, ``cluster``, ``attach``.
 
 from __future__ import annotations
 
+import calendar
 import functools
-import itertools
 import os
 import secrets
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 Event = dict[str, Any]
@@ -65,19 +66,94 @@ def monotonic_to_realtime_offset() -> int:
     return samples[len(samples) // 2]
 
 
+NS_PER_S = 1_000_000_000
+
+TIME_PREFIXES_KEPT = 4096
+"""Most ``YYYY-MM-DDTHH:MM:SS.`` prefixes :func:`timestamp_ns` remembers (oldest forgotten first)."""
+
+# The second prefixes the formatters made, with their epoch time in ns: a timestamp jalki just
+# formatted is read back with one slice, one lookup and one int() (see timestamp_ns).
+_PREFIX_NS: dict[str, int] = {}
+
+
+def _remember_prefix(prefix: str, base_ns: int) -> None:
+    if prefix not in _PREFIX_NS:
+        if len(_PREFIX_NS) >= TIME_PREFIXES_KEPT:
+            del _PREFIX_NS[next(iter(_PREFIX_NS))]  # dicts keep insertion order: the oldest goes
+        _PREFIX_NS[prefix] = base_ns
+
+
 class Rfc3339Formatter:
-    """Formats nanosecond UTC times as RFC 3339 with nanoseconds, caching the second part."""
+    """Formats nanosecond UTC times as RFC 3339 with nanoseconds, caching the second part.
+
+    Within the cached second a call is one subtraction, one range check and
+    one f-string; only a new second goes through ``time.strftime``.
+    """
+
+    __slots__ = ("_base", "_prefix")
 
     def __init__(self) -> None:
-        self._second = -1
+        self._base = -(1 << 62)  # no second cached yet: every time falls outside it
         self._prefix = ""
 
     def __call__(self, realtime_ns: int) -> str:
-        seconds, nanos = divmod(realtime_ns, 1_000_000_000)
-        if seconds != self._second:
-            self._second = seconds
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        return f"{self._prefix}.{nanos:09d}Z"
+        nanos = realtime_ns - self._base
+        if not 0 <= nanos < NS_PER_S:
+            nanos = self.second(realtime_ns)
+        return f"{self._prefix}{nanos:09d}Z"
+
+    def second(self, realtime_ns: int) -> int:
+        """Cache the second of ``realtime_ns``; return its nanoseconds within that second."""
+        seconds, nanos = divmod(realtime_ns, NS_PER_S)
+        self._base = seconds * NS_PER_S
+        self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))
+        _remember_prefix(self._prefix, self._base)
+        return nanos
+
+
+def timestamp_ns(text: object) -> int | None:
+    """Nanoseconds since the epoch of an RFC 3339 UTC timestamp (``…Z``), else ``None``.
+
+    The timestamps jalki writes (nine fraction digits, ``Z``) in a second a
+    formatter of this process made are read without parsing the date; any
+    other ``YYYY-MM-DDTHH:MM:SS[.fraction]Z`` (1-9 fraction digits) is parsed.
+    """
+    if not isinstance(text, str):
+        return None
+    if len(text) == 30 and text[29] == "Z":
+        base = _PREFIX_NS.get(text[:20])
+        fraction = text[20:29]
+        if base is not None and fraction.isascii() and fraction.isdigit():
+            return base + int(fraction)
+    return _parse_utc(text)
+
+
+def _parse_utc(text: str) -> int | None:
+    if len(text) < 20 or text[-1] != "Z" or not text[:19].isascii():
+        return None
+    if len(text) == 20:
+        fraction = ""
+    elif text[19] == "." and 21 <= len(text) <= 30:
+        fraction = text[20:-1]
+        if not (fraction.isascii() and fraction.isdigit()):
+            return None
+    else:
+        return None
+    try:
+        seconds = _epoch_seconds(text[:19])
+    except ValueError:
+        return None
+    return seconds * NS_PER_S + int(fraction.ljust(9, "0"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _epoch_seconds(prefix: str) -> int:
+    return calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S"))
+
+
+def event_time_ns(event: Event) -> int | None:
+    """Nanoseconds since the epoch of an event's ``timestamp`` (see :func:`timestamp_ns`), else ``None``."""
+    return timestamp_ns(event.get("timestamp"))
 
 
 class EventContext:
@@ -110,7 +186,7 @@ class EventContext:
         )
         self.run_id = run_id if run_id is not None else secrets.token_hex(4)
         self._id_prefix = f"{self.run_id}-{probe}-"
-        self._sequence = itertools.count(1)
+        self._issued = 0
         self._format_time = Rfc3339Formatter()
 
     def new_event(
@@ -125,8 +201,9 @@ class EventContext:
 
         :param ts_ns: the kernel's CLOCK_MONOTONIC timestamp (``bpf_ktime_get_ns``).
         """
+        self._issued += 1
         event: Event = {
-            "id": f"{self._id_prefix}{next(self._sequence)}",
+            "id": f"{self._id_prefix}{self._issued}",
             "timestamp": self._format_time(ts_ns + self.clock_offset_ns),
             "source": self.source,
             "type": event_type,
@@ -138,6 +215,47 @@ class EventContext:
         if outcome is not None:
             event["outcome"] = outcome
         return event
+
+    def new_events(
+        self,
+        event_type: str,
+        times_ns: Iterable[int],
+        *,
+        severity: str = "info",
+        outcome: str | None = None,
+    ) -> list[Event]:
+        """:meth:`new_event` for a batch: one event per kernel time, in order.
+
+        The same events as that many :meth:`new_event` calls, made in one loop
+        (no call per event): what a decoder of many records uses.
+        """
+        fmt = self._format_time
+        base, prefix = fmt._base, fmt._prefix
+        offset, id_prefix, issued = self.clock_offset_ns, self._id_prefix, self._issued
+        source, cluster, node, attach = self.source, self.cluster, self.node, self.attach
+        events: list[Event] = []
+        append = events.append
+        for ts_ns in times_ns:
+            issued += 1
+            nanos = ts_ns + offset - base
+            if not 0 <= nanos < NS_PER_S:
+                nanos = fmt.second(ts_ns + offset)
+                base, prefix = fmt._base, fmt._prefix
+            event: Event = {
+                "id": f"{id_prefix}{issued}",
+                "timestamp": f"{prefix}{nanos:09d}Z",
+                "source": source,
+                "type": event_type,
+                "severity": severity,
+                "cluster": cluster,
+                "node": node,
+                "attach": attach,
+            }
+            if outcome is not None:
+                event["outcome"] = outcome
+            append(event)
+        self._issued = issued
+        return events
 
     def from_header(
         self,
@@ -167,12 +285,24 @@ def kernel_comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-@functools.lru_cache(maxsize=65536)
+ADDRESS_CACHE_SIZE = 8192
+"""Addresses whose text :func:`format_ip` and :func:`address_texts` each keep (least recently used
+forgotten first): a few MiB at most, however many peers a node talks to."""
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
 def format_ip(family: int, raw: bytes) -> str:
     """An address in network byte order (IPv4 in the first 4 bytes) as text."""
     if family == socket.AF_INET:
         return socket.inet_ntop(socket.AF_INET, raw[:4])
     return socket.inet_ntop(socket.AF_INET6, raw[:16])
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def address_texts(family: int, raw: bytes) -> tuple[str, str]:
+    """An address as text (:func:`format_ip`) and as the host part of ``host:port`` (IPv6 in brackets)."""
+    text = format_ip.__wrapped__(family, raw)
+    return text, (f"[{text}]" if family == socket.AF_INET6 else text)
 
 
 def errno_message(code: int) -> str:

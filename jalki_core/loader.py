@@ -30,6 +30,7 @@ from jalki_core.errors import (
     LibbpfError,
     ProbeError,
     ProbeUnavailableError,
+    UsageError,
 )
 from jalki_core.probe import AttachRung, Probe, ProbeResource, RecordLayout
 
@@ -49,6 +50,22 @@ CONFIG_FLAG_SAMPLING = 1
 LOG_EXCERPT_LINES = 12
 VERIFIER_TAIL_LINES = 4
 _VERIFIER_STATISTICS = ("processed ", "verification time", "stack depth", "max_states_per_insn")
+
+
+RING_MIB_MAX = 1024
+"""Largest ``--ring-mib``: a ring buffer per probe, mapped into the process."""
+
+
+def ring_bytes_from_mib(mib: int) -> int:
+    """``--ring-mib N`` as ring-buffer bytes for :attr:`ProbeOptions.ring_buffer_bytes`.
+
+    :raises UsageError: ``N`` is not a power of two from 1 to :data:`RING_MIB_MAX` (the kernel
+        wants a power-of-two ring of whole pages).
+    """
+    if not 1 <= mib <= RING_MIB_MAX or mib & (mib - 1):
+        raise UsageError(f"--ring-mib {mib} is not a power of two from 1 to {RING_MIB_MAX}",
+                         hint="e.g. --ring-mib 8 (every probe's ring buffer then holds 8 MiB)")
+    return mib << 20
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,9 @@ class ProbeRunStats:
     run_count: int = 0
     programs: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per BPF program: ``{"run_time_ns", "run_count"}`` from ``bpf_enable_stats``; the totals above sum them."""
+    ring_bytes: int | None = None
+    """The size of the probe's ring buffer as loaded (its default, or ``ProbeOptions.ring_buffer_bytes``);
+    ``None`` while not loaded."""
 
     @property
     def drops_by_cause(self) -> dict[str, int]:
@@ -97,6 +100,7 @@ class ProbeRunStats:
             "run_time_ns": self.run_time_ns,
             "run_count": self.run_count,
             "programs": {name: dict(figures) for name, figures in self.programs.items()},
+            "ring_bytes": self.ring_bytes,
         }
 
 
@@ -244,6 +248,7 @@ class TraceSession:
             return stats
         stats.rung = loaded.rung.name
         stats.failed_rungs = loaded.failures
+        stats.ring_bytes = options.ring_buffer_bytes or probe.ring_buffer_bytes
         from jalki_core._libbpf import RingBufferReader
 
         try:
@@ -554,15 +559,7 @@ class TraceSession:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
         duration = time.monotonic() - self._started_at if self._started_at else 0.0
-        emitters = {
-            worker.emitter.name: {
-                "events_emitted": worker.stats.events_emitted,
-                "events_dropped": worker.stats.events_dropped,
-                "errors": worker.stats.errors,
-                "last_error": worker.stats.last_error,
-            }
-            for worker in self.workers
-        }
+        emitters = {worker.emitter.name: worker.as_dict() for worker in self.workers}
         return SessionSummary(list(self.stats.values()), emitters, duration)
 
 

@@ -85,6 +85,8 @@ class AgentConfig:
     metrics_addr: tuple[str, int] | None = DEFAULT_METRICS_ADDR
     ring_events: int = DEFAULT_RING_EVENTS
     cluster: str | None = None
+    ring_buffer_bytes: int | None = None
+    """Every deployed probe's BPF ring buffer size (``--ring-mib``); ``None``: each probe's default."""
     subscriber_queue: int = 10_000
 
 
@@ -96,11 +98,12 @@ class Deployment:
     since: float  # wall clock
     expires_at: float | None  # monotonic
     stats: ProbeRunStats
+    ring_buffer_bytes: int | None = None
 
     def options(self) -> ProbeOptions:
         """The kernel-side options of this deployment."""
         return ProbeOptions(filter_pid=self.spec.pid or 0, filter_port=self.spec.port or 0,
-                            sample_rate=self.spec.sample)
+                            sample_rate=self.spec.sample, ring_buffer_bytes=self.ring_buffer_bytes)
 
     def describe(self, now_mono: float) -> dict[str, Any]:
         """The deployment as ``status`` and ``probes`` report it."""
@@ -119,6 +122,7 @@ class Deployment:
             "run_count": stats.run_count,
             "programs": {name: dict(figures) for name, figures in stats.programs.items()},
             "failed_rungs": [failure.one_line() for failure in stats.failed_rungs],
+            "ring_bytes": stats.ring_bytes,
         }
 
 
@@ -270,7 +274,8 @@ class Agent:
                     current.spec = spec
                 return {"changed": False, **current.describe(now)}
             self._undeploy_now(spec.probe)
-        deployment = Deployment(spec, time.time(), expires, ProbeRunStats(spec.probe))
+        deployment = Deployment(spec, time.time(), expires, ProbeRunStats(spec.probe),
+                                self.config.ring_buffer_bytes)
         stats = self.session.attach_probe(registered.probe, deployment.options())
         deployment.stats = stats
         if stats.rung is None:

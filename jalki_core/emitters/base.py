@@ -2,8 +2,9 @@
 
 An emitter is opened once, receives batches of events, is flushed, and closed.
 :class:`EmitterWorker` runs each emitter on its own thread behind a bounded
-queue: the ring-buffer drain never waits for a sink; when a sink falls behind,
-whole batches are dropped and counted (never silently).
+queue, bounded in batches, events and bytes: the ring-buffer drain never waits
+for a sink; when a sink falls behind, whole batches are dropped and counted by
+cause (never silently).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import orjson
 
@@ -21,6 +24,17 @@ from jalki_core.errors import EmitterClosedError
 from jalki_core.events import Event
 
 log = logging.getLogger("jalki.emitters")
+
+
+def _encode(events: list[Event], default: Callable[[Any], Any] | None) -> bytes:
+    # Each orjson result is appended and let go at once: a list of them would keep one 4 KiB
+    # buffer per event alive (orjson's output buffer) and touch fresh memory for every event.
+    buffer = bytearray()
+    extend, dumps = buffer.extend, orjson.dumps
+    for event in events:
+        extend(dumps(event, default))
+        extend(b"\n")
+    return bytes(buffer)
 
 
 class EventBatch:
@@ -37,10 +51,12 @@ class EventBatch:
 
     @property
     def ndjson(self) -> bytes:
-        """The events as newline-delimited JSON, ending with a newline."""
+        """The events as newline-delimited JSON, ending with a newline (encoded on first use, then kept)."""
         if self._ndjson is None:
-            dumps = orjson.dumps
-            self._ndjson = b"".join([dumps(event) + b"\n" for event in self.events])
+            try:
+                self._ndjson = _encode(self.events, None)
+            except TypeError:  # a value JSON cannot hold (a decoder's bug): write it as text, lose nothing
+                self._ndjson = _encode(self.events, str)
         return self._ndjson
 
 
@@ -86,7 +102,9 @@ class EmitterStats:
 
     events_emitted: int = 0
     queue_dropped: int = 0
+    """Events dropped because the queue was full (cause ``queue_full``)."""
     sink_dropped: int = 0
+    """Events the sink failed to take, or that arrived after it closed for good (cause ``sink_error``)."""
     batches_dropped: int = 0
     errors: int = 0
     last_error: str | None = None
@@ -98,25 +116,66 @@ class EmitterStats:
         """Events lost: the queue was full, or the sink failed to take them."""
         return self.queue_dropped + self.sink_dropped
 
+    @property
+    def drops_by_cause(self) -> dict[str, int]:
+        """Events lost, by cause: ``queue_full`` and ``sink_error``."""
+        return {"queue_full": self.queue_dropped, "sink_error": self.sink_dropped}
+
+
+DEFAULT_MAX_BATCHES = 4096
+DEFAULT_MAX_EVENTS = 1 << 18
+"""Events an emitter's queue holds at most (about a second of a busy node's TCP events)."""
+DEFAULT_MAX_BYTES = 128 << 20
+"""JSON bytes an emitter's queue holds at most."""
 
 _STOP = object()
 
 
 class EmitterWorker:
-    """Runs one emitter on a thread behind a bounded queue of batches.
+    """Runs one emitter on a thread behind a queue bounded in batches, events and bytes.
+
+    A batch is encoded (:attr:`EventBatch.ndjson`, once for every emitter) when
+    it is submitted, so that its bytes count against ``max_bytes``. A batch
+    that would take the queue past any bound is dropped whole and its events
+    counted (``queue_full``); the drain never waits.
 
     :param emitter: the sink.
-    :param max_batches: queue bound; a full queue drops the incoming batch and counts its events.
+    :param max_batches: most batches queued.
+    :param max_events: most events queued.
+    :param max_bytes: most JSON bytes queued.
     """
 
-    def __init__(self, emitter: Emitter, *, max_batches: int = 4096) -> None:
+    def __init__(self, emitter: Emitter, *, max_batches: int = DEFAULT_MAX_BATCHES,
+                 max_events: int = DEFAULT_MAX_EVENTS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.emitter = emitter
         self.stats = EmitterStats()
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_batches)
+        self.max_batches, self.max_events, self.max_bytes = max_batches, max_events, max_bytes
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # the queued totals: added by the drain thread, taken by the worker
+        self._batches = self._events = self._bytes = 0
         self._thread = threading.Thread(
             target=self._run, name=f"jalki-emitter-{emitter.name}", daemon=True
         )
         self._started = False
+
+    @property
+    def queued(self) -> dict[str, int]:
+        """Batches, events and JSON bytes waiting in the queue now."""
+        with self._lock:
+            return {"batches": self._batches, "events": self._events, "bytes": self._bytes}
+
+    def as_dict(self) -> dict[str, object]:
+        """The worker's counters for summaries and ``status``: emitted, dropped (total and by cause), errors."""
+        stats = self.stats
+        return {
+            "events_emitted": stats.events_emitted,
+            "events_dropped": stats.events_dropped,
+            "drops": stats.drops_by_cause,
+            "errors": stats.errors,
+            "last_error": stats.last_error,
+            "queue": {**self.queued, "max_batches": self.max_batches, "max_events": self.max_events,
+                      "max_bytes": self.max_bytes},
+        }
 
     def start(self) -> None:
         """Open the sink and start the worker thread."""
@@ -125,12 +184,20 @@ class EmitterWorker:
         self._started = True
 
     def submit(self, batch: EventBatch) -> None:
-        """Queue a batch without blocking; count it as dropped when the queue is full."""
-        try:
-            self._queue.put_nowait(batch)
-        except queue.Full:
-            self.stats.queue_dropped += len(batch)
+        """Queue a batch without blocking; count its events as ``queue_full`` drops when it does not fit."""
+        events, size = len(batch), len(batch.ndjson)
+        with self._lock:
+            fits = (self._batches < self.max_batches and self._events + events <= self.max_events
+                    and self._bytes + size <= self.max_bytes)
+            if fits:
+                self._batches += 1
+                self._events += events
+                self._bytes += size
+        if not fits:
+            self.stats.queue_dropped += events
             self.stats.batches_dropped += 1
+            return
+        self._queue.put(batch)
 
     def _run(self) -> None:
         while True:
@@ -138,20 +205,29 @@ class EmitterWorker:
             if item is _STOP:
                 return
             assert isinstance(item, EventBatch)
-            if self.stats.closed:
-                self.stats.sink_dropped += len(item)
-                continue
             try:
-                self.emitter.emit(item)
-                self.stats.events_emitted += len(item)
-            except Exception as exc:  # isolate a failing sink; count and report it
-                self.stats.errors += 1
-                self.stats.sink_dropped += len(item)
-                if self.stats.errors == 1:  # the summary carries the count; log the first
-                    log.error("emitter %s failed: %s: %s", self.emitter.name, type(exc).__name__, exc)
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, EmitterClosedError):
-                    self.stats.closed = True
+                self._emit(item)
+            finally:
+                with self._lock:
+                    self._batches -= 1
+                    self._events -= len(item)
+                    self._bytes -= len(item.ndjson)
+
+    def _emit(self, item: EventBatch) -> None:
+        if self.stats.closed:
+            self.stats.sink_dropped += len(item)
+            return
+        try:
+            self.emitter.emit(item)
+            self.stats.events_emitted += len(item)
+        except Exception as exc:  # isolate a failing sink; count and report it
+            self.stats.errors += 1
+            self.stats.sink_dropped += len(item)
+            if self.stats.errors == 1:  # the summary carries the count; log the first
+                log.error("emitter %s failed: %s: %s", self.emitter.name, type(exc).__name__, exc)
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, EmitterClosedError):
+                self.stats.closed = True
 
     def stop(self) -> None:
         """Deliver everything queued, then flush and close the sink."""

@@ -70,6 +70,13 @@ def test_run_streams_file_events_and_flushes_on_sigterm(netns: NetNs, tmp_path: 
     assert emitted == len(events)
     assert summary["emitters"]["file"]["events_emitted"] == len(events)
     assert summary["emitters"]["file"]["events_dropped"] == 0
+    assert summary["emitters"]["file"]["drops"] == {"queue_full": 0, "sink_error": 0}
+    # each probe reports the ring it was loaded with: its own default here (no --ring-mib)
+    from jalki_tcp.probes import TcpCloseProbe, TcpConnectProbe
+
+    rings = {p["probe"]: p["ring_bytes"] for p in summary["probes"]}
+    assert rings["tcp_close"] == TcpCloseProbe.ring_buffer_bytes == 4 << 20
+    assert rings["tcp_connect"] == TcpConnectProbe.ring_buffer_bytes == 2 << 20
 
 
 def test_run_seconds_stops_by_itself_and_prints_json_to_stdout(netns: NetNs) -> None:

@@ -122,3 +122,29 @@ def test_stdout_closed_by_reader_stops_the_sink_and_counts_the_rest() -> None:
     assert worker.stats.events_dropped == 30 and worker.stats.events_emitted == 0
     assert worker.stats.errors == 1  # later batches are counted, not retried
     assert "stdout was closed" in (worker.stats.last_error or "")
+
+
+def test_queue_bounded_in_events_and_bytes_drops_counted_as_queue_full() -> None:
+    one_batch = len(EventBatch(events(10)).ndjson)
+    for bounds in ({"max_events": 25}, {"max_bytes": 2 * one_batch + one_batch // 2}):
+        sink = SlowEmitter()  # holds the first batch in emit(): it stays counted until written
+        worker = EmitterWorker(sink, **bounds)
+        worker.start()
+        for start in range(0, 50, 10):
+            worker.submit(EventBatch(events(10, start)))  # two fit, three do not
+        assert worker.queued["events"] == 20 and worker.queued["batches"] == 2
+        sink.release.set()
+        worker.stop()
+        assert worker.stats.drops_by_cause == {"queue_full": 30, "sink_error": 0}
+        assert sink.received == worker.stats.events_emitted == 20
+        summary = worker.as_dict()
+        assert summary["events_dropped"] == 30 and summary["drops"] == {"queue_full": 30, "sink_error": 0}
+        assert summary["queue"] == {"batches": 0, "events": 0, "bytes": 0, "max_batches": 4096,
+                                    "max_events": bounds.get("max_events", 1 << 18),
+                                    "max_bytes": bounds.get("max_bytes", 128 << 20)}
+
+
+def test_batch_with_a_value_json_cannot_hold_is_written_as_text() -> None:
+    batch = EventBatch([{"n": 1}, {"n": 2, "odd": object()}])
+    lines = batch.ndjson.splitlines()
+    assert len(lines) == 2 and orjson.loads(lines[1])["odd"].startswith("<object object")
