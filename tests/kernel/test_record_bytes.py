@@ -48,7 +48,7 @@ from jalki_tcp import layouts
 from netns_helpers import NetNs, tracing
 from tcp_helpers import COMMAND, Pick, drop_input_rule, validate
 
-from jalki_core.events import Event, EventContext
+from jalki_core.events import OWNER_KNOWN, Event, EventContext
 from jalki_core.probe import Probe
 
 pytestmark = pytest.mark.kernel
@@ -237,10 +237,10 @@ def tuple_of(family: int, src: str, sport: int, dst: str, dport: int) -> dict[st
 def check_owner(record: dict[str, Any], pid: int | None) -> None:
     """The header names the traffic process, or (``pid`` None) nobody, with every byte zero."""
     if pid is None:
-        assert (record["pid"], record["flags"] & layouts.OWNER_KNOWN, record["cgroup_id"]) == (0, 0, 0), record
+        assert (record["pid"], record["flags"] & OWNER_KNOWN, record["cgroup_id"]) == (0, 0, 0), record
         assert record["comm"] == bytes(16), record
     else:
-        assert record["pid"] == pid and record["flags"] & layouts.OWNER_KNOWN, record
+        assert record["pid"] == pid and record["flags"] & OWNER_KNOWN, record
         assert record["comm"] == COMMAND.encode().ljust(16, b"\0"), record
         assert record["cgroup_id"] > 0, record
 
@@ -311,7 +311,7 @@ def test_every_tcp_record_byte_is_what_the_traffic_made(netns: NetNs, pick: Pick
         ):
             [record] = matching(connects, **tuple_of(family, src, attempt["sport"], dst, dport))
             check_owner(record, pid)
-            assert (record["error"], record["flags"] & ~layouts.OWNER_KNOWN) == (error, flags), record
+            assert (record["error"], record["flags"] & ~OWNER_KNOWN) == (error, flags), record
             assert 0 < record["latency_ns"] < end - start, record
             expected_connects += 1
         sync_events = [e for e in events
@@ -326,7 +326,7 @@ def test_every_tcp_record_byte_is_what_the_traffic_made(netns: NetNs, pick: Pick
         ):
             [record] = matching(closes, **tuple_of(family, local, sport, local, dport))
             check_owner(record, pid)
-            assert record["flags"] & ~layouts.OWNER_KNOWN == 0, record  # birth seen
+            assert record["flags"] & ~OWNER_KNOWN == 0, record  # birth seen
             assert (record["oldstate"], record["bytes_sent"], record["bytes_received"]) == (
                 oldstate, len(sent), len(received)), record
             assert 0 < record["duration_ns"] < end - start, record

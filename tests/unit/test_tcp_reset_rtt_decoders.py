@@ -8,10 +8,11 @@ from typing import Any
 from jalki_tcp import layouts
 from jalki_tcp.probes import TcpResetProbe, TcpRttProbe
 
+from jalki_core.events import OWNER_KNOWN
 from jalki_core.testing import FIXED_CLOCK_OFFSET_NS, FakeRingBuffer, decode_all, event_validator, make_event_context
 
 validate = event_validator()
-OWNER = {"pid": 4242, "flags": layouts.OWNER_KNOWN, "comm": b"api-server", "cgroup_id": 99}
+OWNER = {"pid": 4242, "flags": OWNER_KNOWN, "comm": b"api-server", "cgroup_id": 99}
 LOCAL = socket.inet_pton(socket.AF_INET, "10.42.0.5") + b"\0" * 12
 PEER = socket.inet_pton(socket.AF_INET, "10.42.2.8") + b"\0" * 12
 SECOND = 1_000_000_000

@@ -12,12 +12,12 @@ import pytest
 from jalki_tcp import layouts
 from jalki_tcp.probes import TcpConnectProbe
 
-from jalki_core.events import Event
+from jalki_core.events import OWNER_KNOWN, Event
 from jalki_core.kb import default_kb, evaluate
 from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "plugins" / "jalki_tcp" / "jalki_tcp" / "bpf"
-OWNER = {"pid": 4242, "flags": layouts.OWNER_KNOWN | layouts.SYNC_FAILURE, "comm": b"api-server",
+OWNER = {"pid": 4242, "flags": OWNER_KNOWN | layouts.SYNC_FAILURE, "comm": b"api-server",
          "cgroup_id": 99}
 UNSPECIFIED_V4 = b"\0" * 16
 NETNS = 4026532177
@@ -95,7 +95,7 @@ def test_flag_and_programs_match_the_bpf_source() -> None:
     header = (BPF_DIR / "tcp_events.h").read_text()
     [value] = re.findall(r"#define JALKI_TCP_SYNC_FAILURE \(1u << (\d+)\)", header)
     assert int(value) == layouts.SYNC_FAILURE.bit_length() - 1
-    assert layouts.SYNC_FAILURE not in (layouts.OWNER_KNOWN, layouts.BIRTH_UNSEEN, layouts.ABANDONED)
+    assert layouts.SYNC_FAILURE not in (OWNER_KNOWN, layouts.BIRTH_UNSEEN, layouts.ABANDONED)
     source = (BPF_DIR / "tcp_connect.bpf.c").read_text()
     syscall_programs = {"tp_connect_enter": "sys_enter_connect", "tp_connect_exit": "sys_exit_connect"}
     for program, tracepoint in syscall_programs.items():

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from jalki_core.probe import RecordLayout
 
-# struct jalki_event_header (40) + struct jalki_tcp_tuple (40)
-_HEADER_FMT = "QQII16s"
-_HEADER_FIELDS = ("ts_ns", "cgroup_id", "pid", "flags", "comm")
+# Every event record: struct jalki_event_header (40, the core's: RecordLayout.with_header), then, for the
+# connection records, struct jalki_tcp_tuple (40).
 _TUPLE_FMT = "16s16sHHH2x"
 _TUPLE_FIELDS = ("saddr", "daddr", "sport", "dport", "family")
-
-OWNER_KNOWN = 1
-"""``JALKI_HDR_OWNER_KNOWN``: the header's pid/comm/cgroup name the socket's owner."""
 
 BIRTH_UNSEEN = 1 << 8
 """``JALKI_TCP_BIRTH_UNSEEN`` (close records): the socket was born before jalki saw it, so its
@@ -30,25 +26,24 @@ SYNC_FAILURE = 1 << 10
 SYN_SENT; the destination is the caller's sockaddr, the source what the socket was bound to (usually
 unspecified, port 0), ``latency_ns`` the duration of the call."""
 
-CONNECT = RecordLayout(
-    c_struct="tcp_connect_event",
-    fmt="<" + _HEADER_FMT + _TUPLE_FMT + "QiI",
-    fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, "latency_ns", "error", "netns"),
+CONNECT = RecordLayout.with_header(
+    "tcp_connect_event",
+    _TUPLE_FMT + "QiI",
+    (*_TUPLE_FIELDS, "latency_ns", "error", "netns"),
     c_size=96,
 )
 
-CLOSE = RecordLayout(
-    c_struct="tcp_close_event",
-    fmt="<" + _HEADER_FMT + _TUPLE_FMT + "QQQII",
-    fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, "duration_ns", "bytes_sent", "bytes_received",
-            "oldstate", "netns"),
+CLOSE = RecordLayout.with_header(
+    "tcp_close_event",
+    _TUPLE_FMT + "QQQII",
+    (*_TUPLE_FIELDS, "duration_ns", "bytes_sent", "bytes_received", "oldstate", "netns"),
     c_size=112,
 )
 
-RETRANSMIT = RecordLayout(
-    c_struct="tcp_retransmit_event",
-    fmt="<" + _HEADER_FMT + _TUPLE_FMT + "II",
-    fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, "state", "netns"),
+RETRANSMIT = RecordLayout.with_header(
+    "tcp_retransmit_event",
+    _TUPLE_FMT + "II",
+    (*_TUPLE_FIELDS, "state", "netns"),
     c_size=88,
 )
 
@@ -58,10 +53,10 @@ RESET_SENT = 0
 RESET_RECEIVED = 1
 """``JALKI_TCP_RESET_RECEIVED``: ``tcp_reset_event.direction`` of a reset this host received."""
 
-RESET = RecordLayout(
-    c_struct="tcp_reset_event",
-    fmt="<" + _HEADER_FMT + _TUPLE_FMT + "IIII",
-    fields=(*_HEADER_FIELDS, *_TUPLE_FIELDS, "state", "netns", "direction", "_pad"),
+RESET = RecordLayout.with_header(
+    "tcp_reset_event",
+    _TUPLE_FMT + "IIII",
+    (*_TUPLE_FIELDS, "state", "netns", "direction", "_pad"),
     c_size=96,
 )
 
@@ -95,9 +90,9 @@ RTT_AGG = RecordLayout(
 )
 """Value of the kernel map ``rtt_agg``: one key's current window."""
 
-RTT = RecordLayout(
-    c_struct="tcp_rtt_event",
-    fmt="<" + _HEADER_FMT + _RTT_KEY_FMT + _RTT_AGG_FMT + "Q",
-    fields=(*_HEADER_FIELDS, *_RTT_KEY_FIELDS, *_RTT_AGG_FIELDS, "interval_ns"),
+RTT = RecordLayout.with_header(
+    "tcp_rtt_event",
+    _RTT_KEY_FMT + _RTT_AGG_FMT + "Q",
+    (*_RTT_KEY_FIELDS, *_RTT_AGG_FIELDS, "interval_ns"),
     c_size=184,
 )

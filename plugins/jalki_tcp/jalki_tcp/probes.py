@@ -19,15 +19,15 @@ from jalki_core.events import (
     address_texts,
     errno_message,
     format_ip,
+    header_process_data,
     kernel_comm,
 )
-from jalki_core.probe import AttachRung, Probe, ProbeResource
+from jalki_core.probe import AttachRung, Probe
 from jalki_tcp import layouts
 from jalki_tcp.derived import ConnectFailures, RetransmitSpike, RstStorm, RttDegradation
 from jalki_tcp.tcp_states import TCP_STATES, tcp_state_name
 
-_BPF_PACKAGE = "jalki_tcp.bpf"
-_EVENT_SCHEMA = ProbeResource("jalki_tcp", "events.schema.json")
+_EVENT_SCHEMA = "events.schema.json"
 """The JSON Schema of the tcp events, beyond the core envelope."""
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 _RTT_DIRECTIONS: dict[int, str] = {layouts.RTT_ACTIVE: "active", layouts.RTT_PASSIVE: "passive"}
@@ -50,13 +50,13 @@ def _fill_common(events: list[Event], records: list[tuple[Any, ...]], netns_at: 
     """Network, process and correlation fields shared by every TCP record, for a batch.
 
     ``events[i]`` is the event of ``records[i]``; each record starts with the
-    header and tuple fields of ``layouts._HEADER_FIELDS`` and
-    ``layouts._TUPLE_FIELDS``; its netns inode is the value at ``netns_at``.
+    header fields (``RecordLayout.with_header``) and ``layouts._TUPLE_FIELDS``;
+    its netns inode is the value at ``netns_at``.
     One loop per batch, no call per event but the (bounded) caches' lookups.
     """
-    owner_known, families = layouts.OWNER_KNOWN, _FAMILY_NAMES
+    families = _FAMILY_NAMES
     for event, record in zip(events, records, strict=True):
-        _ts, cgroup_id, pid, flags, comm, saddr, daddr, sport, dport, family = record[:10]
+        saddr, daddr, sport, dport, family = record[5:10]
         src_ip, src_host = address_texts(family, saddr)
         dst_ip, dst_host = address_texts(family, daddr)
         event["correlation_keys"] = [f"{src_host}:{sport}->{dst_host}:{dport}"]
@@ -69,11 +69,8 @@ def _fill_common(events: list[Event], records: list[tuple[Any, ...]], netns_at: 
             "family": families.get(family) or str(family),
             "netns": record[netns_at],
         }
-        if flags & owner_known:
-            event["process_data"] = {"pid": pid, "command": kernel_comm(comm), "cgroup_id": cgroup_id}
-        else:
-            # Softirq/timer context with no recorded owner: say so rather than guess.
-            event["process_data"] = {"pid": None, "command": None, "cgroup_id": None}
+        # softirq/timer context with no recorded owner: all null, said rather than guessed
+        event["process_data"] = header_process_data(record)
 
 
 class TcpConnectProbe(Probe):
@@ -110,7 +107,7 @@ class TcpConnectProbe(Probe):
     observes = ("tcp_connect + sock:inet_sock_set_state (SYN_SENT -> ESTABLISHED | CLOSE) + "
                 "syscalls:sys_enter/exit_connect (failures before SYN_SENT)")
     event_types = ("kernel.tcp.connect", "kernel.network.connect_failures")
-    bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_connect.bpf.o")
+    bpf_object = "bpf/tcp_connect.bpf.o"
     event_schema = _EVENT_SCHEMA
     layout = layouts.CONNECT
     ring_buffer_bytes = _RING_CONNECT
@@ -172,7 +169,7 @@ class TcpCloseProbe(Probe):
     name = "tcp_close"
     observes = "sock:inet_sock_set_state (-> CLOSE) with struct tcp_sock byte counters"
     event_types = ("kernel.tcp.close",)
-    bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_close.bpf.o")
+    bpf_object = "bpf/tcp_close.bpf.o"
     event_schema = _EVENT_SCHEMA
     layout = layouts.CLOSE
     ring_buffer_bytes = _RING_CLOSE
@@ -224,7 +221,7 @@ class TcpRetransmitProbe(Probe):
     name = "tcp_retransmit_skb"
     observes = "tcp:tcp_retransmit_skb"
     event_types = ("kernel.tcp.retransmit", "kernel.network.retransmit_spike")
-    bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_retransmit.bpf.o")
+    bpf_object = "bpf/tcp_retransmit.bpf.o"
     event_schema = _EVENT_SCHEMA
     layout = layouts.RETRANSMIT
     ring_buffer_bytes = _RING_RETRANSMIT
@@ -281,7 +278,7 @@ class TcpResetProbe(Probe):
     name = "tcp_reset"
     observes = "tcp:tcp_send_reset + tcp:tcp_receive_reset"
     event_types = ("kernel.tcp.reset", "kernel.network.rst_storm")
-    bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_reset.bpf.o")
+    bpf_object = "bpf/tcp_reset.bpf.o"
     event_schema = _EVENT_SCHEMA
     layout = layouts.RESET
     ring_buffer_bytes = _RING_RESET
@@ -363,7 +360,7 @@ class TcpRttProbe(Probe):
     name = "tcp_rtt"
     observes = "tcp:tcp_probe (per-service aggregate in the kernel) + sock:inet_sock_set_state (direction, owners)"
     event_types = ("kernel.tcp.rtt", "kernel.network.rtt_degradation")
-    bpf_object = ProbeResource(_BPF_PACKAGE, "tcp_rtt.bpf.o")
+    bpf_object = "bpf/tcp_rtt.bpf.o"
     event_schema = _EVENT_SCHEMA
     layout = layouts.RTT
     ring_buffer_bytes = _RING_RTT
