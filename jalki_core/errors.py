@@ -130,6 +130,19 @@ class EmitterClosedError(EmitterError):
     """The emitter's sink went away for good (e.g. the reader of stdout exited)."""
 
 
+class RetryableSendError(EmitterError):
+    """A send that may succeed if tried again (HTTP 408/429/502/503/504, a connection error, gRPC
+    UNAVAILABLE or RESOURCE_EXHAUSTED); ``retry_after`` is the receiver's ``Retry-After`` in seconds, if any."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+class RejectedSendError(EmitterError):
+    """The receiver refused a batch for good (a non-retryable reply): its events are lost as ``rejected``."""
+
+
 class BpfBuildError(JalkiError):
     """clang failed to compile a BPF C source."""
 

@@ -170,7 +170,10 @@ class TraceSession:
         batch_bytes: int | None = None,
     ) -> None:
         self.probes = list(probes)
-        self.workers = [EmitterWorker(emitter) for emitter in emitters]
+        self.workers: list[EmitterWorker] = [emitter.make_worker() for emitter in emitters]
+        self.emit_drain_seconds: float | None = None
+        """How long emitters that send off the node keep delivering at stop (``--emit-drain-seconds``;
+        ``None``: their default)."""
         self.options = options or ProbeOptions()
         self.strict = strict
         self.cluster = cluster
@@ -547,7 +550,7 @@ class TraceSession:
             self._finish(active)
         self._active.clear()
         for worker in self.workers:
-            worker.stop()
+            worker.stop(self.emit_drain_seconds)
         if self._stats_handle is not None:
             self._stats_handle.close()
             self._stats_handle = None

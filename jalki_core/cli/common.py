@@ -48,7 +48,12 @@ def build_emitters(plugins: JalkiPlugins, specs: list[str]) -> list[Emitter]:
                 f"unknown emitter {name!r}; available emitters: {known}",
                 hint="use --emit stdout or --emit file:PATH",
             )
-        emitters.append(registered.factory(argument or None))
+        from jalki_core.emitters.selection import take_selection
+
+        selection, rest = take_selection(argument or None)  # types=, skip_types=, min_severity=, rate=
+        emitter = registered.factory(rest)
+        emitter.selection = selection
+        emitters.append(emitter)
     return emitters
 
 

@@ -176,7 +176,8 @@ class Agent:
         # takes (~2.4 KiB per event until it is encoded) stays small
         self.session = TraceSession([], emitters, cluster=config.cluster, on_events=self._on_events,
                                     drain_interval=DRAIN_INTERVAL_S, batch_bytes=DRAIN_BATCH_BYTES)
-        self._emitters_take_json = all(type(emitter) in _JSON_EMITTERS for emitter in emitters)
+        self._emitters_take_json = all(type(emitter) in _JSON_EMITTERS and emitter.selection is None
+                                       for emitter in emitters)  # a selection reads the events' type/severity
         """Every emitter writes only ``batch.ndjson`` (the built-in ones), never the event objects."""
         self.rings = EventRings(config.ring_events)
         self.history: History | None = None

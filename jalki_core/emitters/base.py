@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from jalki_core.emitters.selection import Selection
 from jalki_core.errors import EmitterClosedError
 from jalki_core.events import Event
 
@@ -61,9 +62,19 @@ class EventBatch:
 
 
 class Emitter(ABC):
-    """A sink for events. Subclasses implement :meth:`emit`; the others are optional."""
+    """A sink for events. Subclasses implement :meth:`emit`; the others are optional.
+
+    A sink that sends events off the node (with batching and bounded retry)
+    subclasses :class:`jalki_core.emitters.delivery.DeliveryEmitter` instead.
+    """
 
     name: str = "emitter"
+    selection: Selection | None = None
+    """The events this emitter takes and its rate limit (``--emit ...,types=...,rate=...``), set by the CLI."""
+
+    def make_worker(self) -> EmitterWorker:
+        """The worker that runs this emitter (a session makes one per emitter)."""
+        return EmitterWorker(self)
 
     def open(self) -> None:
         """Acquire the sink (open files, connect). Raise :class:`EmitterError` on failure."""
@@ -105,21 +116,31 @@ class EmitterStats:
     """Events dropped because the queue was full (cause ``queue_full``)."""
     sink_dropped: int = 0
     """Events the sink failed to take, or that arrived after it closed for good (cause ``sink_error``)."""
+    rate_dropped: int = 0
+    """Events over the emitter's rate limit (cause ``rate_limited``; drain thread)."""
+    filtered: int = 0
+    """Events its ``types``/``skip_types``/``min_severity`` left out (not a loss; drain thread)."""
     batches_dropped: int = 0
     errors: int = 0
     last_error: str | None = None
     closed: bool = False
     extra: dict[str, int] = field(default_factory=dict)
 
+    rate_limited: bool = False
+    """The emitter has a rate limit (``rate_limited`` is then one of its causes)."""
+
     @property
     def events_dropped(self) -> int:
-        """Events lost: the queue was full, or the sink failed to take them."""
-        return self.queue_dropped + self.sink_dropped
+        """Events lost, whatever the cause."""
+        return sum(self.drops_by_cause.values())
 
     @property
     def drops_by_cause(self) -> dict[str, int]:
-        """Events lost, by cause: ``queue_full`` and ``sink_error``."""
-        return {"queue_full": self.queue_dropped, "sink_error": self.sink_dropped}
+        """Events lost, by cause: ``queue_full`` and ``sink_error`` (and ``rate_limited`` with a rate limit)."""
+        drops = {"queue_full": self.queue_dropped, "sink_error": self.sink_dropped}
+        if self.rate_limited:
+            drops["rate_limited"] = self.rate_dropped
+        return drops
 
 
 DEFAULT_MAX_BATCHES = 4096
@@ -145,10 +166,15 @@ class EmitterWorker:
     :param max_bytes: most JSON bytes queued.
     """
 
+    stats: EmitterStats
+
     def __init__(self, emitter: Emitter, *, max_batches: int = DEFAULT_MAX_BATCHES,
                  max_events: int = DEFAULT_MAX_EVENTS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.emitter = emitter
-        self.stats = EmitterStats()
+        self.selection = emitter.selection
+        if not hasattr(self, "stats"):
+            self.stats = EmitterStats()
+        self.stats.rate_limited = self.selection is not None and self.selection.rate is not None
         self.max_batches, self.max_events, self.max_bytes = max_batches, max_events, max_bytes
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()  # the queued totals: added by the drain thread, taken by the worker
@@ -167,10 +193,13 @@ class EmitterWorker:
     def as_dict(self) -> dict[str, object]:
         """The worker's counters for summaries and ``status``: emitted, dropped (total and by cause), errors."""
         stats = self.stats
+        drops = stats.drops_by_cause
         return {
             "events_emitted": stats.events_emitted,
-            "events_dropped": stats.events_dropped,
-            "drops": stats.drops_by_cause,
+            "events_dropped": sum(drops.values()),
+            "drops": drops,
+            "dropped_by_reason": drops,
+            "filtered": stats.filtered,
             "errors": stats.errors,
             "last_error": stats.last_error,
             "queue": {**self.queued, "max_batches": self.max_batches, "max_events": self.max_events,
@@ -184,7 +213,22 @@ class EmitterWorker:
         self._started = True
 
     def submit(self, batch: EventBatch) -> None:
-        """Queue a batch without blocking; count its events as ``queue_full`` drops when it does not fit."""
+        """Queue a batch without blocking; count its events as ``queue_full`` drops when it does not fit.
+
+        The emitter's :attr:`Emitter.selection` is applied first (drain thread): a batch it changes is
+        re-made from the events kept; events over the rate limit are counted (``rate_limited``).
+        """
+        if self.selection is not None:
+            kept, filtered, limited = self.selection.select(batch.events)
+            self.stats.filtered += filtered
+            self.stats.rate_dropped += limited
+            if not kept:
+                return
+            if len(kept) != len(batch):
+                batch = EventBatch(kept)
+        self._enqueue(batch)
+
+    def _enqueue(self, batch: EventBatch) -> None:
         events, size = len(batch), len(batch.ndjson)
         with self._lock:
             fits = (self._batches < self.max_batches and self._events + events <= self.max_events
@@ -229,8 +273,12 @@ class EmitterWorker:
             if isinstance(exc, EmitterClosedError):
                 self.stats.closed = True
 
-    def stop(self) -> None:
-        """Deliver everything queued, then flush and close the sink."""
+    def stop(self, drain_seconds: float | None = None) -> None:
+        """Deliver everything queued, then flush and close the sink.
+
+        :param drain_seconds: how long a sink that sends off the node may keep delivering (see
+            :class:`jalki_core.emitters.delivery.DeliveryWorker`); a local sink writes everything.
+        """
         if not self._started:
             return
         self._queue.put(_STOP)
