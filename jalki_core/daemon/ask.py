@@ -63,24 +63,32 @@ class AgentCollect:
         before = self.agent.snapshot()["probes"]
         added: list[str] = []
         failed: dict[str, ProbeRunStats] = {}
-        for name in names:
-            if name in before:
-                continue
-            try:
-                self.agent.deploy(DeploySpec(name, ttl_s=seconds + TTL_MARGIN_S))
-                added.append(name)
-            except ProtocolError as exc:
-                failed[name] = ProbeRunStats(name, error=exc.message)
-        started = time.monotonic()
         asked_ns = time.time_ns()
+        # The tap is in place before the first deploy: a probe shows as deployed (status) as soon as it is
+        # attached, and a client that acts on that must find its events in the answer.
         self.agent.add_tap(tap)
         try:
+            for name in names:
+                if name in before:
+                    continue
+                try:
+                    self.agent.deploy(DeploySpec(name, ttl_s=seconds + TTL_MARGIN_S))
+                    added.append(name)
+                except ProtocolError as exc:
+                    failed[name] = ProbeRunStats(name, error=exc.message)
+            started = time.monotonic()
             while (elapsed := time.monotonic() - started) < seconds:
                 if (cancel is not None and cancel.is_set()) or self.agent.stopping:
                     break  # the daemon is shutting down: never hold up its exit
                 if progress is not None:
                     progress(elapsed, sum(per_probe.values()))
                 time.sleep(min(0.2, seconds - elapsed))
+            # What the kernel wrote up to now and the drain thread has not read yet (its pause between
+            # drains) belongs to the window too, as an in-process ask's final drain gives it.
+            try:
+                self.agent.on_drain_thread(self.agent.session.drain_once)
+            except ProtocolError:
+                pass  # the daemon is shutting down
         finally:
             self.agent.remove_tap(tap)
             after = self.agent.snapshot()["probes"]
