@@ -102,8 +102,16 @@ def status_command(
                                               Column("runs", justify="right"), Column("each", justify="right")],
                     programs)
     for name, emitter in status["emitters"].items():
-        console.print(f"emitter {escape(name)}: {emitter['events_emitted']} written, "
-                      f"{emitter['events_dropped']} dropped, {emitter['errors']} errors")
+        line = (f"emitter {escape(name)}: {emitter['events_emitted']} written, "
+                f"{emitter['events_dropped']} dropped, {emitter['errors']} errors")
+        if "retries" in emitter:  # a delivery emitter (otlp, nats): reasons, retries, queue, failing time
+            drops = {reason: count for reason, count in emitter["dropped_by_reason"].items() if count}
+            queued = emitter["queue"]["events"] + emitter["queue"].get("pending", 0)
+            line += (f" ({escape(_drops_text(drops))})" if drops else "") + \
+                f", {emitter['retries']} retries, {queued} queued"
+            if emitter.get("failing_for_s") is not None:
+                line += f", failing for {emitter['failing_for_s']:.0f}s"
+        console.print(line, soft_wrap=False)
     subscribers = status["subscribers"]
     console.print(f"subscribers: {subscribers.get('count', 0)} (dropped {subscribers.get('dropped', 0)})")
     if status["history"]:
@@ -311,10 +319,16 @@ def health_command(socket: SocketOption = None, as_json: JsonOption = False) -> 
         checks.append({"kind": "probe", "name": name, "ok": not problems, "problems": problems})
     for name, emitter in sorted(status["emitters"].items()):
         problems = []
-        if emitter["errors"]:
-            problems.append(f"{emitter['errors']} errors (last: {emitter['last_error']})")
-        if emitter["events_dropped"]:
-            problems.append(f"{emitter['events_dropped']} events dropped")
+        if "unhealthy_after_s" in emitter:  # a delivery emitter: unhealthy while failing longer than its threshold
+            failing = emitter.get("failing_for_s")
+            if failing is not None and failing >= emitter["unhealthy_after_s"]:
+                problems.append(f"failing for {failing:.0f}s (last: {emitter['last_error']}); "
+                                f"lost {_drops_text(emitter['dropped_by_reason'])}")
+        else:
+            if emitter["errors"]:
+                problems.append(f"{emitter['errors']} errors (last: {emitter['last_error']})")
+            if emitter["events_dropped"]:
+                problems.append(f"{emitter['events_dropped']} events dropped")
         checks.append({"kind": "emitter", "name": name, "ok": not problems, "problems": problems})
     history = status.get("history")
     if history:

@@ -96,8 +96,21 @@ def parse_address(text: str, option: str = "--metrics-addr") -> tuple[str, int] 
 
 PluginOption = Annotated[list[str] | None, typer.Option("--plugin", "-p", help="Plugin (or single probe) to run; "
                                                           "repeatable.")]
-EmitOption = Annotated[list[str] | None, typer.Option(help="stdout, or file:PATH[,max_bytes=N][,backups=K]; "
-                                                        "repeatable.")]
+EmitOption = Annotated[list[str] | None, typer.Option(help="stdout, or file:PATH[,max_bytes=N][,backups=K], or "
+                                                        "a plugin's (otlp:URL, nats:URL); any takes ,types=GLOB|GLOB,"
+                                                        "skip_types=..,min_severity=LEVEL,rate=N/s; repeatable.")]
+EmitDrainOption = Annotated[float, typer.Option(help="At stop, how long emitters that send off the node (otlp, "
+                                                "nats) keep delivering queued events; what is left then is "
+                                                "counted as lost (shutdown).")]
+MAX_EMIT_DRAIN_S = 3600.0
+"""Longest --emit-drain-seconds: a stop that waits longer than an hour is a typo."""
+
+
+def check_emit_drain(seconds: float) -> None:
+    """``--emit-drain-seconds``: 0 (do not wait) to :data:`MAX_EMIT_DRAIN_S`."""
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_EMIT_DRAIN_S:
+        raise UsageError(f"--emit-drain-seconds must be from 0 to {MAX_EMIT_DRAIN_S:g}, not {seconds:g}",
+                         hint="e.g. --emit-drain-seconds 5")
 ClusterOption = Annotated[str | None, typer.Option(help="Cluster name written into every event.")]
 PidOption = Annotated[int | None, typer.Option(help="Only events of this process id.")]
 PortOption = Annotated[int | None, typer.Option(help="Only events with this source or destination port.")]

@@ -14,6 +14,7 @@ from jalki_core.cli.common import build_emitters, load_plugins, stderr_console
 from jalki_core.cli.options import (
     DAEMON_ONLY_OPTIONS,
     ClusterOption,
+    EmitDrainOption,
     EmitOption,
     PidOption,
     PluginOption,
@@ -73,19 +74,24 @@ def run(
     history_max_mb: Annotated[int | None, typer.Option(hidden=True)] = None,
     history_max_age: Annotated[str | None, typer.Option(hidden=True)] = None,
     metrics_addr: Annotated[str | None, typer.Option(hidden=True)] = None,
+    emit_drain_seconds: EmitDrainOption = 5.0,
 ) -> None:
     """Attach the probes of the given plugins and stream their events (--serve: as 'jalki serve')."""
     daemon_options = dict(zip(DAEMON_ONLY_OPTIONS, (socket, socket_group, history, history_max_mb, history_max_age,
                                                     metrics_addr), strict=True))
     if serve:
         serve_command(plugin, emit, cluster, pid, port, sample, socket, socket_group, history, history_max_mb,
-                      history_max_age, metrics_addr, seconds, strict, summary_json, rung, verifier_log)
+                      history_max_age, metrics_addr, seconds, strict, summary_json, rung, verifier_log,
+                      emit_drain_seconds=emit_drain_seconds)
         return
     _refuse_daemon_options(daemon_options)
     from jalki_core.loader import ProbeOptions
     from jalki_core.session import TraceSession
 
     _validate_run_options(pid, port, sample, seconds)
+    from jalki_core.cli.options import check_emit_drain
+
+    check_emit_drain(emit_drain_seconds)
     _check_summary_path(summary_json)
     _check_verifier_log_dir(verifier_log)
     if not plugin:
@@ -100,6 +106,7 @@ def run(
     session = TraceSession(
         [entry.probe for entry in selected], emitters, options=options, strict=strict, cluster=cluster
     )
+    session.emit_drain_seconds = emit_drain_seconds
 
     def _on_signal(signum: int, _frame: object) -> None:
         session.request_stop()
@@ -216,7 +223,9 @@ def _print_summary(summary: SessionSummary) -> None:
     for name, stats in summary.emitters.items():
         line = f"  emitter {name}: {stats['events_emitted']} events written"
         if stats["events_dropped"] or stats["errors"]:
-            line += f", [red]{stats['events_dropped']} dropped, {stats['errors']} errors[/]"
+            drops = ", ".join(f"{reason}={count}" for reason, count in stats["dropped_by_reason"].items() if count)
+            reasons = f" ({drops})" if drops else ""
+            line += f", [red]{stats['events_dropped']} dropped{reasons}, {stats['errors']} errors[/]"
             if stats["last_error"]:
                 line += f" (last: {escape(stats['last_error'])})"
         console.print(line)

@@ -13,12 +13,14 @@ from jalki_core.cli.common import build_emitters, drops_text, load_plugins
 from jalki_core.cli.options import (
     RUN_ONLY_OPTIONS,
     ClusterOption,
+    EmitDrainOption,
     HistoryMaxAgeOption,
     HistoryMaxMbOption,
     HistoryOption,
     MetricsAddrOption,
     SocketGroupOption,
     SocketOption,
+    check_emit_drain,
     parse_address,
 )
 from jalki_core.errors import UsageError
@@ -75,6 +77,7 @@ def serve_command(
     summary_json: Annotated[Path | None, typer.Option(hidden=True)] = None,
     rung: Annotated[str | None, typer.Option(hidden=True)] = None,
     verifier_log: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    emit_drain_seconds: EmitDrainOption = 5.0,
 ) -> None:
     """Stay up as a node agent behind a local API (specs/protocol.md) until SIGTERM.
 
@@ -98,18 +101,20 @@ def serve_command(
     max_age_s = parse_duration(history_max_age or "7d", "--history-max-age")
     metrics = metrics_addr or "127.0.0.1:9464"
     parse_address(metrics)
+    check_emit_drain(emit_drain_seconds)
     plugins = load_plugins()
     require_bpf_privileges()
     initial = [DeploySpec(entry.probe.name, sample=sample, pid=pid, port=port)
                for entry in plugins.probes_for(plugin or [])]
     serve(plugins, initial, build_emitters(plugins, emit or []), socket_path=socket,
                      socket_group=socket_group, history=history or "", metrics_addr=metrics, cluster=cluster,
-                     history_limits=HistoryLimits(max_bytes=max_mb * MIB, max_age_s=max_age_s))
+                     history_limits=HistoryLimits(max_bytes=max_mb * MIB, max_age_s=max_age_s),
+                     emit_drain_seconds=emit_drain_seconds)
 
 
 def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitter], *, socket_path: Path | None,
           socket_group: str | None, history: str, metrics_addr: str, cluster: str | None,
-          history_limits: HistoryLimits | None = None) -> None:
+          history_limits: HistoryLimits | None = None, emit_drain_seconds: float | None = None) -> None:
     """Run the agent until SIGTERM/SIGINT (``jalki serve``, or its alias ``jalki run --serve``)."""
     from jalki_core.daemon.agent import DEFAULT_HISTORY, Agent, AgentConfig
     from jalki_core.daemon.protocol import socket_path_from_env
@@ -124,6 +129,7 @@ def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitt
         cluster=cluster,
     )
     agent = Agent(plugins, config, emitters)
+    agent.session.emit_drain_seconds = emit_drain_seconds
     console = __import__("rich.console", fromlist=["Console"]).Console(stderr=True, highlight=False)
     metrics = config.metrics_addr
     metrics_url = None if metrics is None else (

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from jalki_core.daemon.emitter_metrics import emitter_families
 from jalki_core.errors import JalkiError
 
 if TYPE_CHECKING:
@@ -94,13 +95,16 @@ class AgentCollector:
         yield from (drops, attached, run_time, run_count, fill)
         emitted = CounterMetricFamily("jalki_emitter_events", "Events written by each emitter.", labels=["emitter"])
         emitter_errors = CounterMetricFamily("jalki_emitter_errors", "Emitter write errors.", labels=["emitter"])
-        emitter_dropped = CounterMetricFamily("jalki_emitter_dropped", "Events an emitter could not write.",
-                                              labels=["emitter"])
+        emitter_dropped = CounterMetricFamily("jalki_emitter_dropped", "Events an emitter could not write, by "
+                                              "reason (queue_full, sink_error; off the node also rate_limited, "
+                                              "retry_exhausted, rejected, shutdown).", labels=["emitter", "reason"])
         for name, stats in sorted(snapshot["emitters"].items()):
             emitted.add_metric([name], stats["events_emitted"])
             emitter_errors.add_metric([name], stats["errors"])
-            emitter_dropped.add_metric([name], stats["events_dropped"])
+            for reason, count in sorted(stats["dropped_by_reason"].items()):
+                emitter_dropped.add_metric([name, reason], count)
         yield from (emitted, emitter_errors, emitter_dropped)
+        yield from emitter_families(snapshot["emitters"])
         server = agent._server
         subscribers = server.subscriber_stats() if server is not None else {}
         yield GaugeMetricFamily("jalki_subscribers", "Live event subscriptions.", value=subscribers.get("count", 0))
@@ -161,10 +165,24 @@ def liveness(agent: Agent) -> tuple[int, str]:
     """``/healthz``: 503 when a part only a restart repairs has stopped (the history writer thread); else 200,
     with ``ok``, or what is degraded (a history that fails or is disabled: a restart would not help)."""
     history = agent.history_stats()
-    if history is None or history["state"] == "ok":
+    failing = _failing_emitters(agent)  # a receiver that is down: a restart would not help either
+    if (history is None or history["state"] == "ok") and not failing:
         return 200, "ok\n"
-    text = f"history {history['state']}: {'; '.join(history['problems'])}\n"
-    return (503 if history["state"] == "stopped" else 200), text
+    lines = [f"history {history['state']}: {'; '.join(history['problems'])}\n"] \
+        if history is not None and history["state"] != "ok" else []
+    lines += [f"emitter {name} failing for {seconds:.0f}s\n" for name, seconds in failing]
+    return (503 if history is not None and history["state"] == "stopped" else 200), "".join(lines)
+
+
+def _failing_emitters(agent: Agent) -> list[tuple[str, float]]:
+    """Emitters sending off the node whose sends have failed longer than their ``unhealthy_after``."""
+    failing = []
+    for worker in list(agent.session.workers):
+        stats = worker.as_dict()
+        seconds, threshold = stats.get("failing_for_s"), stats.get("unhealthy_after_s")
+        if isinstance(seconds, float | int) and isinstance(threshold, float | int) and seconds >= threshold:
+            failing.append((worker.emitter.name, float(seconds)))
+    return failing
 
 
 def is_ready(agent: Agent) -> bool:

@@ -269,7 +269,7 @@ class DeliveryStats(EmitterStats):
     last_success: float | None = None
     """Wall-clock time of the latest delivered batch."""
     failing_since: float | None = None
-    """Monotonic time of the first failed try since the latest success (``None`` while none failed)."""
+    """Monotonic time of the first failed try or lost batch since the latest success (``None``: none)."""
 
     @property
     def drops_by_cause(self) -> dict[str, int]:
@@ -452,6 +452,8 @@ class DeliveryWorker(EmitterWorker):
             stats.rejected += count
         else:
             stats.sink_dropped += count
+        if reason != "shutdown" and stats.failing_since is None:  # failing until a batch gets through
+            stats.failing_since = self._clock()
         if exc is not None:
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
