@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from jalki_core.registry import (
         BoundCommandRegistry,
         BoundEmitterRegistry,
+        BoundEnricherRegistry,
         BoundKbRegistry,
         BoundProbeRegistry,
     )
@@ -56,6 +57,27 @@ def jalki_register_emitters(registry: BoundEmitterRegistry) -> None:
         where ``factory(argument)`` builds a :class:`jalki_core.emitters.base.Emitter`
         from the text after ``name:`` in ``--emit name:argument`` (``None`` when
         absent) and raises :class:`jalki_core.errors.UsageError` on a bad argument.
+    :return: nothing; results are ignored.
+    """
+
+
+@hookspec
+def jalki_register_enrichers(registry: BoundEnricherRegistry) -> None:
+    """Register the enrichers this plugin provides (chosen with ``--enrich NAME``).
+
+    Called once per process, when the plugin manager loads plugins (in the
+    same pass as probes and emitters, all or nothing with them). An enricher
+    adds fields to events before the emitters, the daemon's store and the KB
+    rules see them (:mod:`jalki_core.enrich`): ``jalki-k8s`` adds ``k8s``.
+
+    :param registry: call ``registry.register(name, factory, description)``
+        where ``factory(options)`` gets a :class:`jalki_core.enrich.EnricherOptions`
+        (``node_name``) and returns a :class:`jalki_core.enrich.Enricher`
+        (``start``, ``enrich(events)``, ``flush``, ``close``, ``ready``,
+        ``status``); it raises :class:`jalki_core.errors.UsageError` for
+        options it cannot work with. Keep the hook cheap: import heavy
+        dependencies inside the factory. An enricher that raises in
+        ``enrich`` costs that batch its enrichment (counted), never events.
     :return: nothing; results are ignored.
     """
 

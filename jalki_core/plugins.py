@@ -3,7 +3,7 @@
 :class:`JalkiPlugins` is the one owner of plugin loading and the typed facade
 the rest of the core uses; nothing else calls a plugin's hooks. It loads each
 plugin once and calls its registration hooks in one pass: probes, emitters,
-KB documents (``jalki_register_kb``) and CLI commands
+enrichers (``jalki_register_enrichers``), KB documents (``jalki_register_kb``) and CLI commands
 (``jalki_register_commands``); the knowledge base is then built from
 :meth:`JalkiPlugins.kb_documents` (``default_kb(plugins=...)``) and the
 ``jalki`` CLI adds :attr:`JalkiPlugins.commands` to its app.
@@ -41,6 +41,7 @@ from jalki_core.errors import JalkiError, UnknownPluginError
 from jalki_core.registry import (
     CommandRegistry,
     EmitterRegistry,
+    EnricherRegistry,
     KbDocument,
     KbRegistry,
     PluginIdentity,
@@ -87,6 +88,7 @@ class PluginInfo:
     identity: PluginIdentity
     probes: list[str] = field(default_factory=list)
     emitters: list[str] = field(default_factory=list)
+    enrichers: list[str] = field(default_factory=list)
     kb_documents: list[KbDocument] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
 
@@ -134,6 +136,7 @@ class JalkiPlugins:
         self.pm.add_hookspecs(hookspecs)
         self.probes = ProbeRegistry()
         self.emitters = EmitterRegistry()
+        self.enrichers = EnricherRegistry()
         self.commands = CommandRegistry()
         self.broken: list[BrokenPlugin] = []
         self.command_problems: list[CommandProblem] = []
@@ -178,8 +181,8 @@ class JalkiPlugins:
             )
             return
         try:
-            probes, emitters = self._collect_registrations(module, identity)
-            self._commit(identity, probes, emitters, _collect_kb(module, identity))
+            probes, emitters, enrichers = self._collect_registrations(module, identity)
+            self._commit(identity, probes, emitters, _collect_kb(module, identity), enrichers)
         except JalkiError as exc:
             self.pm.unregister(module)
             self._mark_broken(identity, exc.one_line())
@@ -222,35 +225,44 @@ class JalkiPlugins:
     @staticmethod
     def _collect_registrations(
         module: ModuleType, identity: PluginIdentity
-    ) -> tuple[ProbeRegistry, EmitterRegistry]:
+    ) -> tuple[ProbeRegistry, EmitterRegistry, EnricherRegistry]:
         """Run the plugin's registration hooks into staging registries.
 
         Nothing a plugin registers becomes visible unless all of its hooks
         succeed, so a plugin that fails half-way is not half-loaded.
         """
-        probes, emitters = ProbeRegistry(), EmitterRegistry()
+        probes, emitters, enrichers = ProbeRegistry(), EmitterRegistry(), EnricherRegistry()
         register_probes = getattr(module, "jalki_register_probes", None)
         if register_probes is not None:
             register_probes(registry=probes.bound_to(identity))
         register_emitters = getattr(module, "jalki_register_emitters", None)
         if register_emitters is not None:
             register_emitters(registry=emitters.bound_to(identity))
-        return probes, emitters
+        register_enrichers = getattr(module, "jalki_register_enrichers", None)
+        if register_enrichers is not None:
+            register_enrichers(registry=enrichers.bound_to(identity))
+        return probes, emitters, enrichers
 
     def _commit(self, identity: PluginIdentity, probes: ProbeRegistry, emitters: EmitterRegistry,
-                kb_documents: list[KbDocument]) -> None:
+                kb_documents: list[KbDocument], enrichers: EnricherRegistry | None = None) -> None:
         """Add a plugin's registrations, all or none (duplicates name both distributions)."""
+        enrichers = enrichers or EnricherRegistry()
         for entry in probes:
             self.probes.ensure_unique(entry.probe.name, identity)
         for emitter in emitters:
             self.emitters.ensure_unique(emitter.name, identity)
+        for enricher in enrichers:
+            self.enrichers.ensure_unique(enricher.name, identity)
         for entry in probes:
             self.probes.add(entry.probe, identity)
         for emitter in emitters:
             self.emitters.add(emitter.name, emitter.factory, emitter.description, identity)
+        for enricher in enrichers:
+            self.enrichers.add(enricher.name, enricher.factory, enricher.description, identity)
         info = self.loaded.setdefault(identity.plugin, PluginInfo(identity))
         info.probes.extend(entry.probe.name for entry in probes)
         info.emitters.extend(emitter.name for emitter in emitters)
+        info.enrichers.extend(enricher.name for enricher in enrichers)
         info.kb_documents.extend(kb_documents)
 
     def _mark_broken(self, identity: PluginIdentity, reason: str) -> None:
@@ -312,6 +324,7 @@ class JalkiPlugins:
                     "probes": [self.probes.get(name).probe.describe() for name in info.probes  # type: ignore[union-attr]
                                ],
                     "emitters": list(info.emitters),
+                    "enrichers": list(info.enrichers),
                     "commands": list(info.commands),
                 }
             )
@@ -325,6 +338,7 @@ class JalkiPlugins:
                     "error": broken.reason,
                     "probes": [],
                     "emitters": [],
+                    "enrichers": [],
                     "commands": [],
                 }
             )

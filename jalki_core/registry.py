@@ -1,8 +1,8 @@
 """Registries that plugins fill through the registration hooks.
 
 Each plugin gets a view of a registry bound to its own identity, so a
-duplicate name is reported with both distributions named. The four
-registries (probes, emitters, KB documents, CLI commands) live here, below
+duplicate name is reported with both distributions named. The five
+registries (probes, emitters, enrichers, KB documents, CLI commands) live here, below
 :mod:`jalki_core.plugins` (which fills them) and :mod:`jalki_core.hookspecs`
 (which names them), and import neither.
 """
@@ -22,6 +22,7 @@ from jalki_core.probe import Probe, ProbeResource, check_probe_contract
 
 if TYPE_CHECKING:
     from jalki_core.emitters.base import Emitter
+    from jalki_core.enrich import EnricherFactory
 
 EmitterFactory = Callable[[str | None], "Emitter"]
 
@@ -155,6 +156,63 @@ class BoundEmitterRegistry:
 
     def register(self, name: str, factory: EmitterFactory, description: str = "") -> None:
         """Register an emitter factory under ``name``."""
+        self._registry.add(name, factory, description, self.owner)
+
+
+@dataclass(frozen=True)
+class RegisteredEnricher:
+    """An enricher factory together with the plugin that provides it (``--enrich NAME``)."""
+
+    name: str
+    factory: EnricherFactory
+    description: str
+    owner: PluginIdentity
+
+
+class EnricherRegistry:
+    """All enrichers known to this process, by name."""
+
+    def __init__(self) -> None:
+        self._enrichers: dict[str, RegisteredEnricher] = {}
+
+    def bound_to(self, owner: PluginIdentity) -> BoundEnricherRegistry:
+        """The view of this registry handed to one plugin's hook."""
+        return BoundEnricherRegistry(self, owner)
+
+    def add(self, name: str, factory: EnricherFactory, description: str, owner: PluginIdentity) -> None:
+        """Add an enricher; a bad or duplicate name raises :class:`PluginError` naming the owners."""
+        if not name or not set(name) <= COMMAND_NAME_CHARS or name.startswith("-"):
+            raise PluginError(f"enricher name {name!r} from {owner} is not a name",
+                              hint="use lower-case letters, digits and '-'")
+        self.ensure_unique(name, owner)
+        self._enrichers[name] = RegisteredEnricher(name, factory, description, owner)
+
+    def ensure_unique(self, name: str, owner: PluginIdentity) -> None:
+        """Raise :class:`PluginError` naming both distributions if ``name`` is taken."""
+        existing = self._enrichers.get(name)
+        if existing is not None:
+            raise PluginError(
+                f"enricher {name!r} from {owner} duplicates the one from {existing.owner}",
+                hint="uninstall one of the two distributions or disable one with JALKI_DISABLE_PLUGINS",
+            )
+
+    def get(self, name: str) -> RegisteredEnricher | None:
+        """The enricher registered under ``name``, if any."""
+        return self._enrichers.get(name)
+
+    def __iter__(self) -> Iterator[RegisteredEnricher]:
+        return iter(self._enrichers.values())
+
+
+class BoundEnricherRegistry:
+    """The enricher registry as one plugin sees it: ``register(name, factory, description)``."""
+
+    def __init__(self, registry: EnricherRegistry, owner: PluginIdentity) -> None:
+        self._registry = registry
+        self.owner = owner
+
+    def register(self, name: str, factory: EnricherFactory, description: str = "") -> None:
+        """Register an enricher factory under ``name``: ``factory(EnricherOptions)`` builds the enricher."""
         self._registry.add(name, factory, description, self.owner)
 
 

@@ -6,6 +6,11 @@ in Python and hands the events to the emitter workers. Stopping detaches the
 programs first, then drains what is left, so every record the kernel wrote is
 decoded and every decoded event is emitted and flushed before exit.
 
+With an enricher stage (``--enrich``; :mod:`jalki_core.enrich`), every
+decoded and derived batch goes through the enrichers before ``on_events``
+(the daemon's store, ask's rules) and the emitters; events an enricher holds
+back are delivered at a later wake-up, or at stop before the emitters flush.
+
 A probe with several record kinds (``Probe.layouts``) has its batch handed
 over as runs of same-kind records, in arrival order, to
 ``Probe.decode_records``. A probe with ``tick_interval_s`` has its
@@ -35,6 +40,7 @@ from jalki_core.probe import Probe, RecordLayout
 
 if TYPE_CHECKING:
     from jalki_core._libbpf import RingBufferReader, StatsHandle
+    from jalki_core.enrich import EnrichStage
 
 log = logging.getLogger("jalki.session")
 
@@ -111,6 +117,8 @@ class SessionSummary:
     probes: list[ProbeRunStats]
     emitters: dict[str, dict[str, Any]]
     duration_s: float
+    enrich: dict[str, Any] | None = None
+    """The enricher stage's status at stop (:meth:`jalki_core.enrich.EnrichStage.status`); ``None``: no stage."""
 
     @property
     def events(self) -> int:
@@ -119,11 +127,14 @@ class SessionSummary:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
-        return {
+        result = {
             "duration_s": round(self.duration_s, 3),
             "probes": [p.as_dict() for p in self.probes],
             "emitters": self.emitters,
         }
+        if self.enrich is not None:
+            result["enrich"] = self.enrich
+        return result
 
 
 @dataclass
@@ -152,6 +163,9 @@ class TraceSession:
         the next one so records accumulate into bigger batches (one wake-up, one
         decode call and one write per batch instead of per record). Set 0 for
         the lowest latency.
+    :param enrich: enrichers run on every batch before ``on_events`` and the
+        emitters (:class:`jalki_core.enrich.EnrichStage`), and the emitters'
+        namespace scope.
     """
 
     BUSY_BATCH_RECORDS = 4096
@@ -168,8 +182,10 @@ class TraceSession:
         on_events: Callable[[list[dict[str, Any]]], None] | None = None,
         drain_interval: float = 0.02,
         batch_bytes: int | None = None,
+        enrich: EnrichStage | None = None,
     ) -> None:
         self.probes = list(probes)
+        self.enrich = enrich if enrich is not None and (enrich.slots or enrich.namespaces is not None) else None
         self.workers: list[EmitterWorker] = [emitter.make_worker() for emitter in emitters]
         self.emit_drain_seconds: float | None = None
         """How long emitters that send off the node keep delivering at stop (``--emit-drain-seconds``;
@@ -221,6 +237,8 @@ class TraceSession:
         try:
             for worker in self.workers:
                 worker.start()
+            if self.enrich is not None:
+                self.enrich.start()
             try:
                 self._stats_handle = enable_stats()
             except JalkiError as exc:
@@ -393,6 +411,7 @@ class TraceSession:
                 tick()
             busy = bool(ready) and (self.drain_once() >= self.BUSY_BATCH_RECORDS or self._batch_full)
             self.run_due_ticks()
+            self.release_enriched()
             if ready and not busy and self.drain_interval > 0:
                 # Let records accumulate; wake at once if a stop is requested.
                 select.select([self._wake_r], [], [], self.drain_interval)
@@ -490,10 +509,25 @@ class TraceSession:
                 log.error("probe %s: derive failed: %s", active.stats.name, f"{type(exc).__name__}: {exc}")
         self._deliver(active, events)
 
+    def release_enriched(self) -> None:
+        """Deliver the events enrichers held and now let out (their pod became known, or their wait ended)."""
+        if self.enrich is not None and self.enrich.slots:
+            self._emit(self.enrich.process([]))
+
     def _deliver(self, active: _ActiveProbe, events: list[dict[str, Any]]) -> None:
         if not events:
             return
         active.stats.events += len(events)
+        if self.enrich is not None and self.enrich.slots:
+            events = self.enrich.process(events)  # may hold some back, and let earlier ones out
+        self._emit(events)
+
+    def _emit(self, events: list[dict[str, Any]]) -> None:
+        """Hand delivered events to ``on_events`` and the emitters (those in the namespace scope)."""
+        if not events:
+            return
+        # which events the emitters get is decided first: on_events may replace the objects (encoded)
+        scope = self.enrich.scope_mask(events) if self.enrich is not None else None
         if self.on_events is not None:
             try:
                 self.on_events(events)
@@ -503,6 +537,10 @@ class TraceSession:
                 self.delivery_lost[cause] += len(events)
                 self.delivery_last_error = f"{type(exc).__name__}: {exc}"
                 log.error("the event consumer failed, its batch is lost (counted): %s", self.delivery_last_error)
+        if scope is not None:
+            if not scope:
+                return
+            events = [events[index] for index in scope]
         event_batch = EventBatch(events)
         for worker in self.workers:
             worker.submit(event_batch)
@@ -549,6 +587,8 @@ class TraceSession:
         for active in self._active:
             self._finish(active)
         self._active.clear()
+        if self.enrich is not None:
+            self._emit(self.enrich.close())  # what the enrichers still held, before the emitters flush
         for worker in self.workers:
             worker.stop(self.emit_drain_seconds)
         if self._stats_handle is not None:
@@ -563,7 +603,8 @@ class TraceSession:
         self._wake_r = self._wake_w = -1
         duration = time.monotonic() - self._started_at if self._started_at else 0.0
         emitters = {worker.emitter.name: worker.as_dict() for worker in self.workers}
-        return SessionSummary(list(self.stats.values()), emitters, duration)
+        return SessionSummary(list(self.stats.values()), emitters, duration,
+                              self.enrich.status() if self.enrich is not None else None)
 
 
 def decode_runs(

@@ -23,6 +23,7 @@ arguments (a negative duration…) raise :class:`jalki_core.errors.UsageError`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -36,6 +37,7 @@ from jalki_core.errors import EnvironmentProblem, JalkiError, PrivilegeError, Us
 from jalki_core.kb.model import SEVERITY_RANK
 
 if TYPE_CHECKING:
+    from jalki_core.enrich import EnrichStage
     from jalki_core.kb import Finding, KbEntry, KnowledgeBase, Match
     from jalki_core.plugins import JalkiPlugins
     from jalki_core.registry import RegisteredProbe
@@ -212,14 +214,16 @@ The default attaches in this process; the daemon passes one that uses its runnin
 
 def collect_in_process(probes: list[RegisteredProbe], seconds: float, pid: int | None, port: int | None,
                        progress: ProgressCallback | None, cancel: threading.Event | None,
-                       ) -> tuple[EventCollector, SessionSummary]:
-    """Attach ``probes`` in this process for ``seconds`` (the default :data:`Collect`)."""
+                       enrich: EnrichStage | None = None) -> tuple[EventCollector, SessionSummary]:
+    """Attach ``probes`` in this process for ``seconds`` (the default :data:`Collect`), enriching events
+    with ``enrich`` (``--enrich``) before they are kept."""
     from jalki_core.loader import ProbeOptions
     from jalki_core.session import TraceSession
 
     collector = EventCollector(MAX_EVENTS_KEPT)
     session = TraceSession([registered.probe for registered in probes], (),
-                           options=ProbeOptions(filter_pid=pid or 0, filter_port=port or 0), on_events=collector)
+                           options=ProbeOptions(filter_pid=pid or 0, filter_port=port or 0), on_events=collector,
+                           enrich=enrich)
     try:
         session.start()
         started = time.monotonic()
@@ -248,6 +252,7 @@ def ask(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     collect: Collect | None = None,
+    enrich: EnrichStage | None = None,
 ) -> AskResult:
     """Answer ``question`` from the kernel: attach the probes that answer it, collect, evaluate.
 
@@ -259,6 +264,8 @@ def ask(
     :param progress: called a few times a second while collecting.
     :param cancel: set it to stop collecting early; the answer covers what was collected.
     :param collect: how to collect (default: attach in this process); the daemon passes its own.
+    :param enrich: enrichers for the events collected in this process (``jalki ask --enrich k8s``); started
+        and closed by the collection. Not with ``collect``.
     :raises UsageError: only for invalid arguments.
     """
     _check_arguments(seconds, pid, port)
@@ -297,8 +304,9 @@ def ask(
     except EnvironmentProblem as exc:
         return kb_only(f"no BTF: {exc.one_line()}", "no_btf")
     try:
-        collector, summary = (collect or collect_in_process)(list(probes.values()), seconds, pid, port, progress,
-                                                             cancel)
+        collect_with = collect or (collect_in_process if enrich is None
+                                   else functools.partial(collect_in_process, enrich=enrich))
+        collector, summary = collect_with(list(probes.values()), seconds, pid, port, progress, cancel)
     except (JalkiError, OSError) as exc:
         log.warning("collection failed: %s", exc)
         return kb_only(f"collecting events failed: {exc}", "collection_failed")
@@ -315,6 +323,11 @@ def ask(
         if use.dropped:
             causes = ", ".join(f"{cause}={count}" for cause, count in sorted(use.drops.items()))
             notes.append(f"probe {use.probe} lost {use.dropped} records ({causes}): counts are lower bounds")
+    for name, info in ((summary.enrich or {}).get("enrichers") or {}).items():
+        if info.get("problem") or info.get("errors"):
+            problem = info.get("problem") or info.get("last_error")
+            notes.append(f"enricher {name}: {info.get('state', 'error')}: {problem}; events without its fields "
+                          "are counted in its status")
     if collector.not_kept:
         notes.append(f"{collector.not_kept} events beyond the first {MAX_EVENTS_KEPT} were counted but not evaluated")
     observed_seconds = min(summary.duration_s, seconds)

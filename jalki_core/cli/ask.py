@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from jalki_core.enrich import EnrichStage
+
 MAX_CAUSES_SHOWN = 8
 """Possible causes listed in a KB-only answer (all of them with --json)."""
 
@@ -71,6 +73,12 @@ def _command_words(command: Mapping[str, Any]) -> str:
     return escape(group.phrase())
 
 
+def _pod_words(pod: Mapping[str, Any]) -> str:
+    """``checkout-7f9c/payments (Deployment checkout) ×12``."""
+    owner = f" ({pod['workload_kind']} {pod['workload']})" if pod["workload_kind"] else ""
+    return f"{pod['pod']}/{pod['namespace']}{owner} ×{pod['events']}"
+
+
 def _field_words(summary: Mapping[str, Any]) -> str:
     """``signal SIGSEGV ×13``; a spread of numbers as its range (``latency_ns 31000–52000``)."""
     from rich.markup import escape
@@ -97,6 +105,10 @@ def _evidence_lines(finding: Mapping[str, Any]) -> list[str]:
         if group["destinations"]:
             parts.append("to " + ", ".join(f"{d['address']} ×{d['events']}" for d in group["destinations"][:3]))
         parts.extend(_field_words(summary) for summary in group.get("fields", ()))
+        pods = group.get("pods")
+        if pods:
+            parts.append("in " + ", ".join(escape(_pod_words(pod)) for pod in pods[:3])
+                         + (f" and {len(pods) - 3} more pods" if len(pods) > 3 else ""))
         commands = group.get("commands")
         if commands:
             parts.append("from " + ", ".join(_command_words(c) for c in commands[:3])
@@ -193,6 +205,11 @@ def ask_command(
                                                 "when one runs).")] = None,
     in_process: Annotated[bool, typer.Option("--in-process", help="Attach the probes in this process even "
                                              "when a daemon runs.")] = False,
+    enrich: Annotated[list[str] | None, typer.Option(help="Add fields to the events observed in this process: "
+                                                     "k8s (pod, namespace, workload); implies --in-process (a "
+                                                     "daemon enriches with its own --enrich).")] = None,
+    node_name: Annotated[str | None, typer.Option(help="With --enrich k8s: this node's name (default: "
+                                                  "$NODE_NAME, else the host name).")] = None,
 ) -> None:
     """Ask the kernel a question: attach the probes that answer it, observe, and explain what they saw."""
     from rich.console import Console
@@ -207,9 +224,18 @@ def ask_command(
     check_pid(pid)
     check_port(port)
     stderr = Console(stderr=True, highlight=False)
-    answer = None if in_process else _ask_daemon(socket, text, seconds, pid, port, stderr)
+    enrich_stage = None
+    if enrich or node_name is not None:
+        if socket is not None:
+            raise UsageError("--enrich asks in this process, not through the daemon at --socket (a daemon "
+                             "enriches with its own --enrich)", hint="leave out --socket or --enrich")
+        from jalki_core.cli.common import build_enrich, load_plugins
+
+        enrich_stage = build_enrich(load_plugins(), enrich, node_name, None)
+    answer = None if in_process or enrich_stage is not None else _ask_daemon(socket, text, seconds, pid, port,
+                                                                             stderr)
     if answer is None:
-        answer = _ask_here(text, seconds, pid, port, stderr)
+        answer = _ask_here(text, seconds, pid, port, stderr, enrich_stage)
     if as_json:
         import orjson
 
@@ -224,7 +250,8 @@ def ask_command(
     print_answer(answer, Console(highlight=False))
 
 
-def _ask_here(text: str, seconds: float, pid: int | None, port: int | None, stderr: Console) -> dict[str, Any]:
+def _ask_here(text: str, seconds: float, pid: int | None, port: int | None, stderr: Console,
+              enrich: EnrichStage | None = None) -> dict[str, Any]:
     from jalki_core.ask.engine import ask
 
     progress = _Progress(seconds, stderr)
@@ -235,7 +262,7 @@ def _ask_here(text: str, seconds: float, pid: int | None, port: int | None, stde
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = ask(text, seconds=seconds, pid=pid, port=port, progress=progress, cancel=cancel)
+        result = ask(text, seconds=seconds, pid=pid, port=port, progress=progress, cancel=cancel, enrich=enrich)
     finally:
         progress.close()
         for sig, handler in previous.items():

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
-from jalki_core.errors import UnknownEmitterError
+from jalki_core.errors import JalkiError, PluginError, UnknownEmitterError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from jalki_core.emitters.base import Emitter
+    from jalki_core.enrich import EnrichStage
     from jalki_core.plugins import JalkiPlugins
 
 
@@ -57,6 +59,71 @@ def build_emitters(plugins: JalkiPlugins, specs: list[str]) -> list[Emitter]:
     return emitters
 
 
+
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """Repeated and comma-separated option values, in order, each once."""
+    names = (part.strip() for value in values or () for part in value.split(","))
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def build_enrich(plugins: JalkiPlugins, enrich: list[str] | None, node_name: str | None,
+                 namespaces: list[str] | None) -> EnrichStage | None:
+    """The enricher stage of ``--enrich NAME``, ``--node-name`` and ``--namespace``; ``None`` without ``--enrich``.
+
+    An unknown name is one line listing the available enrichers; ``--node-name`` or ``--namespace``
+    without ``--enrich`` is refused (they would do nothing).
+    """
+    from jalki_core.enrich import EnricherOptions, EnrichStage
+
+    names, allowed = split_list(enrich), split_list(namespaces)
+    if not names:
+        for option, given in (("--node-name", node_name is not None), ("--namespace", bool(namespaces))):
+            if given:
+                raise UsageError(f"{option} only applies with --enrich k8s", hint="add --enrich k8s, or leave "
+                                 f"{option} out")
+        return None
+    if node_name is not None and not _DNS_NAME.match(node_name):
+        raise UsageError(f"--node-name must be a Kubernetes node name (lower-case letters, digits, '-' and '.'), "
+                         f"not {node_name!r}")
+    for namespace in allowed:
+        if not _DNS_LABEL.match(namespace):
+            raise UsageError(f"--namespace must be a Kubernetes namespace name (lower-case letters, digits and "
+                             f"'-', at most 63), not {namespace!r}")
+    options = EnricherOptions(node_name=node_name)
+    enrichers = []
+    for name in names:
+        registered = plugins.enrichers.get(name)
+        if registered is None:
+            known = ", ".join(sorted(entry.name for entry in plugins.enrichers)) or "none"
+            raise UsageError(f"unknown enricher {name!r}; available enrichers: {known}",
+                             hint="e.g. --enrich k8s (pip install jalki-k8s)")
+        try:
+            enrichers.append((name, registered.factory(options)))
+        except JalkiError:
+            raise
+        except Exception as exc:  # a plugin's bug: one line naming it
+            raise PluginError(f"enricher {name!r} ({registered.owner}) could not be made: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    return EnrichStage(enrichers, allowed or None)
+
+
+def enrich_lines(status: Mapping[str, Any]) -> list[str]:
+    """One line per enricher (state, counters that counted), and one for the namespace scope."""
+    lines = []
+    for name, info in status["enrichers"].items():
+        counters = {**info.get("counters", {}), "errors": info["errors"],
+                    "events_unenriched": info["events_unenriched"]}
+        state = info.get("state", "ready" if info["ready"] else "not ready")
+        problem = f" ({info['problem']})" if info.get("problem") else ""
+        lines.append(f"enricher {name}: {state}{problem}; {drops_text(counters)}")
+    if status["namespaces"] is not None:
+        lines.append(f"--namespace {','.join(status['namespaces'])}: {status['out_of_scope']} events of other "
+                     "namespaces not written by the emitters (out of scope, not lost)")
+    return lines
 
 
 def print_json(value: Any) -> None:

@@ -118,6 +118,11 @@ def status_command(
         history = status["history"]
         console.print(f"history {escape(str(history['path']))}: {history['written']} written, "
                       f"{history['dropped']} dropped")
+    if status.raw.get("enrich"):  # --enrich: each enricher's state and counters, the namespace scope
+        from jalki_core.cli.common import enrich_lines
+
+        for line in enrich_lines(status.raw["enrich"]):
+            console.print(escape(line), soft_wrap=True)
 
 
 def deploy_command(

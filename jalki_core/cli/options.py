@@ -128,6 +128,15 @@ HistoryMaxAgeOption = Annotated[str | None, typer.Option(help="History events ol
 MetricsAddrOption = Annotated[str | None, typer.Option(help="Prometheus HOST:PORT, [IPv6]:PORT, or off "
                                                        "(default 127.0.0.1:9464).")]
 
+EnrichOption = Annotated[list[str] | None, typer.Option(help="Add fields to every event before it is written, "
+                                                         "stored or judged: k8s (pod, namespace, container, "
+                                                         "workload); repeatable or comma-separated.")]
+NodeNameOption = Annotated[str | None, typer.Option(help="With --enrich k8s: this node's name (default: "
+                                                    "$NODE_NAME, else the host name).")]
+NamespaceOption = Annotated[list[str] | None, typer.Option("--namespace", help="With --enrich k8s: emitters write "
+                                                           "only events of these namespaces (repeatable or "
+                                                           "comma-separated); others are counted out of scope.")]
+
 DAEMON_ONLY_OPTIONS = ("--socket", "--socket-group", "--history", "--history-max-mb", "--history-max-age",
                        "--metrics-addr")
 """Options of ``jalki serve`` (and ``run --serve``) that a plain ``jalki run`` refuses."""

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from jalki_core.cli.common import build_emitters, load_plugins, stderr_console
+from jalki_core.cli.common import build_emitters, build_enrich, enrich_lines, load_plugins, stderr_console
 from jalki_core.cli.options import (
     DAEMON_ONLY_OPTIONS,
     ClusterOption,
     EmitDrainOption,
     EmitOption,
+    EnrichOption,
+    NamespaceOption,
+    NodeNameOption,
     PidOption,
     PluginOption,
     PortOption,
@@ -74,6 +77,9 @@ def run(
     history_max_mb: Annotated[int | None, typer.Option(hidden=True)] = None,
     history_max_age: Annotated[str | None, typer.Option(hidden=True)] = None,
     metrics_addr: Annotated[str | None, typer.Option(hidden=True)] = None,
+    enrich: EnrichOption = None,
+    node_name: NodeNameOption = None,
+    namespace: NamespaceOption = None,
     emit_drain_seconds: EmitDrainOption = 5.0,
 ) -> None:
     """Attach the probes of the given plugins and stream their events (--serve: as 'jalki serve')."""
@@ -82,6 +88,7 @@ def run(
     if serve:
         serve_command(plugin, emit, cluster, pid, port, sample, socket, socket_group, history, history_max_mb,
                       history_max_age, metrics_addr, seconds, strict, summary_json, rung, verifier_log,
+                      enrich=enrich, node_name=node_name, namespace=namespace,
                       emit_drain_seconds=emit_drain_seconds)
         return
     _refuse_daemon_options(daemon_options)
@@ -100,11 +107,13 @@ def run(
     plugins = load_plugins()
     selected = plugins.probes_for(plugin)
     _check_rung([entry.probe for entry in selected], rung)
+    enrich_stage = build_enrich(plugins, enrich, node_name, namespace)
     emitters = build_emitters(plugins, emit or ["stdout"])
     options = ProbeOptions(filter_pid=pid or 0, filter_port=port or 0, sample_rate=sample, rung=rung,
                            verifier_log_dir=verifier_log)
     session = TraceSession(
-        [entry.probe for entry in selected], emitters, options=options, strict=strict, cluster=cluster
+        [entry.probe for entry in selected], emitters, options=options, strict=strict, cluster=cluster,
+        enrich=enrich_stage,
     )
     session.emit_drain_seconds = emit_drain_seconds
 
@@ -229,3 +238,6 @@ def _print_summary(summary: SessionSummary) -> None:
             if stats["last_error"]:
                 line += f" (last: {escape(stats['last_error'])})"
         console.print(line)
+    if summary.enrich is not None:
+        for line in enrich_lines(summary.enrich):
+            console.print(f"  {escape(line)}", soft_wrap=True)

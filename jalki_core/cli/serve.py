@@ -9,15 +9,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from jalki_core.cli.common import build_emitters, drops_text, load_plugins
+from jalki_core.cli.common import build_emitters, build_enrich, drops_text, enrich_lines, load_plugins
 from jalki_core.cli.options import (
     RUN_ONLY_OPTIONS,
     ClusterOption,
     EmitDrainOption,
+    EnrichOption,
     HistoryMaxAgeOption,
     HistoryMaxMbOption,
     HistoryOption,
     MetricsAddrOption,
+    NamespaceOption,
+    NodeNameOption,
     SocketGroupOption,
     SocketOption,
     check_emit_drain,
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from jalki_core.daemon.protocol import DeploySpec
     from jalki_core.daemon.store import HistoryLimits
     from jalki_core.emitters.base import Emitter
+    from jalki_core.enrich import EnrichStage
     from jalki_core.plugins import JalkiPlugins
 
 
@@ -77,6 +81,9 @@ def serve_command(
     summary_json: Annotated[Path | None, typer.Option(hidden=True)] = None,
     rung: Annotated[str | None, typer.Option(hidden=True)] = None,
     verifier_log: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    enrich: EnrichOption = None,
+    node_name: NodeNameOption = None,
+    namespace: NamespaceOption = None,
     emit_drain_seconds: EmitDrainOption = 5.0,
 ) -> None:
     """Stay up as a node agent behind a local API (specs/protocol.md) until SIGTERM.
@@ -103,18 +110,20 @@ def serve_command(
     parse_address(metrics)
     check_emit_drain(emit_drain_seconds)
     plugins = load_plugins()
+    enrich_stage = build_enrich(plugins, enrich, node_name, namespace)
     require_bpf_privileges()
     initial = [DeploySpec(entry.probe.name, sample=sample, pid=pid, port=port)
                for entry in plugins.probes_for(plugin or [])]
     serve(plugins, initial, build_emitters(plugins, emit or []), socket_path=socket,
                      socket_group=socket_group, history=history or "", metrics_addr=metrics, cluster=cluster,
                      history_limits=HistoryLimits(max_bytes=max_mb * MIB, max_age_s=max_age_s),
-                     emit_drain_seconds=emit_drain_seconds)
+                     enrich=enrich_stage, emit_drain_seconds=emit_drain_seconds)
 
 
 def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitter], *, socket_path: Path | None,
           socket_group: str | None, history: str, metrics_addr: str, cluster: str | None,
-          history_limits: HistoryLimits | None = None, emit_drain_seconds: float | None = None) -> None:
+          history_limits: HistoryLimits | None = None, enrich: EnrichStage | None = None,
+          emit_drain_seconds: float | None = None) -> None:
     """Run the agent until SIGTERM/SIGINT (``jalki serve``, or its alias ``jalki run --serve``)."""
     from jalki_core.daemon.agent import DEFAULT_HISTORY, Agent, AgentConfig
     from jalki_core.daemon.protocol import socket_path_from_env
@@ -128,7 +137,7 @@ def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitt
         metrics_addr=parse_address(metrics_addr),
         cluster=cluster,
     )
-    agent = Agent(plugins, config, emitters)
+    agent = Agent(plugins, config, emitters, enrich=enrich)
     agent.session.emit_drain_seconds = emit_drain_seconds
     console = __import__("rich.console", fromlist=["Console"]).Console(stderr=True, highlight=False)
     metrics = config.metrics_addr
@@ -156,4 +165,6 @@ def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitt
         if kept is not None:
             line += (f"; history: {kept['state']}, {kept['written']} written, {kept['dropped']} dropped"
                      + (f" ({drops_text(kept['dropped_by_cause'])})" if kept["dropped"] else ""))
+        if summary.enrich is not None:
+            line += "; " + "; ".join(enrich_lines(summary.enrich))
         console.print(line, soft_wrap=True, markup=False)

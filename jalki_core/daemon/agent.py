@@ -49,6 +49,7 @@ from jalki_core.session import ProbeRunStats, SessionSummary, TraceSession
 
 if TYPE_CHECKING:
     from jalki_core.emitters.base import Emitter
+    from jalki_core.enrich import EnrichStage
     from jalki_core.plugins import JalkiPlugins
 
 log = logging.getLogger("jalki.daemon")
@@ -169,13 +170,14 @@ class EventServer(Service, Protocol):
 class Agent:
     """The long-running tracing agent behind ``jalki run --serve``."""
 
-    def __init__(self, plugins: JalkiPlugins, config: AgentConfig, emitters: Sequence[Emitter] = ()) -> None:
+    def __init__(self, plugins: JalkiPlugins, config: AgentConfig, emitters: Sequence[Emitter] = (), *,
+                 enrich: EnrichStage | None = None) -> None:
         self.plugins = plugins
         self.config = config
         # drain every 5 ms rather than 20: a burst arrives in smaller batches, and the memory a decoded batch
         # takes (~2.4 KiB per event until it is encoded) stays small
         self.session = TraceSession([], emitters, cluster=config.cluster, on_events=self._on_events,
-                                    drain_interval=DRAIN_INTERVAL_S, batch_bytes=DRAIN_BATCH_BYTES)
+                                    drain_interval=DRAIN_INTERVAL_S, batch_bytes=DRAIN_BATCH_BYTES, enrich=enrich)
         self._emitters_take_json = all(type(emitter) in _JSON_EMITTERS and emitter.selection is None
                                        for emitter in emitters)  # a selection reads the events' type/severity
         """Every emitter writes only ``batch.ndjson`` (the built-in ones), never the event objects."""
@@ -339,6 +341,7 @@ class Agent:
             "emitters": {key: w.as_dict()
                          for key, w in zip(_emitter_keys(self.session.workers), self.session.workers, strict=True)},
             "delivery": {"lost": dict(self.session.delivery_lost), "last_error": self.session.delivery_last_error},
+            "enrich": self.session.enrich.status() if self.session.enrich is not None else None,
         }
 
     # ---- any thread ----------------------------------------------------------

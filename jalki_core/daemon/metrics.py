@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from jalki_core.daemon.emitter_metrics import emitter_families
+from jalki_core.daemon.enrich_metrics import enrich_families
 from jalki_core.errors import JalkiError
 
 if TYPE_CHECKING:
@@ -129,8 +130,9 @@ class AgentCollector:
             yield history_dropped
             yield CounterMetricFamily("jalki_history_errors", "Failed history writes and prunes.",
                                       value=stats["errors"])
-        yield GaugeMetricFamily("jalki_ready", "1 while probes are attached and draining.",
-                                value=1 if is_ready(agent) else 0)
+        yield from enrich_families(snapshot.get("enrich"))
+        yield GaugeMetricFamily("jalki_ready", "1 while probes are attached and draining (and every enricher "
+                                "is ready).", value=1 if is_ready(agent) else 0)
 
 
 def _take_fill_peaks(agent: Agent) -> dict[str, float]:
@@ -186,8 +188,20 @@ def _failing_emitters(agent: Agent) -> list[tuple[str, float]]:
 
 
 def is_ready(agent: Agent) -> bool:
-    """Ready: the agent is draining and at least one probe is attached (``/readyz``, ``jalki_ready``)."""
-    return agent.ready and any(d.stats.rung for d in list(agent.deployments.values()))
+    """Ready: the agent is draining, at least one probe is attached and every enricher is ready (k8s: the
+    pods of this node were listed once) (``/readyz``, ``jalki_ready``)."""
+    return not not_ready_reason(agent)
+
+
+def not_ready_reason(agent: Agent) -> str:
+    """Why the agent is not ready (``""``: it is)."""
+    if not agent.ready:
+        return "not draining"
+    if not any(d.stats.rung for d in list(agent.deployments.values())):
+        return "no probe attached"
+    enrich = agent.session.enrich
+    waiting = enrich.not_ready() if enrich is not None else []
+    return "enricher " + "; ".join(waiting) if waiting else ""
 
 
 MAX_CONNECTIONS = 64
@@ -363,8 +377,8 @@ class MetricsServer:
             code, text = liveness(self.agent)
             return _response(code, text.encode(), head_only=head_only)
         if path == "/readyz":
-            ready = is_ready(self.agent)
-            return _response(200 if ready else 503, b"ready\n" if ready else b"not ready: no probe attached\n",
+            why = not_ready_reason(self.agent)
+            return _response(503 if why else 200, f"not ready: {why}\n".encode() if why else b"ready\n",
                              head_only=head_only)
         return _response(404, b"not found: try /metrics, /healthz, /readyz\n", head_only=head_only)
 

@@ -25,9 +25,11 @@ from jalki_core.kb.model import SEVERITY_RANK, Interpretation, named
 from jalki_core.kb.summarize import (
     CommandGroup,
     FieldSummary,
+    PodGroup,
     decisive_fields,
     detail_phrase,
     group_by_command,
+    group_by_pod,
     pinned_values,
     summarize_fields,
     values_phrase,
@@ -100,6 +102,7 @@ class Evidence:
         in the group's order: as received for per-event rules, by time for windows.
     :param event_seqs: the daemon's ``seq`` of those same events, for those that carry one (events a
         daemon collected); empty for events observed in-process, which have no ``seq``.
+    :param pods: the events that name their Kubernetes pod (``k8s``, ``--enrich k8s``), grouped by pod.
     """
 
     group: tuple[tuple[str, Any], ...]
@@ -114,6 +117,7 @@ class Evidence:
     commands: tuple[CommandGroup, ...] = ()
     event_ids: tuple[str, ...] = ()
     event_seqs: tuple[int, ...] = ()
+    pods: tuple[PodGroup, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -130,6 +134,7 @@ class Evidence:
             "commands": [command.as_dict() for command in self.commands],
             "event_ids": list(self.event_ids),
             "event_seqs": list(self.event_seqs),
+            "pods": [pod.as_dict() for pod in self.pods],
         }
 
 
@@ -238,6 +243,7 @@ def _evidence(events: Sequence[Mapping[str, Any]], group: tuple[tuple[str, Any],
         event_ids=tuple(event["id"] for event in listed if isinstance(event.get("id"), str)),
         event_seqs=tuple(event["seq"] for event in listed
                          if isinstance(event.get("seq"), int) and not isinstance(event.get("seq"), bool)),
+        pods=group_by_pod(events),
     )
 
 
@@ -292,7 +298,7 @@ def _detail(interpretation: Interpretation, fields: Sequence[tuple[str, str]],
     values = values_phrase(summarize_fields(fields, events), len(events), pinned_values(interpretation.rule),
                            kept=[value for _, value in interpretation.names if value])
     phrase = detail_phrase(values, [d.address for d in evidence.destinations], evidence.commands,
-                           evidence.unattributed)
+                           evidence.unattributed, evidence.pods)
     more = len(groups) - 1
     return phrase + (f"; {more} more group{'s' if more > 1 else ''}" if more else "")
 

@@ -11,7 +11,10 @@ with their counts (:class:`FieldSummary`); the processes are grouped by
 command (:class:`CommandGroup`), so 13 short-lived ``crashy`` processes are
 one line, not 13. :func:`detail_phrase` turns these into a few words for
 people: ``SIGSEGV (exit 139, core dumped) from crashy (13 processes)`` or
-``ECONNREFUSED to 10.0.0.5:5432 from api (pid 4242)``.
+``ECONNREFUSED to 10.0.0.5:5432 from api (pid 4242)``. Events enriched with
+``--enrich k8s`` are also grouped by pod (:class:`PodGroup`), and the phrase
+names the pod, its namespace and workload instead of the process:
+``ECONNREFUSED to 10.0.3.4:5432 from checkout-7f9c/payments (Deployment checkout)``.
 """
 
 from __future__ import annotations
@@ -116,6 +119,64 @@ class CommandGroup:
         if self.processes > len(self.pids):
             pids += f", …, {self.processes} in all"
         return f"{self.command or '?'} ×{self.events} (pid{'s' if self.processes > 1 else ''} {pids})"
+
+
+WORKLOAD_KEYS: tuple[tuple[str, str], ...] = (
+    ("k8s.deployment.name", "Deployment"), ("k8s.statefulset.name", "StatefulSet"),
+    ("k8s.daemonset.name", "DaemonSet"), ("k8s.cronjob.name", "CronJob"), ("k8s.job.name", "Job"),
+    ("k8s.replicaset.name", "ReplicaSet"), ("k8s.replicationcontroller.name", "ReplicationController"),
+)
+"""The ``k8s`` keys that name a pod's workload, the one people know it by first (a Deployment, not its
+ReplicaSet; a CronJob, not the Job it made)."""
+
+MAX_PODS = 20
+"""Most pods listed per evidence group (the busiest first)."""
+
+
+@dataclass(frozen=True)
+class PodGroup:
+    """The events of one Kubernetes pod (events enriched with ``--enrich k8s``).
+
+    :param workload_kind: ``Deployment``, ``StatefulSet``… (``None``: a bare pod, or not known).
+    """
+
+    pod: str
+    namespace: str
+    workload_kind: str | None
+    workload: str | None
+    events: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"pod": self.pod, "namespace": self.namespace, "workload_kind": self.workload_kind,
+                "workload": self.workload, "events": self.events}
+
+    def phrase(self) -> str:
+        """``checkout-7f9c/payments (Deployment checkout)``."""
+        owner = f" ({self.workload_kind} {self.workload})" if self.workload_kind else ""
+        return f"{self.pod}/{self.namespace}{owner}"
+
+
+def group_by_pod(events: Sequence[Mapping[str, Any]]) -> tuple[PodGroup, ...]:
+    """The events that name their pod (``k8s.pod.name``), grouped by pod, the busiest first."""
+    counts: Counter[tuple[str, str, str | None, str | None]] = Counter()
+    for event in events:
+        k8s = event.get("k8s")
+        if not isinstance(k8s, Mapping):
+            continue
+        pod, namespace = k8s.get("k8s.pod.name"), k8s.get("k8s.namespace.name")
+        if not isinstance(pod, str) or not isinstance(namespace, str):
+            continue
+        kind = name = None
+        for key, label in WORKLOAD_KEYS:
+            value = k8s.get(key)
+            if isinstance(value, str):
+                kind, name = label, value
+                break
+        counts[(pod, namespace, kind, name)] += 1
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0][1], item[0][0]))
+    return tuple(PodGroup(pod, namespace, kind, name, count) for (pod, namespace, kind, name), count
+                 in ranked[:MAX_PODS])
 
 
 def decisive_fields(interpretation: Interpretation, entry: KbEntry | None) -> tuple[tuple[str, str], ...]:
@@ -293,14 +354,22 @@ def processes_phrase(commands: Sequence[CommandGroup], unattributed: int) -> str
     return f"from {who}" + (f" and {more} more command{'s' if more > 1 else ''}" if more else "")
 
 
+def pods_phrase(pods: Sequence[PodGroup]) -> str:
+    """``from checkout-7f9c/payments (Deployment checkout)`` (and how many more pods), or ``""``."""
+    if not pods:
+        return ""
+    more = len(pods) - 1
+    return f"from {pods[0].phrase()}" + (f" and {more} more pod{'s' if more > 1 else ''}" if more else "")
+
+
 def detail_phrase(values: str, destinations: Sequence[str], commands: Sequence[CommandGroup],
-                  unattributed: int) -> str:
-    """The decisive values, the destination and the process, in one phrase."""
+                  unattributed: int, pods: Sequence[PodGroup] = ()) -> str:
+    """The decisive values, the destination and the process (its pod, when the events name one), in one phrase."""
     parts = [values] if values else []
     if destinations:
         more = len(destinations) - 1
         parts.append(f"to {destinations[0]}" + (f" and {more} more" if more else ""))
-    who = processes_phrase(commands, unattributed)
+    who = pods_phrase(pods) or processes_phrase(commands, unattributed)
     if who:
         parts.append(who)
     return " ".join(parts)

@@ -80,6 +80,9 @@ class CgroupIndex:
         self._paths: dict[int, str] = {}
         self._last_refresh: float | None = None
         self._lock = threading.Lock()
+        self.walk_skipped = False
+        """Whether the latest :meth:`path_of` that found nothing skipped a walk (the last one was too recent):
+        the id may be a cgroup made since, which a later walk will find."""
 
     def refresh(self) -> None:
         """Walk the v2 hierarchy now and replace the index (nothing on a v1-only node)."""
@@ -128,6 +131,7 @@ class CgroupIndex:
             last = self._last_refresh
         if path is not None:
             return path
+        self.walk_skipped = False
         if cgroup_id and self.v2_root is not None:
             if last is None or self._clock() - last >= self.refresh_interval_s:
                 self.refresh()
@@ -137,6 +141,7 @@ class CgroupIndex:
                     return path
             else:
                 self.stats.refresh_skipped += 1
+                self.walk_skipped = True
         if pid:
             found = self.proc_cgroup_path(pid)
             if found is not None:

@@ -14,7 +14,9 @@ names a pod the API server never showed within the retry window: only its uid an
 A container outside any pod (plain docker, podman) gets ``container.id`` and ``container.runtime``.
 
 Events whose pod is not yet known wait in a bounded buffer for ``retry_s`` (a pod's first processes
-start before its watch event arrives); they come out of a later :meth:`K8sEnricher.enrich` or
+start before its watch event arrives), and so do events whose cgroup id is not indexed while the index
+was walked too recently to walk again (a new pod's short-lived process, gone from ``/proc`` already);
+they come out of a later :meth:`K8sEnricher.enrich` or
 :meth:`K8sEnricher.flush`, resolved ("late") or marked unresolved. Nothing is dropped: a full buffer
 lets its oldest event out marked unresolved, counted.
 """
@@ -132,7 +134,8 @@ class K8sEnricher:
         self.max_pending = max_pending
         self.counters = EnrichCounters()
         self._clock = clock
-        self._pending: deque[tuple[float, dict[str, Any], ContainerRef]] = deque()
+        self._pending: deque[tuple[float, dict[str, Any], ContainerRef | None]] = deque()
+        """(deadline, event, ref): ``ref`` is ``None`` while the event's cgroup is not yet indexed."""
         self._overflow: list[dict[str, Any]] = []
         """Events the current batch pushed out of a full buffer, marked unresolved."""
         self._parse = functools.lru_cache(maxsize=65536)(parse_cgroup_path)
@@ -212,40 +215,79 @@ class K8sEnricher:
             return True
         path = self.cgroups.path_of(cgroup_id, pid)
         if path is None:
+            if self.cgroups.walk_skipped:  # a cgroup made since the last walk (a new pod's short-lived process)
+                self._hold(event, None)
+                return False
             self.counters.miss += 1
             return True
+        ref = self._classify(event, path)
+        if ref is None:
+            return True
+        self._hold(event, ref)
+        return False
+
+    def _classify(self, event: dict[str, Any], path: str, *, late: bool = False) -> ContainerRef | None:
+        """Enrich ``event`` whose cgroup path is ``path`` and count it; its ref when its pod is not known yet."""
         ref = self._parse(path)
         if ref is None:
             self.counters.host_process += 1
-            return True
+            return None
         if ref.pod_uid is None:
             self.counters.container_only += 1
             event["k8s"] = {"container.id": ref.container_id, "container.runtime": ref.runtime or "docker"}
-            return True
+            return None
         info, deleted = self.pods.lookup(ref.pod_uid, ref.container_id)
         if info is not None:
             self._attach(event, ref, info, deleted)
-            self.counters.hit += 1
-            return True
+            if late:
+                self.counters.late += 1
+            else:
+                self.counters.hit += 1
+            return None
         watcher = self.watcher
         if watcher is not None and (watcher.disabled or (watcher.problem and not watcher.synced.is_set())):
             self.counters.api_unavailable += 1
-            return True
+            return None
+        return ref
+
+    def _hold(self, event: dict[str, Any], ref: ContainerRef | None) -> None:
         if len(self._pending) >= self.max_pending:
             _, oldest, oldest_ref = self._pending.popleft()
-            self._mark_unresolved(oldest, oldest_ref)
+            self._give_up(oldest, oldest_ref)
             self.counters.pending_overflow += 1
             self._overflow.append(oldest)
         self._pending.append((self._clock() + self.retry_s, event, ref))
-        return False
+
+    def _give_up(self, event: dict[str, Any], ref: ContainerRef | None) -> None:
+        """The wait is over: unresolved (a pod never shown), or a miss (a cgroup never found)."""
+        if ref is None:
+            self.counters.miss += 1
+        else:
+            self._mark_unresolved(event, ref)
 
     def _release(self, *, force: bool) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         if not self._pending:
             return out
         now = self._clock()
-        keep: deque[tuple[float, dict[str, Any], ContainerRef]] = deque()
+        if force and any(ref is None for _, _, ref in self._pending):
+            self.cgroups.refresh()  # the last chance to find their cgroups: walk now, however recent the last walk
+        keep: deque[tuple[float, dict[str, Any], ContainerRef | None]] = deque()
         for deadline, event, ref in self._pending:
+            if ref is None:  # its cgroup was not indexed yet: a walk may find it now
+                process = event.get("process_data") or {}
+                path = self.cgroups.path_of(process.get("cgroup_id") or 0, process.get("pid") or 0)
+                if path is None:
+                    if force or deadline <= now:
+                        self._give_up(event, None)
+                        out.append(event)
+                    else:
+                        keep.append((deadline, event, None))
+                    continue
+                ref = self._classify(event, path, late=True)
+                if ref is None:
+                    out.append(event)
+                    continue
             info, deleted = self.pods.lookup(ref.pod_uid, ref.container_id)
             if info is not None:
                 self._attach(event, ref, info, deleted)

@@ -1,16 +1,19 @@
-"""The jalki entry point of jalki-k8s: the ``jalki k8s`` command group (``jalki k8s render``).
+"""The jalki entry point of jalki-k8s: the ``k8s`` enricher and the ``jalki k8s`` command group.
 
-The enricher (:class:`jalki_k8s.enricher.K8sEnricher`) is used by the core's ``--enrich k8s``; this module
-only registers commands, and imports nothing heavy until one runs.
+The enricher (:class:`jalki_k8s.enricher.K8sEnricher`) is what the core's ``--enrich k8s`` runs; this
+module registers it and the commands, and imports nothing heavy (lightkube) until one is used.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from jalki_core import hookimpl
+
+if TYPE_CHECKING:
+    from jalki_core.enrich import Enricher, EnricherOptions
 
 app = typer.Typer(name="k8s", help="Kubernetes: print the DaemonSet manifests jalki deploys with.",
                   no_args_is_help=True)
@@ -32,3 +35,17 @@ def render_command(
 def jalki_register_commands(cli: Any) -> None:
     """``jalki k8s ...``."""
     cli.add_typer(app, name="k8s")
+
+
+def make_enricher(options: EnricherOptions) -> Enricher:
+    """``--enrich k8s``: a :class:`~jalki_k8s.enricher.K8sEnricher` for this node."""
+    from jalki_k8s.enricher import K8sEnricher
+
+    return K8sEnricher(node_name=options.node_name)
+
+
+@hookimpl
+def jalki_register_enrichers(registry: Any) -> None:
+    """``--enrich k8s``."""
+    registry.register("k8s", make_enricher, "pod, namespace, container and workload of each event's process "
+                      "(Kubernetes API of this node)")

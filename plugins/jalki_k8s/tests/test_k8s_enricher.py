@@ -122,3 +122,46 @@ def test_cronjob_candidate_and_deployment_need_the_hash() -> None:
     assert owner_attributes(bare_rs) == {"k8s.replicaset.name": "hand-made"}
     daemon = make_pod("x", uid=UID, owner=("DaemonSet", "agent"))
     assert owner_attributes(daemon) == {"k8s.daemonset.name": "agent"}
+
+
+def test_the_core_event_schema_carries_the_k8s_object_as_the_plugin_defines_it() -> None:
+    from jalki_core.testing import load_event_schema
+
+    assert load_event_schema()["properties"]["k8s"] == K8S_SCHEMA
+
+
+def test_a_cgroup_made_since_the_last_walk_waits_for_the_next_walk_not_a_miss(tmp_path: Path,
+                                                                               tree: dict[str, int]) -> None:
+    """A new pod's short-lived process: its cgroup is newer than the index, its pid already gone."""
+    clock = Clock()
+    pods = PodIndex(clock=clock)
+    pods.replace([make_pod("checkout-7f9c-x2", uid=UID, namespace="payments", containers={"app": f"containerd://{CID}"})])
+    enricher = K8sEnricher(node_name="node-a", watch=False, pods=pods, clock=clock, retry_s=2.0,
+                           cgroups=CgroupIndex(tmp_path, refresh_interval_s=1.0, clock=clock))
+    assert len(enricher.enrich([event(tree["host"])])) == 1  # walks the tree now
+    slice_ = f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID.replace('-', '_')}.slice"
+    new = cgroup(tmp_path, f"{slice_}/cri-containerd-{'f' * 64}.scope")  # a second container of the pod, made now
+    assert enricher.enrich([event(new, pid=999_999_999)]) == [] and enricher.pending == 1  # no walk yet: it waits
+    clock.now += 1.5  # the next walk is allowed
+    [out] = enricher.enrich([])
+    assert out["k8s"]["k8s.pod.name"] == "checkout-7f9c-x2" and out["k8s"]["container.id"] == "f" * 64
+    assert enricher.counters.late == 1 and enricher.counters.miss == 0
+    gone = 123_456_789  # a cgroup id no walk finds: a miss once its wait is over
+    clock.now += 0.1
+    assert enricher.enrich([event(gone)]) == []
+    clock.now += 3.0
+    assert len(enricher.enrich([])) == 1 and enricher.counters.miss == 1
+
+
+def test_a_flush_walks_once_more_for_events_whose_cgroup_was_not_indexed(tmp_path: Path, tree: dict[str, int]) -> None:
+    clock = Clock()
+    pods = PodIndex(clock=clock)
+    pods.replace([make_pod("checkout-7f9c-x2", uid=UID, namespace="payments", containers={"app": f"containerd://{CID}"})])
+    enricher = K8sEnricher(node_name="node-a", watch=False, pods=pods, clock=clock,
+                           cgroups=CgroupIndex(tmp_path, refresh_interval_s=1.0, clock=clock))
+    enricher.enrich([event(tree["host"])])  # the walk
+    slice_ = f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID.replace('-', '_')}.slice"
+    new = cgroup(tmp_path, f"{slice_}/cri-containerd-{'f' * 64}.scope")
+    assert enricher.enrich([event(new)]) == []
+    [out] = enricher.flush()  # at stop, within the walk interval: still found
+    assert out["k8s"]["k8s.pod.name"] == "checkout-7f9c-x2" and enricher.counters.miss == 0
