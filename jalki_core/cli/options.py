@@ -102,6 +102,9 @@ EmitOption = Annotated[list[str] | None, typer.Option(help="stdout, or file:PATH
 EmitDrainOption = Annotated[float, typer.Option(help="At stop, how long emitters that send off the node (otlp, "
                                                 "nats) keep delivering queued events; what is left then is "
                                                 "counted as lost (shutdown).")]
+RingMibOption = Annotated[int | None, typer.Option("--ring-mib", help="Ring buffer of every probe, in MiB (a power "
+                                                "of two from 1 to 1024; default: each probe's own size, shown "
+                                                "in the summary and status).")]
 MAX_EMIT_DRAIN_S = 3600.0
 """Longest --emit-drain-seconds: a stop that waits longer than an hour is a typo."""
 

@@ -22,6 +22,7 @@ from jalki_core.cli.options import (
     PidOption,
     PluginOption,
     PortOption,
+    RingMibOption,
     SampleOption,
 )
 from jalki_core.cli.serve import serve_command
@@ -81,6 +82,7 @@ def run(
     node_name: NodeNameOption = None,
     namespace: NamespaceOption = None,
     emit_drain_seconds: EmitDrainOption = 5.0,
+    ring_mib: RingMibOption = None,
 ) -> None:
     """Attach the probes of the given plugins and stream their events (--serve: as 'jalki serve')."""
     daemon_options = dict(zip(DAEMON_ONLY_OPTIONS, (socket, socket_group, history, history_max_mb, history_max_age,
@@ -89,16 +91,17 @@ def run(
         serve_command(plugin, emit, cluster, pid, port, sample, socket, socket_group, history, history_max_mb,
                       history_max_age, metrics_addr, seconds, strict, summary_json, rung, verifier_log,
                       enrich=enrich, node_name=node_name, namespace=namespace,
-                      emit_drain_seconds=emit_drain_seconds)
+                      emit_drain_seconds=emit_drain_seconds, ring_mib=ring_mib)
         return
     _refuse_daemon_options(daemon_options)
-    from jalki_core.loader import ProbeOptions
+    from jalki_core.loader import ProbeOptions, ring_bytes_from_mib
     from jalki_core.session import TraceSession
 
     _validate_run_options(pid, port, sample, seconds)
     from jalki_core.cli.options import check_emit_drain
 
     check_emit_drain(emit_drain_seconds)
+    ring_bytes = None if ring_mib is None else ring_bytes_from_mib(ring_mib)
     _check_summary_path(summary_json)
     _check_verifier_log_dir(verifier_log)
     if not plugin:
@@ -110,7 +113,7 @@ def run(
     enrich_stage = build_enrich(plugins, enrich, node_name, namespace)
     emitters = build_emitters(plugins, emit or ["stdout"])
     options = ProbeOptions(filter_pid=pid or 0, filter_port=port or 0, sample_rate=sample, rung=rung,
-                           verifier_log_dir=verifier_log)
+                           verifier_log_dir=verifier_log, ring_buffer_bytes=ring_bytes)
     session = TraceSession(
         [entry.probe for entry in selected], emitters, options=options, strict=strict, cluster=cluster,
         enrich=enrich_stage,

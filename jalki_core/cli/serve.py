@@ -21,6 +21,7 @@ from jalki_core.cli.options import (
     MetricsAddrOption,
     NamespaceOption,
     NodeNameOption,
+    RingMibOption,
     SocketGroupOption,
     SocketOption,
     check_emit_drain,
@@ -85,6 +86,7 @@ def serve_command(
     node_name: NodeNameOption = None,
     namespace: NamespaceOption = None,
     emit_drain_seconds: EmitDrainOption = 5.0,
+    ring_mib: RingMibOption = None,
 ) -> None:
     """Stay up as a node agent behind a local API (specs/protocol.md) until SIGTERM.
 
@@ -109,21 +111,24 @@ def serve_command(
     metrics = metrics_addr or "127.0.0.1:9464"
     parse_address(metrics)
     check_emit_drain(emit_drain_seconds)
+    from jalki_core.loader import ring_bytes_from_mib
+
+    ring_bytes = None if ring_mib is None else ring_bytes_from_mib(ring_mib)
     plugins = load_plugins()
     enrich_stage = build_enrich(plugins, enrich, node_name, namespace)
     require_bpf_privileges()
     initial = [DeploySpec(entry.probe.name, sample=sample, pid=pid, port=port)
                for entry in plugins.probes_for(plugin or [])]
     serve(plugins, initial, build_emitters(plugins, emit or []), socket_path=socket,
-                     socket_group=socket_group, history=history or "", metrics_addr=metrics, cluster=cluster,
-                     history_limits=HistoryLimits(max_bytes=max_mb * MIB, max_age_s=max_age_s),
-                     enrich=enrich_stage, emit_drain_seconds=emit_drain_seconds)
+          socket_group=socket_group, history=history or "", metrics_addr=metrics, cluster=cluster,
+          history_limits=HistoryLimits(max_bytes=max_mb * MIB, max_age_s=max_age_s),
+          enrich=enrich_stage, emit_drain_seconds=emit_drain_seconds, ring_buffer_bytes=ring_bytes)
 
 
 def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitter], *, socket_path: Path | None,
           socket_group: str | None, history: str, metrics_addr: str, cluster: str | None,
           history_limits: HistoryLimits | None = None, enrich: EnrichStage | None = None,
-          emit_drain_seconds: float | None = None) -> None:
+          emit_drain_seconds: float | None = None, ring_buffer_bytes: int | None = None) -> None:
     """Run the agent until SIGTERM/SIGINT (``jalki serve``, or its alias ``jalki run --serve``)."""
     from jalki_core.daemon.agent import DEFAULT_HISTORY, Agent, AgentConfig
     from jalki_core.daemon.protocol import socket_path_from_env
@@ -136,6 +141,7 @@ def serve(plugins: JalkiPlugins, initial: list[DeploySpec], emitters: list[Emitt
         history_limits=history_limits or HistoryLimits(),
         metrics_addr=parse_address(metrics_addr),
         cluster=cluster,
+        ring_buffer_bytes=ring_buffer_bytes,
     )
     agent = Agent(plugins, config, emitters, enrich=enrich)
     agent.session.emit_drain_seconds = emit_drain_seconds

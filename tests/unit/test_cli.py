@@ -192,6 +192,9 @@ def test_daemon_refuses_run_options(capsys: pytest.CaptureFixture[str], command:
         (["deploy", "tcp_connect", "--pid", "4294967296"], "--pid must be a positive process id"),
         (["stream", "--dst-port", "70000"], "--dst-port must be between 1 and 65535"),
         (["recent", "--since", "1000000d"], "--since must be at most 36500d"),
+        (["run", "-p", "tcp", "--ring-mib", "3"], "--ring-mib 3 is not a power of two from 1 to 1024"),
+        (["run", "-p", "tcp", "--ring-mib", "2048"], "--ring-mib 2048 is not a power of two from 1 to 1024"),
+        (["serve", "--ring-mib", "0"], "--ring-mib 0 is not a power of two from 1 to 1024"),
     ],
 )
 def test_option_bounds_are_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
