@@ -58,6 +58,9 @@ COMPAT_CAPABILITIES: dict[str, str] = {
     "SYS_ADMIN": "kernels before 5.8 (no CAP_BPF/CAP_PERFMON) and seccomp profiles that want it for bpf()",
 }
 
+HISTORY_DIR = "/var/lib/jalki"
+"""Where the daemon keeps its SQLite history (``jalki serve``'s default ``--history``), a hostPath."""
+
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "node-agent"}
 READ_ONLY_HOST_PATHS: tuple[tuple[str, str, str, str], ...] = (
     # (volume name, host path, mount path, hostPath type)
@@ -101,6 +104,9 @@ def _daemonset(profile: str) -> dict[str, Any]:
     mounts.append({"name": "socket", "mountPath": SOCKET_DIR})
     volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    # the event history (the root filesystem is read-only): on the node, so it outlives a pod restart
+    volumes.append({"name": "history", "hostPath": {"path": HISTORY_DIR, "type": "DirectoryOrCreate"}})
+    mounts.append({"name": "history", "mountPath": HISTORY_DIR})
     probe = {"port": "metrics", "scheme": "HTTP"}
     container = {
         "name": NAME,

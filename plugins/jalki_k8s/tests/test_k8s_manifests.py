@@ -105,10 +105,12 @@ def test_host_mounts_are_read_only_but_the_socket(profile: str) -> None:
     host_volumes = {volume["name"]: volume["hostPath"]["path"] for volume in pod["volumes"] if "hostPath" in volume}
     mounts = {mount["name"]: mount for mount in container(documents)["volumeMounts"]}
     assert host_volumes == {"host-proc": "/proc", "cgroup": "/sys/fs/cgroup", "btf": "/sys/kernel/btf",
-                            "tracefs": "/sys/kernel/tracing", "socket": "/run/jalki"}
+                            "tracefs": "/sys/kernel/tracing", "socket": "/run/jalki", "history": "/var/lib/jalki"}
     assert mounts["host-proc"]["mountPath"] == "/host/proc"
+    # written: the API socket, and the event history at the daemon's default --history path
+    assert mounts["history"]["mountPath"] == "/var/lib/jalki"
     for name in host_volumes:
-        assert mounts[name].get("readOnly", False) is (name != "socket"), name
+        assert mounts[name].get("readOnly", False) is (name not in ("socket", "history")), name
     assert container(documents)["securityContext"]["readOnlyRootFilesystem"] is True
 
 
