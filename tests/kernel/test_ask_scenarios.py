@@ -48,7 +48,11 @@ class RunningAsk:
 
 @contextmanager
 def asking(question: str, seconds: float, *options: str) -> Iterator[RunningAsk]:
-    """Start `jalki ask` (with ``options``); enter the body once its probes are attached (it prints "observing")."""
+    """Start `jalki ask` (with ``options``); enter the body once its probes are attached (it prints "observing").
+
+    Each scenario passes ``--port`` of its own traffic: the kernel observes the whole host, and a refused or
+    lossy connection elsewhere on a shared machine is not this scenario's evidence.
+    """
     # --in-process: the answer must not depend on whether a daemon happens to serve the default socket
     proc = subprocess.Popen([str(JALKI), "ask", "--json", "--in-process", "--seconds", str(seconds), *options,
                              question],
@@ -92,7 +96,7 @@ def evidence_of(finding: dict[str, Any]) -> tuple[set[str], set[int]]:
 
 def test_refused_connects_name_nothing_listening_with_destination_and_process(netns: NetNs) -> None:
     port = 15432
-    with asking("why are connections to my database failing", seconds=4) as running:
+    with asking("why are connections to my database failing", 4, "--port", str(port)) as running:
         report = netns.traffic("connect", "--port", str(port), "--count", "12", "--timeout", "2")
         answer = running.answer()
     assert [r["error"] for r in report["results"]] == ["ECONNREFUSED"] * 12
@@ -115,7 +119,7 @@ def test_syn_dropped_connects_name_the_unanswered_handshake(netns: NetNs) -> Non
     port = 15433
     netns.sysctl("net.ipv4.tcp_syn_retries", "1")  # the kernel gives up after ~3 s instead of ~2 min
     netns.nft(drop_input_rule(f"tcp dport {port}"))
-    with asking("why do connections to my database time out", seconds=6) as running:
+    with asking("why do connections to my database time out", 6, "--port", str(port)) as running:
         with ThreadPoolExecutor(3) as pool:  # three handshakes at once, all inside the window
             reports = list(pool.map(lambda _: netns.traffic("connect", "--port", str(port), "--count", "1",
                                                             "--timeout", "10"), range(3)))
@@ -144,7 +148,7 @@ def test_loss_on_established_connections_names_the_path_not_the_application(netn
     senders = [netns.spawn("lossy-sender", "--port", str(server["port"]), "--go-file", str(go_file),
                            "--send", "20000", "--linger", "8") for _ in range(5)]
     netns.nft(drop_input_rule(f"tcp dport {server['port']}"))
-    with asking("why is my database slow", seconds=6) as running:
+    with asking("why is my database slow", 6, "--port", str(server["port"])) as running:
         go_file.touch()
         answer = running.answer()
     top = top_finding(answer)
@@ -159,7 +163,7 @@ def test_loss_on_established_connections_names_the_path_not_the_application(netn
 
 def test_healthy_traffic_reports_no_problem(netns: NetNs) -> None:
     server = netns.server("--port", "15435", "--reply", "2000")
-    with asking("why are connections to my database failing", seconds=3) as running:
+    with asking("why are connections to my database failing", 3, "--port", str(server["port"])) as running:
         reports = [netns.traffic("client", "--port", str(server["port"]), "--send", "1000") for _ in range(5)]
         answer = running.answer()
     assert all(report["received"] == 2000 for report in reports)
