@@ -97,7 +97,7 @@ def test_path_prefix_from_argument_and_environment(monkeypatch: pytest.MonkeyPat
 
 
 def test_record_layout_matches_the_c_header() -> None:
-    header = (Path(__file__).resolve().parents[2] / "plugins/jalki_fs/jalki_fs/bpf/open_failed.h").read_text()
+    header = (Path(__file__).resolve().parents[3] / "plugins/jalki_fs/jalki_fs/bpf/open_failed.h").read_text()
     assert "sizeof(struct open_failed_event) == 320" in header and layouts.OPEN_FAILED.size == 320
     assert f"JALKI_FS_PATH_MAX {layouts.PATH_MAX}" in header
     assert f"JALKI_FS_PREFIX_MAX {layouts.PREFIX_MAX}" in header

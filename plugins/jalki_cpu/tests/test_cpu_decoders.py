@@ -21,7 +21,7 @@ from jalki_core.kb.conditions import get_path
 from jalki_core.plugins import JalkiPlugins
 from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 OWNER = {"pid": 4242, "flags": 1, "comm": b"postgres", "cgroup_id": 77}
 SECOND = 1_000_000_000
 ENOENT_LINE = ("perf_event_open(PERF_TYPE_HARDWARE, CPU_CYCLES) failed with ENOENT: this machine exposes no "

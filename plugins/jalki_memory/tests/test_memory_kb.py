@@ -15,7 +15,7 @@ from jalki_core.plugins import JalkiPlugins
 from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
 
 KB = default_kb()
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def oom_event() -> Event:

@@ -17,7 +17,7 @@ from jalki_core.probe import Probe
 from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
 
 KB = default_kb()
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PROC = {"pid": 77, "comm": b"java", "cgroup_id": 5, "ppid": 1, "parent_comm": b"containerd-shim"}
 
 

@@ -141,7 +141,7 @@ def test_thresholds_go_to_the_object_rodata() -> None:
 
 
 def test_record_layout_matches_the_c_header() -> None:
-    header = (Path(__file__).resolve().parents[2] / "plugins/jalki_storage/jalki_storage/bpf/block_io.h").read_text()
+    header = (Path(__file__).resolve().parents[3] / "plugins/jalki_storage/jalki_storage/bpf/block_io.h").read_text()
     assert "sizeof(struct block_io_event) == 72" in header and layouts.BLOCK_IO.size == 72
     assert "sizeof(struct block_io_hist) == 272" in header and layouts.HIST_VALUE.size == 272
     assert f"JALKI_STORAGE_HIST_SLOTS {layouts.HIST_SLOTS}" in header

@@ -16,7 +16,7 @@ from jalki_core.events import OWNER_KNOWN, Event
 from jalki_core.kb import default_kb, evaluate
 from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "plugins" / "jalki_tcp" / "jalki_tcp" / "bpf"
+BPF_DIR = Path(__file__).resolve().parents[3] / "plugins" / "jalki_tcp" / "jalki_tcp" / "bpf"
 OWNER = {"pid": 4242, "flags": OWNER_KNOWN | layouts.SYNC_FAILURE, "comm": b"api-server",
          "cgroup_id": 99}
 UNSPECIFIED_V4 = b"\0" * 16
