@@ -283,6 +283,10 @@ class EmitterWorker:
             return
         self._queue.put(_STOP)
         self._thread.join()
+        self._close_emitter()
+
+    def _close_emitter(self) -> None:
+        """Close the sink once the thread has stopped; a failing close is an error counted, never raised."""
         try:
             self.emitter.close()
         except Exception as exc:

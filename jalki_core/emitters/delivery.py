@@ -473,10 +473,4 @@ class DeliveryWorker(EmitterWorker):
         self._thread.join(seconds + 30.0)  # send() is given the time left; this bounds a sender that ignores it
         if self._thread.is_alive():
             log.error("emitter %s did not stop within %gs of its drain deadline", self.emitter.name, 30.0)
-        try:
-            self.emitter.close()
-        except Exception as exc:
-            self.stats.errors += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("emitter %s failed to close: %s", self.emitter.name, self.stats.last_error)
-        self._started = False
+        self._close_emitter()
