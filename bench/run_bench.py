@@ -11,6 +11,7 @@ Cases (see bench/README.md for what each measures):
     (``--cases churn_full`` selects all four: RST churn, every jalki-tcp probe)
   drain_gen_bare, drain_decode, drain_decode_batched, drain_json, drain_session
   drain_tcp (jalki-tcp decoders + derivers + file emitter, no kernel)
+  otlp_throughput, otlp_dead_receiver (only when named in --cases; bench/_otlp.py)
 
 ``--profile CASE`` records a profile of that case's first run (py-spy, else cProfile).
 
@@ -38,6 +39,7 @@ from _churn import FULL_EXPECTED_PER_CONNECTION, run_churn_case
 from _common import BENCH_DIR, QuietWaiter, Tools, build_tools, machine_facts, median_of, spread_of, versions
 from _drain import run_drain_case
 from _drain_tcp import DEFAULT_RATE, run_drain_tcp_case
+from _otlp import OTLP_CASES, print_otlp, run_otlp_case
 from _session_drain import run_session_case
 
 TARGET_DECODE_PER_CORE = 1_000_000
@@ -86,8 +88,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_RATE,
         help=f"drain_tcp: connections/s the synthetic records are stamped at (default {DEFAULT_RATE:,})",
     )
+    parser.add_argument("--otlp-dead-seconds", type=float, help="otlp_dead_receiver: seconds (default 300, quick 60)")
+    parser.add_argument("--otlp-connections", type=int, help="otlp_throughput: drain_tcp connections whose events "
+                        "are sent, ~5 events each (default 20,000, quick 5,000)")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 5)
+    args.otlp_dead_seconds = args.otlp_dead_seconds or (60.0 if args.quick else 300.0)
+    args.otlp_connections = args.otlp_connections or (5_000 if args.quick else 20_000)
     args.churn_seconds = args.churn_seconds or (2.0 if args.quick else 5.0)
     args.drain_seconds = args.drain_seconds or (2.0 if args.quick else 4.0)
     args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (2.0 if args.quick else 10.0)
@@ -466,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report is not None:
         saved = json.loads(args.report.read_text())
         print_table(summarise(saved["runs"]), saved["config"]["rounds"])
+        print_otlp(saved["runs"])
         return 0
     if os.geteuid() != 0:
         print("bench: run as root (BPF programs, network namespaces)", file=sys.stderr)
@@ -478,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         tools = build_tools(tmp)
         churn_cases, drain_cases, skipped = _selected_cases(args, tools)
+        otlp_cases = [c for c in OTLP_CASES if args.cases and c in args.cases.split(",")]
         for reason in skipped:
             print(f"bench: skipping {reason}", file=sys.stderr)
         print(
@@ -488,13 +497,17 @@ def main(argv: list[str] | None = None) -> int:
         for round_index in range(args.rounds):
             plan = [("churn", c) for c in _rotate(churn_cases, round_index)]
             plan += [("drain", d) for d in _rotate(list(drain_cases), round_index)]
+            # the dead-receiver case runs once (minutes long), the throughput case every round
+            plan += [("otlp", c) for c in otlp_cases if round_index == 0 or c == "otlp_throughput"]
             profiled = args.profile if round_index == 0 else set()
             for kind, name in plan:
                 tag = f"r{round_index}-{name}"
                 waited, _ = quiet.wait()
                 case_started = time.monotonic()
                 try:
-                    if kind == "churn":
+                    if kind == "otlp":
+                        result = run_otlp_case(name, tools, tmp, args, load_cpu, consumer_cpu)
+                    elif kind == "churn":
                         tracer, mode = _split_churn_case(name)
                         result = run_churn_case(
                             tools,
@@ -517,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                             tools, tmp, name, args.drain_seconds, tag, load_cpu, consumer_cpu, args.ring_mib << 20
                         )
                 except Exception as exc:  # one broken case must not hide the others
-                    case = name if kind == "churn" else f"drain_{name}"
+                    case = name if kind in ("churn", "otlp") else f"drain_{name}"
                     result = {"case": case, "error": f"{type(exc).__name__}: {exc}"}
                 result.update(
                     round=round_index, quiet_wait_s=waited, case_wall_s=round(time.monotonic() - case_started, 2)
@@ -526,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                 _progress(result)
         summary = summarise(results)
         print_table(summary, args.rounds)
+        print_otlp(results)
         total = round(time.monotonic() - started, 1)
         report = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -540,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
                 "drain_ring_bytes": args.ring_mib << 20,
                 "churn_modes": args.churn_modes,
                 "drain_tcp_rate": args.drain_tcp_rate,
+                "otlp_dead_seconds": args.otlp_dead_seconds,
+                "otlp_connections": args.otlp_connections,
                 "profiled": sorted(args.profile),
                 "load_cpu": load_cpu,
                 "consumer_cpu": consumer_cpu,
@@ -586,6 +602,10 @@ def _progress(result: dict[str, Any]) -> None:
             line += f", lost {result['lost_events']}, drops {result.get('drops_total', '-')}"
         if "lost_by_kind" in result:
             line += f" (lost {result['lost_by_kind']}, rtt windows {result.get('lost_rtt_windows')})"
+    elif result["case"] == "otlp_throughput":
+        line = f"{result['received']:,} of {result['produced']:,} events, {result['events_per_cpu_s']:,.0f}/cpu-s"
+    elif result["case"] == "otlp_dead_receiver":
+        line = f"RSS {result.get('rss_first_mib')}-{result.get('rss_max_mib')} MiB, drops {result['dropped_by_reason']}"
     elif result["case"] == "drain_tcp":
         line = f"{result['json_lines_in_file']:,} events, {result['json_lines_per_cpu_s']:,.0f} events/cpu-s"
     elif "records_per_cpu_s" in result:

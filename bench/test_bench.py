@@ -385,3 +385,86 @@ def test_top_functions_self_and_cumulative() -> None:
     assert rows[2] == ("decode (p.py)", 6, 6)
     assert top_by_self(collapsed, top=1) == [("decode (p.py)", 6, 6)]
     assert dict((n, c) for n, _, c in top_functions(collapsed, top=10))["derive (d.py)"] == 3  # once per stack
+
+
+# ---------------------------------------------------------------------------
+# OTLP cases (bench/_otlp.py)
+# ---------------------------------------------------------------------------
+
+
+def test_count_log_records_decodes_real_requests_plain_and_gzip() -> None:
+    import gzip
+
+    import pytest
+    from _otlp import count_log_records, decoded_batches
+    from google.protobuf.message import DecodeError
+    from jalki_otlp.encode import export_request
+
+    events = [e for batch in decoded_batches(20, 20_000) for e in batch.events]
+    body = export_request(events).SerializeToString()
+    assert len({e["type"] for e in events}) >= 3  # several scopes (one per source) in one request
+    assert count_log_records(body) == len(events)
+    assert count_log_records(gzip.compress(body), gzipped=True) == len(events)
+    assert count_log_records(export_request([]).SerializeToString()) == 0
+    with pytest.raises(DecodeError):  # the receiver answers 400
+        count_log_records(b"\xff\xff\xff not protobuf")
+
+
+def test_otlp_accounting() -> None:
+    from _otlp import otlp_accounting
+
+    drops = {"queue_full": 3, "retry_exhausted": 5, "rejected": 0}
+    assert otlp_accounting(100, 92, drops) == {"produced": 100, "received": 92, "dropped": 8, "unaccounted": 0,
+                                               "lossless": False}
+    assert otlp_accounting(100, 100, {"queue_full": 0})["lossless"] is True
+    lost = otlp_accounting(100, 90, {"queue_full": 0})
+    assert lost["unaccounted"] == 10 and not lost["lossless"]
+    duplicated = otlp_accounting(100, 101, {})  # a retried batch the receiver had taken
+    assert duplicated["unaccounted"] == -1 and not duplicated["lossless"]
+
+
+def test_slope_and_rss_summary() -> None:
+    from _otlp import rss_summary, slope_per_minute
+
+    assert slope_per_minute([(0, 10.0), (10, 11.0), (20, 12.0)]) == 6.0
+    assert slope_per_minute([(0, 5.0), (30, 5.0)]) == 0.0
+    assert slope_per_minute([(5, 1.0)]) is None
+    assert slope_per_minute([(5, 1.0), (5, 2.0)]) is None
+    samples = [{"t_s": t, "rss_kib": kib} for t, kib in ((0, 1024), (5, 4096), (10, 2048), (15, 2048), (20, None))]
+    got = rss_summary(samples)
+    assert (got["rss_first_mib"], got["rss_last_mib"], got["rss_min_mib"], got["rss_max_mib"]) == (1.0, 2.0, 1.0,
+                                                                                                    4.0)
+    assert got["rss_slope_second_half_mib_per_min"] == 0.0  # the last two samples (10 s and 15 s) are flat
+    assert rss_summary([]) == {}
+
+
+def test_sum_drops_over_probes() -> None:
+    from _otlp import sum_drops
+
+    probes = {"tcp_connect": {"drops": {"ringbuf_full": 2, "sampled": 0}},
+              "tcp_close": {"drops": {"ringbuf_full": 1, "tracking_full": 4}}, "tcp_rtt": {}}
+    assert sum_drops(probes) == {"ringbuf_full": 3, "sampled": 0, "tracking_full": 4}
+
+
+def test_otlp_throughput_counts_every_event_at_the_receiver(capsys: Any) -> None:
+    """The whole case on a tiny workload: the real emitter, a receiver process; counts only, no timing."""
+    from _otlp import print_otlp, run_otlp_throughput
+
+    result = run_otlp_throughput(connections=40)
+    assert result["produced"] > 40 * 4  # ~5 events per connection
+    assert result["received"] == result["produced"] == result["sent"]
+    assert result["unaccounted"] == 0 and result["lossless"]
+    assert set(result["dropped_by_reason"]) >= {"queue_full", "retry_exhausted", "rejected", "shutdown"}
+    assert result["requests"] >= 1 and result["bad_requests"] == 0
+    dead = {"case": "otlp_dead_receiver", "seconds": 300.0, "connections": 150_000, "connections_per_s": 500.0,
+            "events": 450_000, "events_per_s": 1_500.0, "rss_first_mib": 80.0, "rss_last_mib": 700.0,
+            "rss_min_mib": 80.0, "rss_max_mib": 700.0, "rss_peak_mib": 701.0, "rss_slope_mib_per_min": 100.0,
+            "rss_slope_second_half_mib_per_min": 0.5, "emitter_sent": 0, "emitter_retries": 300,
+            "dropped_by_reason": {"queue_full": 150_000, "retry_exhausted": 40_000, "rejected": 0},
+            "queue_at_end": {"events": 262_000, "max_events": 262_144}, "kernel_drops": {"ringbuf_full": 0},
+            "daemon_stop_s": 5.5, "daemon_exit": 0}
+    print_otlp([result, dead])
+    out = capsys.readouterr().out
+    assert "retry_exhausted 40,000, queue_full" not in out and "queue_full 150,000, retry_exhausted 40,000" in out
+    assert "kernel drops                  none" in out
+    assert all(len(line) <= 80 for line in out.splitlines())
