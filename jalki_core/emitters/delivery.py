@@ -60,8 +60,6 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from jalki_core.emitters.base import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_EVENTS,
     Emitter,
     EmitterStats,
     EmitterWorker,
@@ -187,8 +185,11 @@ class DeliverySettings:
     batch_events: int = 512
     batch_bytes: int = 1 << 20
     batch_age: float = 1.0
-    queue_events: int = DEFAULT_MAX_EVENTS
-    queue_bytes: int = DEFAULT_MAX_BYTES
+    # A receiver that is down fills the queue first: it holds each batch's events and their JSON (about 2 KiB of
+    # memory an event), so the default keeps a few seconds of a busy node (32,768 events, 16 MiB of JSON),
+    # not the local sinks' bounds; queue_events= / queue_bytes= raise it where memory allows.
+    queue_events: int = 32_768
+    queue_bytes: int = 16 << 20
     max_attempts: int = 6
     max_elapsed: float = 30.0
     initial_backoff: float = 0.2
