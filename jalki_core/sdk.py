@@ -301,6 +301,7 @@ class _Session:
         self._buffer = bytearray()
         self._ids = itertools.count(1)
         self._waiting: set[int] = set()
+        self._subscribing: set[int] = set()  # ids of the awaited ``subscribe`` requests
         self._replies: dict[int, dict[str, Any]] = {}
         self._pushes: dict[int, deque[dict[str, Any]]] = {}
         self._refused: str | None = None
@@ -310,6 +311,8 @@ class _Session:
         """A request frame (fields that are ``None`` left out) and its id."""
         request_id = next(self._ids)
         self._waiting.add(request_id)
+        if kind == "subscribe":
+            self._subscribing.add(request_id)
         message = {"v": PROTOCOL_VERSION, "id": request_id, "type": kind,
                    **{k: v for k, v in fields.items() if v is not None}}
         return request_id, orjson.dumps(message) + b"\n"
@@ -339,6 +342,12 @@ class _Session:
         request_id = message.get("id")
         if request_id in self._waiting:
             self._replies[request_id] = message
+            if request_id in self._subscribing:
+                # Keep this subscription's pushes from here on: its first ones may follow the reply in the
+                # same read, and are routed before the caller has the reply to open the stream with.
+                number = (message.get("result") or {}).get("subscription") if message.get("ok") else None
+                if number is not None:
+                    self._pushes.setdefault(number, deque())
         elif request_id is None and (message.get("error") or {}).get("code") == "limit_reached":
             # the daemon refused this connection (too many clients) and closed it
             self._refused = str(message["error"].get("message"))
@@ -358,6 +367,7 @@ class _Session:
                 raise self.lost()
             return False, None
         self._waiting.discard(request_id)
+        self._subscribing.discard(request_id)
         if not message.get("ok"):
             error = message.get("error") or {}
             raise request_error(str(error.get("code")), str(error.get("message")))
@@ -366,7 +376,13 @@ class _Session:
     def abandon(self, request_id: int) -> None:
         """Forget a request whose reply is no longer awaited (it timed out)."""
         self._waiting.discard(request_id)
-        self._replies.pop(request_id, None)
+        message = self._replies.pop(request_id, None)
+        if request_id in self._subscribing and message is not None and message.get("ok"):
+            # a subscription nobody will read: keep none of its pushes
+            number = (message.get("result") or {}).get("subscription")
+            if number is not None:
+                self._pushes.pop(number, None)
+        self._subscribing.discard(request_id)
 
     def lost(self) -> DaemonUnavailable:
         """The error of a connection the daemon closed."""
@@ -381,8 +397,8 @@ class _Session:
     # ---- subscriptions ----
 
     def open_stream(self, subscription: int) -> _Stream:
-        """Start keeping the pushes of ``subscription``."""
-        self._pushes[subscription] = deque()
+        """The stream of ``subscription`` (its pushes are kept from its ``subscribe`` reply on)."""
+        self._pushes.setdefault(subscription, deque())
         return _Stream(self, subscription)
 
     def close_stream(self, subscription: int) -> None:

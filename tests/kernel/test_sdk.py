@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import socket as sockets
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from daemon_helpers import running_daemon, wait_for
 from netns_helpers import NetNs
 from test_daemon import CONNECT, as_nobody, assert_refusals, closed_port, refuse
 
-from jalki_core.errors import DaemonTimeout, DaemonUnavailable, NotAllowed, ProbeNotFound, RequestError
+from jalki_core.errors import DaemonStopped, DaemonTimeout, DaemonUnavailable, NotAllowed, ProbeNotFound, RequestError
 from jalki_core.sdk import Answer, AsyncClient, Client, Deployment, Event, Gap, ProbeInfo, Status
 
 pytestmark = pytest.mark.kernel
@@ -182,6 +183,54 @@ def test_async_client_streams_and_a_slow_reader_gets_gaps_equal_to_the_drops(net
 
     with running_daemon(tmp_path, "--history", "off") as daemon:
         asyncio.run(scenario(daemon.socket))
+
+
+def test_pushes_in_the_same_read_as_the_subscribe_reply_are_kept(tmp_path: Path) -> None:
+    # A subscription's first pushes may reach the client in the same read as its subscribe reply (the daemon
+    # writes a resume's not_held gap right after the reply; a busy client reads both at once). They used to be
+    # routed before the stream existed and silently lost: a resume then began with an event and no gap. A
+    # stand-in daemon writes the reply and the pushes in one send, so each client reads them in one read.
+    subscription, path = 7, tmp_path / "peer.sock"
+    listener = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(2)
+    event = {"seq": 4, "id": "x-4", "source": "jalki/tcp_connect", "type": CONNECT}
+
+    def serve(clients: int) -> None:
+        for _ in range(clients):
+            conn, _ = listener.accept()
+            with conn:
+                request = json.loads(conn.makefile("rb").readline())
+                assert request["type"] == "subscribe" and request["since_seq"] == 0
+                frames = [{"v": 1, "id": request["id"], "ok": True,
+                           "result": {"subscription": subscription, "filters": {}, "seq": 4}},
+                          {"v": 1, "push": "dropped", "subscription": subscription, "count": 3,
+                           "reason": "not_held", "after": 0},
+                          {"v": 1, "push": "event", "subscription": subscription, "event": event},
+                          {"v": 1, "push": "end", "subscription": subscription, "reason": "shutdown",
+                           "sent": 1, "dropped": 0}]
+                conn.sendall(b"".join(json.dumps(frame).encode() + b"\n" for frame in frames))
+                conn.makefile("rb").read()  # until the client closes
+
+    peer = threading.Thread(target=serve, args=(2,), daemon=True)
+    peer.start()
+    want = [Gap(3, 0, "not_held"), Event.from_json(event)]
+    with Client(path) as client:
+        got: list[Event | Gap] = []
+        with pytest.raises(DaemonStopped):
+            got.extend(client.stream(since=0, seconds=30))
+        assert got == want
+
+    async def read_async() -> list[Event | Gap]:
+        items: list[Event | Gap] = []
+        async with AsyncClient(path) as client:
+            with pytest.raises(DaemonStopped):
+                async for item in client.stream(since=0, seconds=30):
+                    items.append(item)
+        return items
+    assert asyncio.run(read_async()) == want
+    peer.join(10)
+    listener.close()
 
 
 def test_every_typed_error_where_the_protocol_says(tmp_path: Path) -> None:
