@@ -633,7 +633,6 @@ class History:
                 cursor = self._db.execute(_insert_sql(count), list(chain.from_iterable(rows[start:start + count])))
                 inserted += max(cursor.rowcount, 0)
             self._db.execute("COMMIT")
-            self.written += len(rows)
             self._in_flight = 0
             self._rows += inserted
             self._unchecked_bytes += sum(len(row[4]) for row in rows) + _ROW_OVERHEAD * len(rows)
@@ -647,9 +646,13 @@ class History:
             except sqlite3.Error:
                 pass
             return
-        self._prune(time.monotonic())
-        if "checkpoint" in self._failing or self._wal_size() > self._wal_bytes:  # failed before, or held by readers
-            self._checkpoint()
+        try:
+            self._prune(time.monotonic())
+            if "checkpoint" in self._failing or self._wal_size() > self._wal_bytes:  # failed before, or held
+                self._checkpoint()
+        finally:
+            # counted once the size bound is enforced again: whoever sees these rows written sees the bound held
+            self.written += len(rows)
 
     def _checkpoint(self) -> bool:
         """Copy the WAL into the database and truncate it; whether it is now empty."""
