@@ -752,7 +752,9 @@ class AsyncClient:
         if remaining is not None and remaining <= 0:
             return False
         try:
-            data = await asyncio.wait_for(self._reader.read(_READ_BYTES), remaining)
+            # asyncio.timeout, not wait_for: no separate task whose exception could go unretrieved
+            async with asyncio.timeout(remaining):
+                data = await self._reader.read(_READ_BYTES)
         except TimeoutError:
             return False
         except OSError as exc:
@@ -770,7 +772,8 @@ class AsyncClient:
         async with self._lock:  # one reader of the socket at a time
             try:
                 self._writer.write(frame)
-                await asyncio.wait_for(self._writer.drain(), wait)
+                async with asyncio.timeout(wait):
+                    await self._writer.drain()
             except TimeoutError:
                 self._session.abandon(request_id)
                 raise self._session.timed_out(kind) from None

@@ -215,6 +215,10 @@ REQUEST_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 30.0
 """Time a client has to read its reply."""
 
+SHUTDOWN_TIMEOUT_S = 30.0
+"""Time closing the port waits for its connections to end once they are cancelled; they end at their
+next step, so only a starved loop thread comes near it."""
+
 MAX_HEAD_BYTES = 8192
 """Longest request line or header line, and the most header lines times this, a request head may have."""
 
@@ -301,16 +305,18 @@ class MetricsServer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+        # queued renders first: a connection waiting for one is then cancelled at once, and the loop
+        # thread is not starved of the GIL by renders nobody will read
+        self._pool.shutdown(wait=False, cancel_futures=True)
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(SHUTDOWN_TIMEOUT_S)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
         elif not self._loop.is_closed():
             self._loop.run_until_complete(shutdown())
         if not self._thread.is_alive() and not self._loop.is_closed():
             self._loop.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- connections (the metrics thread) ------------------------------------------
 
@@ -343,7 +349,11 @@ class MetricsServer:
         pending = self._open[task] = _Pending(writer)
         try:
             try:
-                method, path = await asyncio.wait_for(_read_head(reader), REQUEST_TIMEOUT_S)
+                # asyncio.timeout, not wait_for: wait_for runs the read or drain as a task of its own, and
+                # one cancelled at shutdown can end with an exception nobody retrieves (asyncio logs a
+                # traceback at exit)
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    method, path = await _read_head(reader)
             except TimeoutError:
                 self._note("timeout")
                 return
@@ -351,11 +361,16 @@ class MetricsServer:
                 self._note("bad_request")
                 with contextlib.suppress(Exception):
                     writer.write(_response(400, b"bad request\n"))
-                    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+                    async with asyncio.timeout(WRITE_TIMEOUT_S):
+                        await writer.drain()
                 return
             pending.reading = False
+            if writer.transport.is_closing():  # sent a request and left: render nothing for nobody
+                self._note("disconnect")
+                return
             writer.write(await self._reply(method, path))
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             self._note("disconnect")
         except Exception as exc:  # never a traceback per connection: one line, and keep serving
