@@ -288,9 +288,16 @@ class Answer(_Raw):
 # ---- the sans-IO core ----------------------------------------------------------------------------------------
 
 def _filters(probe: str | None, event_type: str | None, pid: int | None, command: str | None, src_ip: str | None,
-             dst_ip: str | None, src_port: int | None, dst_port: int | None) -> dict[str, Any]:
+             dst_ip: str | None, src_port: int | None, dst_port: int | None, k8s: Mapping[str, str | None],
+             ) -> dict[str, Any]:
     return {"probe": probe, "event_type": event_type, "pid": pid, "command": command, "src_ip": src_ip,
-            "dst_ip": dst_ip, "src_port": src_port, "dst_port": dst_port}
+            "dst_ip": dst_ip, "src_port": src_port, "dst_port": dst_port, **k8s}
+
+
+def _k8s(pod: str | None, namespace: str | None, container: str | None, workload: str | None) -> dict[str, str | None]:
+    """The Kubernetes filters (``--enrich k8s`` events only): the daemon checks the names, ``bad_request`` if
+    no pod could have them."""
+    return {"pod": pod, "namespace": namespace, "container": container, "workload": workload}
 
 
 class _Session:
@@ -627,36 +634,46 @@ class Client:
 
     def events(self, *, probe: str | None = None, event_type: str | None = None, pid: int | None = None,
                command: str | None = None, src_ip: str | None = None, dst_ip: str | None = None,
-               src_port: int | None = None, dst_port: int | None = None, since: str | float | None = None,
+               src_port: int | None = None, dst_port: int | None = None, pod: str | None = None,
+               namespace: str | None = None, container: str | None = None, workload: str | None = None,
+               since: str | float | None = None,
                after: int | None = None, limit: int | None = None) -> list[Event]:
         """Events from the daemon's in-memory rings: the newest ``limit`` (default 100) matching ones, oldest
         first; with ``after`` (a ``seq`` cursor) the oldest ``limit`` after it, in ``seq`` order (page on with
         the last one's ``seq``). ``since``: an RFC 3339 time or seconds ago."""
         kind, fields = _listing("get_events", _filters(probe, event_type, pid, command, src_ip, dst_ip, src_port,
-                                                       dst_port), since, after, limit)
+                                                       dst_port, _k8s(pod, namespace, container, workload)),
+                                since, after, limit)
         return [Event.from_json(e) for e in self.request(kind, **fields)["events"]]
 
     def recent(self, *, probe: str | None = None, event_type: str | None = None, pid: int | None = None,
                command: str | None = None, src_ip: str | None = None, dst_ip: str | None = None,
-               src_port: int | None = None, dst_port: int | None = None, since: str | float | None = None,
+               src_port: int | None = None, dst_port: int | None = None, pod: str | None = None,
+               namespace: str | None = None, container: str | None = None, workload: str | None = None,
+               since: str | float | None = None,
                after: int | None = None, limit: int | None = None) -> list[Event]:
         """Like :meth:`events`, from the daemon's SQLite history (its earlier runs too).
 
         :raises RequestError: ``unavailable`` when the daemon runs with ``--history off``.
         """
         kind, fields = _listing("recent", _filters(probe, event_type, pid, command, src_ip, dst_ip, src_port,
-                                                   dst_port), since, after, limit)
+                                                   dst_port, _k8s(pod, namespace, container, workload)),
+                                since, after, limit)
         return [Event.from_json(e) for e in self.request(kind, **fields)["events"]]
 
     def ask(self, question: str, seconds: float = 10, *, pid: int | None = None, port: int | None = None,
-            timeout: float | None = None) -> Answer:
+            pod: str | None = None, namespace: str | None = None, container: str | None = None,
+            workload: str | None = None, timeout: float | None = None) -> Answer:
         """Ask through the daemon: it deploys what the question needs, observes ``seconds`` and answers.
 
+        :param pod: with ``namespace``, ``container``, ``workload`` (``NAME`` or ``KIND/NAME``): only the events
+            of these Kubernetes names are evaluated, and the answer says so (the daemon must run with
+            ``--enrich k8s``, else ``bad_request``).
         :param timeout: default ``seconds`` + :data:`ASK_EXTRA_S`.
         """
         wait = seconds + ASK_EXTRA_S if timeout is None else timeout
         return Answer.from_json(self.request("ask", timeout=wait, question=question, seconds=seconds, pid=pid,
-                                             port=port))
+                                             port=port, **_k8s(pod, namespace, container, workload)))
 
     def find(self, question: str, *, limit: int | None = None) -> list[Match]:
         """Knowledge-base entries that answer ``question``, best first (answered here, from the KB)."""
@@ -669,7 +686,9 @@ class Client:
 
     def stream(self, *, probe: str | None = None, event_type: str | None = None, pid: int | None = None,
                command: str | None = None, src_ip: str | None = None, dst_ip: str | None = None,
-               src_port: int | None = None, dst_port: int | None = None, since: int | None = None,
+               src_port: int | None = None, dst_port: int | None = None, pod: str | None = None,
+               namespace: str | None = None, container: str | None = None, workload: str | None = None,
+               since: int | None = None,
                seconds: float | None = None) -> Iterator[Event | Gap]:
         """Subscribe and yield events as the daemon pushes them, and a :class:`Gap` for events it lost.
 
@@ -679,7 +698,8 @@ class Client:
         :raises DaemonStopped: the daemon shut down (after sending every event it did not count as lost).
         :raises DaemonUnavailable: the connection was lost.
         """
-        fields = _subscribe_fields(_filters(probe, event_type, pid, command, src_ip, dst_ip, src_port, dst_port),
+        fields = _subscribe_fields(_filters(probe, event_type, pid, command, src_ip, dst_ip, src_port, dst_port,
+                                            _k8s(pod, namespace, container, workload)),
                                    since)
         subscription = self.request("subscribe", **fields)["subscription"]
         stream = self._session.open_stream(subscription)
@@ -811,28 +831,35 @@ class AsyncClient:
 
     async def events(self, *, probe: str | None = None, event_type: str | None = None, pid: int | None = None,
                      command: str | None = None, src_ip: str | None = None, dst_ip: str | None = None,
-                     src_port: int | None = None, dst_port: int | None = None, since: str | float | None = None,
+                     src_port: int | None = None, dst_port: int | None = None, pod: str | None = None,
+                     namespace: str | None = None, container: str | None = None, workload: str | None = None,
+                     since: str | float | None = None,
                      after: int | None = None, limit: int | None = None) -> list[Event]:
         """See :meth:`Client.events`."""
         kind, fields = _listing("get_events", _filters(probe, event_type, pid, command, src_ip, dst_ip, src_port,
-                                                       dst_port), since, after, limit)
+                                                       dst_port, _k8s(pod, namespace, container, workload)),
+                                since, after, limit)
         return [Event.from_json(e) for e in (await self.request(kind, **fields))["events"]]
 
     async def recent(self, *, probe: str | None = None, event_type: str | None = None, pid: int | None = None,
                      command: str | None = None, src_ip: str | None = None, dst_ip: str | None = None,
-                     src_port: int | None = None, dst_port: int | None = None, since: str | float | None = None,
+                     src_port: int | None = None, dst_port: int | None = None, pod: str | None = None,
+                     namespace: str | None = None, container: str | None = None, workload: str | None = None,
+                     since: str | float | None = None,
                      after: int | None = None, limit: int | None = None) -> list[Event]:
         """See :meth:`Client.recent`."""
         kind, fields = _listing("recent", _filters(probe, event_type, pid, command, src_ip, dst_ip, src_port,
-                                                   dst_port), since, after, limit)
+                                                   dst_port, _k8s(pod, namespace, container, workload)),
+                                since, after, limit)
         return [Event.from_json(e) for e in (await self.request(kind, **fields))["events"]]
 
     async def ask(self, question: str, seconds: float = 10, *, pid: int | None = None, port: int | None = None,
-                  timeout: float | None = None) -> Answer:
+                  pod: str | None = None, namespace: str | None = None, container: str | None = None,
+                  workload: str | None = None, timeout: float | None = None) -> Answer:
         """See :meth:`Client.ask`."""
         wait = seconds + ASK_EXTRA_S if timeout is None else timeout
         return Answer.from_json(await self.request("ask", timeout=wait, question=question, seconds=seconds,
-                                                   pid=pid, port=port))
+                                                   pid=pid, port=port, **_k8s(pod, namespace, container, workload)))
 
     async def find(self, question: str, *, limit: int | None = None) -> list[Match]:
         """See :meth:`Client.find` (on a worker thread: loading the KB reads files)."""
@@ -844,10 +871,13 @@ class AsyncClient:
 
     async def stream(self, *, probe: str | None = None, event_type: str | None = None, pid: int | None = None,
                      command: str | None = None, src_ip: str | None = None, dst_ip: str | None = None,
-                     src_port: int | None = None, dst_port: int | None = None, since: int | None = None,
+                     src_port: int | None = None, dst_port: int | None = None, pod: str | None = None,
+                     namespace: str | None = None, container: str | None = None, workload: str | None = None,
+                     since: int | None = None,
                      seconds: float | None = None) -> AsyncIterator[Event | Gap]:
         """See :meth:`Client.stream`. Hold no other request on this client while iterating."""
-        fields = _subscribe_fields(_filters(probe, event_type, pid, command, src_ip, dst_ip, src_port, dst_port),
+        fields = _subscribe_fields(_filters(probe, event_type, pid, command, src_ip, dst_ip, src_port, dst_port,
+                                            _k8s(pod, namespace, container, workload)),
                                    since)
         subscription = (await self.request("subscribe", **fields))["subscription"]
         stream = self._session.open_stream(subscription)

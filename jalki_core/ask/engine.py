@@ -37,6 +37,7 @@ from jalki_core.errors import EnvironmentProblem, JalkiError, PrivilegeError, Us
 from jalki_core.kb.model import SEVERITY_RANK
 
 if TYPE_CHECKING:
+    from jalki_core.daemon.protocol import EventFilter
     from jalki_core.enrich import EnrichStage
     from jalki_core.kb import Finding, KbEntry, KnowledgeBase, Match
     from jalki_core.plugins import JalkiPlugins
@@ -144,15 +145,20 @@ def _evidence_phrase(finding: Finding) -> str:
     return f"{count}: {finding.detail}" if finding.detail else count
 
 
-def _observed_answer(findings: list[Finding], probes: list[ProbeUse], events: int, seconds: float) -> str:
+def _observed_answer(findings: list[Finding], probes: list[ProbeUse], events: int, seconds: float,
+                     scope: str | None = None) -> str:
+    """The answer's sentence; with ``scope`` (``pod web-1, namespace shop``) it says that only those events
+    were looked at."""
     attached = [probe.probe for probe in probes if probe.attach]
+    only = "" if scope is None else f" (only events of {scope})"
     if findings:
         top = findings[0]
-        return f"{top.severity.upper()}: {first_sentence(top.conclusion)} ({_evidence_phrase(top)})"
+        return f"{top.severity.upper()}{only}: {first_sentence(top.conclusion)} ({_evidence_phrase(top)})"
     if events == 0:
-        return (f"No problem seen, but nothing happened to judge: {', '.join(attached)} saw no events in "
-                f"{seconds:g} s. Ask again while the problem is happening, or with more --seconds.")
-    return (f"No problem found: {events} events from {', '.join(attached)} in {seconds:g} s "
+        return (f"No problem seen, but nothing happened to judge: {', '.join(attached)} saw no events"
+                f"{' of ' + scope if scope else ''} in {seconds:g} s. Ask again while the problem is happening, "
+                "or with more --seconds.")
+    return (f"No problem found{only}: {events} events from {', '.join(attached)} in {seconds:g} s "
             f"matched no knowledge-base rule.")
 
 
@@ -178,15 +184,27 @@ def _probe_uses(summary: SessionSummary, probes: Mapping[str, RegisteredProbe],
 
 
 class EventCollector:
-    """Keeps decoded events (up to a limit) from the session's drain loop."""
+    """Keeps decoded events (up to a limit) from the session's drain loop.
 
-    def __init__(self, limit: int) -> None:
+    :param scope: only events it matches are kept and counted (``ask --pod …``); the others are counted in
+        :attr:`left_out`.
+    """
+
+    def __init__(self, limit: int, scope: EventFilter | None = None) -> None:
         self.limit = limit
+        self.scope = scope
         self.events: list[dict[str, Any]] = []
         self.by_type: Counter[str] = Counter()
         self.not_kept = 0
+        self.left_out = 0
+        """Events outside :attr:`scope` (not evaluated, not in :attr:`by_type`)."""
 
     def __call__(self, batch: list[dict[str, Any]]) -> None:
+        if self.scope is not None:
+            scope = self.scope
+            kept = [event for event in batch if scope.matches(event)]
+            self.left_out += len(batch) - len(kept)
+            batch = kept
         for event in batch:
             self.by_type[str(event.get("type"))] += 1
         room = self.limit - len(self.events)
@@ -214,13 +232,14 @@ The default attaches in this process; the daemon passes one that uses its runnin
 
 def collect_in_process(probes: list[RegisteredProbe], seconds: float, pid: int | None, port: int | None,
                        progress: ProgressCallback | None, cancel: threading.Event | None,
-                       enrich: EnrichStage | None = None) -> tuple[EventCollector, SessionSummary]:
+                       enrich: EnrichStage | None = None, scope: EventFilter | None = None,
+                       ) -> tuple[EventCollector, SessionSummary]:
     """Attach ``probes`` in this process for ``seconds`` (the default :data:`Collect`), enriching events
-    with ``enrich`` (``--enrich``) before they are kept."""
+    with ``enrich`` (``--enrich``) before they are kept; only those ``scope`` matches are kept."""
     from jalki_core.loader import ProbeOptions
     from jalki_core.session import TraceSession
 
-    collector = EventCollector(MAX_EVENTS_KEPT)
+    collector = EventCollector(MAX_EVENTS_KEPT, scope)
     session = TraceSession([registered.probe for registered in probes], (),
                            options=ProbeOptions(filter_pid=pid or 0, filter_port=port or 0), on_events=collector,
                            enrich=enrich)
@@ -253,6 +272,7 @@ def ask(
     cancel: threading.Event | None = None,
     collect: Collect | None = None,
     enrich: EnrichStage | None = None,
+    scope: EventFilter | None = None,
 ) -> AskResult:
     """Answer ``question`` from the kernel: attach the probes that answer it, collect, evaluate.
 
@@ -266,6 +286,10 @@ def ask(
     :param collect: how to collect (default: attach in this process); the daemon passes its own.
     :param enrich: enrichers for the events collected in this process (``jalki ask --enrich k8s``); started
         and closed by the collection. Not with ``collect``.
+    :param scope: only events of these Kubernetes names (an :class:`~jalki_core.daemon.protocol.EventFilter`
+        of ``pod``, ``namespace``, ``container``, ``workload``) are evaluated; the answer and a note say so,
+        with how many events were left out. Events without a ``k8s`` object never match. A ``collect`` passed
+        in applies it itself (its collector's ``scope``).
     :raises UsageError: only for invalid arguments.
     """
     _check_arguments(seconds, pid, port)
@@ -304,8 +328,11 @@ def ask(
     except EnvironmentProblem as exc:
         return kb_only(f"no BTF: {exc.one_line()}", "no_btf")
     try:
-        collect_with = collect or (collect_in_process if enrich is None
-                                   else functools.partial(collect_in_process, enrich=enrich))
+        collect_with: Collect = collect_in_process  # the plain function when neither is set (tests replace it)
+        if collect is not None:
+            collect_with = collect
+        elif enrich is not None or scope is not None:
+            collect_with = functools.partial(collect_in_process, enrich=enrich, scope=scope)
         collector, summary = collect_with(list(probes.values()), seconds, pid, port, progress, cancel)
     except (JalkiError, OSError) as exc:
         log.warning("collection failed: %s", exc)
@@ -328,12 +355,16 @@ def ask(
             problem = info.get("problem") or info.get("last_error")
             notes.append(f"enricher {name}: {info.get('state', 'error')}: {problem}; events without its fields "
                           "are counted in its status")
+    if scope is not None:
+        notes.append(f"only events of {scope.describe_k8s()} were evaluated; {collector.left_out} other events "
+                     "were left out (events without Kubernetes names, from --enrich k8s, never match)")
     if collector.not_kept:
         notes.append(f"{collector.not_kept} events beyond the first {MAX_EVENTS_KEPT} were counted but not evaluated")
     observed_seconds = min(summary.duration_s, seconds)
     return AskResult(
         question=question, mode="observed",
-        answer=_observed_answer(findings, uses, sum(collector.by_type.values()), round(observed_seconds, 1)),
+        answer=_observed_answer(findings, uses, sum(collector.by_type.values()), round(observed_seconds, 1),
+                                None if scope is None else scope.describe_k8s()),
         seconds=seconds, duration_s=time.monotonic() - started, findings=tuple(findings), matches=tuple(matches),
         selected=tuple(entry.id for entry in selected), probes=tuple(uses), unobserved=tuple(unobserved),
         events_by_type=dict(collector.by_type), events_not_kept=collector.not_kept, notes=tuple(notes),

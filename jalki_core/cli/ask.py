@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from jalki_core.ask.engine import DEFAULT_SECONDS, first_sentence
+from jalki_core.cli.options import (
+    ContainerFilterOption,
+    NamespaceFilterOption,
+    PodFilterOption,
+    WorkloadFilterOption,
+)
 from jalki_core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from jalki_core.daemon.protocol import EventFilter, K8sFields
     from jalki_core.enrich import EnrichStage
 
 MAX_CAUSES_SHOWN = 8
@@ -176,7 +183,7 @@ def print_answer(answer: Mapping[str, Any], console: Console) -> None:
 
 
 def _ask_daemon(socket_path: Path | None, question: str, seconds: float, pid: int | None, port: int | None,
-                console: Console) -> dict[str, Any] | None:
+                console: Console, k8s: K8sFields) -> dict[str, Any] | None:
     """The daemon's answer, or ``None`` when no daemon answers (then ask runs in this process)."""
     from jalki_core.errors import DaemonUnavailable
     from jalki_core.sdk import Client
@@ -189,7 +196,7 @@ def _ask_daemon(socket_path: Path | None, question: str, seconds: float, pid: in
         return None
     with client:
         console.print(f"asking the jalki daemon at {client.path}; observing the kernel for {seconds:g} s …")
-        return client.ask(question, seconds=seconds, pid=pid, port=port).raw
+        return client.ask(question, seconds=seconds, pid=pid, port=port, **k8s).raw
 
 
 def ask_command(
@@ -210,6 +217,10 @@ def ask_command(
                                                      "daemon enriches with its own --enrich).")] = None,
     node_name: Annotated[str | None, typer.Option(help="With --enrich k8s: this node's name (default: "
                                                   "$NODE_NAME, else the host name).")] = None,
+    pod: PodFilterOption = None,
+    namespace: NamespaceFilterOption = None,
+    container: ContainerFilterOption = None,
+    workload: WorkloadFilterOption = None,
 ) -> None:
     """Ask the kernel a question: attach the probes that answer it, observe, and explain what they saw."""
     from rich.console import Console
@@ -218,11 +229,13 @@ def ask_command(
     text = " ".join(question).strip()
     if not text:
         raise UsageError("the question is empty", hint='e.g. jalki ask "why are connections to my database failing"')
-    from jalki_core.cli.options import check_pid, check_port, check_seconds
+    from jalki_core.cli.options import check_k8s_filters, check_pid, check_port, check_seconds
 
     check_seconds(seconds)
     check_pid(pid)
     check_port(port)
+    k8s = check_k8s_filters(pod, namespace, container, workload)
+    wanted = [f"--{name}" for name, value in k8s.items() if value is not None]
     stderr = Console(stderr=True, highlight=False)
     enrich_stage = None
     if enrich or node_name is not None:
@@ -232,10 +245,21 @@ def ask_command(
         from jalki_core.cli.common import build_enrich, load_plugins
 
         enrich_stage = build_enrich(load_plugins(), enrich, node_name, None)
+    if wanted and in_process and enrich_stage is None:
+        raise UsageError(f"{'/'.join(wanted)} filter by Kubernetes names, which events observed in this process "
+                         "carry only with --enrich k8s", hint="add --enrich k8s, or ask a daemon that runs with it")
     answer = None if in_process or enrich_stage is not None else _ask_daemon(socket, text, seconds, pid, port,
-                                                                             stderr)
+                                                                             stderr, k8s)
     if answer is None:
-        answer = _ask_here(text, seconds, pid, port, stderr, enrich_stage)
+        if wanted and enrich_stage is None:
+            raise UsageError(f"no jalki daemon answers, and {'/'.join(wanted)} in this process need --enrich k8s "
+                             "(events carry Kubernetes names only then)", hint="add --enrich k8s")
+        scope = None
+        if wanted:
+            from jalki_core.daemon.protocol import EventFilter
+
+            scope = EventFilter(**k8s)
+        answer = _ask_here(text, seconds, pid, port, stderr, enrich_stage, scope)
     if as_json:
         import orjson
 
@@ -251,7 +275,7 @@ def ask_command(
 
 
 def _ask_here(text: str, seconds: float, pid: int | None, port: int | None, stderr: Console,
-              enrich: EnrichStage | None = None) -> dict[str, Any]:
+              enrich: EnrichStage | None = None, scope: EventFilter | None = None) -> dict[str, Any]:
     from jalki_core.ask.engine import ask
 
     progress = _Progress(seconds, stderr)
@@ -262,7 +286,8 @@ def _ask_here(text: str, seconds: float, pid: int | None, port: int | None, stde
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = ask(text, seconds=seconds, pid=pid, port=port, progress=progress, cancel=cancel, enrich=enrich)
+        result = ask(text, seconds=seconds, pid=pid, port=port, progress=progress, cancel=cancel, enrich=enrich,
+                     scope=scope)
     finally:
         progress.close()
         for sig, handler in previous.items():

@@ -16,6 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from jalki_core.cli.options import (
+    ContainerFilterOption,
+    NamespaceFilterOption,
+    PodFilterOption,
+    WorkloadFilterOption,
+    check_k8s_filters,
     check_pid,
     check_port,
     check_sample,
@@ -193,6 +198,9 @@ def _event_line(event: Mapping[str, Any]) -> str:
     if network.get("src_ip") and not network.get("dst_ip"):
         where += " (local side)"  # an aggregate keyed by its local endpoint (e.g. resets sent to many peers)
     who = f"{process.get('command')}[{process.get('pid')}]" if process.get("pid") else "-"
+    k8s = event.get("k8s")
+    if isinstance(k8s, Mapping) and k8s.get("k8s.pod.name"):  # --enrich k8s: the pod/namespace too
+        who += f" {k8s['k8s.pod.name']}/{k8s.get('k8s.namespace.name')}"
     error = (event.get("error") or {}).get("code")
     state = (event.get("data") or {}).get("tcp_state")
     extra = " ".join(str(value) for value in (error, state) if value)
@@ -244,6 +252,10 @@ def stream_command(
     dst_ip: Annotated[str | None, typer.Option(help="Only events to this address.")] = None,
     src_port: Annotated[int | None, typer.Option(help="Only events from this port.")] = None,
     dst_port: Annotated[int | None, typer.Option(help="Only events to this port.")] = None,
+    pod: PodFilterOption = None,
+    namespace: NamespaceFilterOption = None,
+    container: ContainerFilterOption = None,
+    workload: WorkloadFilterOption = None,
     socket: SocketOption = None,
 ) -> None:
     """Stream live events as JSON lines (server-side filters; pushed, never polled) until Ctrl-C."""
@@ -252,6 +264,7 @@ def stream_command(
     from jalki_core.sdk import Gap
 
     _check_filters(pid, src_port, dst_port)
+    k8s = check_k8s_filters(pod, namespace, container, workload)
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -264,7 +277,7 @@ def stream_command(
     try:
         with _connect(socket) as client:
             for event in client.stream(probe=probe, event_type=event_type,
-                                       **_filters(pid, command, src_ip, dst_ip, src_port, dst_port)):
+                                       **_filters(pid, command, src_ip, dst_ip, src_port, dst_port), **k8s):
                 if isinstance(event, Gap):
                     sys.stderr.write(f"jalki: {event.count} events lost: this reader was too slow\n")
                     continue
@@ -286,6 +299,10 @@ def recent_command(
     command: Annotated[str | None, typer.Option(help="Only events of this command (comm).")] = None,
     dst_ip: Annotated[str | None, typer.Option(help="Only events to this address.")] = None,
     dst_port: Annotated[int | None, typer.Option(help="Only events to this port.")] = None,
+    pod: PodFilterOption = None,
+    namespace: NamespaceFilterOption = None,
+    container: ContainerFilterOption = None,
+    workload: WorkloadFilterOption = None,
     limit: Annotated[int, typer.Option(help="At most this many (the newest).")] = 100,
     socket: SocketOption = None,
     as_json: JsonOption = False,
@@ -295,9 +312,10 @@ def recent_command(
     if limit < 1:
         raise UsageError(f"--limit must be at least 1, not {limit}")
     _check_filters(pid, dst_port=dst_port)
+    k8s = check_k8s_filters(pod, namespace, container, workload)
     with _connect(socket) as client:
         events = client.recent(since=seconds, event_type=event_type, probe=probe, limit=limit,
-                               **_filters(pid, command, None, dst_ip, None, dst_port))
+                               **_filters(pid, command, None, dst_ip, None, dst_port), **k8s)
     if as_json:
         _print_json([event.raw for event in events])
         return

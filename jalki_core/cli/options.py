@@ -13,11 +13,14 @@ import ipaddress
 import math
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from jalki_core.errors import UsageError
+
+if TYPE_CHECKING:
+    from jalki_core.daemon.protocol import K8sFields
 
 PID_MAX = 4_194_304
 """Largest process id any Linux kernel hands out (``PID_MAX_LIMIT`` on 64-bit kernels)."""
@@ -136,9 +139,36 @@ EnrichOption = Annotated[list[str] | None, typer.Option(help="Add fields to ever
                                                          "workload); repeatable or comma-separated.")]
 NodeNameOption = Annotated[str | None, typer.Option(help="With --enrich k8s: this node's name (default: "
                                                     "$NODE_NAME, else the host name).")]
-NamespaceOption = Annotated[list[str] | None, typer.Option("--namespace", help="With --enrich k8s: emitters write "
-                                                           "only events of these namespaces (repeatable or "
-                                                           "comma-separated); others are counted out of scope.")]
+NamespaceOption = Annotated[list[str] | None, typer.Option("--namespace", help="With --enrich k8s, a scope (not a "
+                                                           "query filter): emitters write only events of these "
+                                                           "namespaces (repeatable or comma-separated); others are "
+                                                           "counted out of scope, and still stored and judged.")]
+
+# ---- Kubernetes filters of the client commands (recent, stream, ask): one vocabulary with the protocol's
+# pod/namespace/container/workload fields. Events without a k8s object (no --enrich k8s) never match.
+
+PodFilterOption = Annotated[str | None, typer.Option("--pod", help="Only events of this Kubernetes pod (name; "
+                                                     "events of --enrich k8s).")]
+NamespaceFilterOption = Annotated[str | None, typer.Option("--namespace", help="Only events of this Kubernetes "
+                                                           "namespace (a filter of this command, not the "
+                                                           "emitters' scope of run/serve --namespace).")]
+ContainerFilterOption = Annotated[str | None, typer.Option("--container", help="Only events of this container "
+                                                           "name (of a pod).")]
+WorkloadFilterOption = Annotated[str | None, typer.Option("--workload", help="Only events of this workload: NAME "
+                                                          "(any kind) or KIND/NAME, e.g. deployment/checkout.")]
+
+
+def check_k8s_filters(pod: str | None, namespace: str | None, container: str | None,
+                      workload: str | None) -> K8sFields:
+    """``--pod``, ``--namespace``, ``--container``, ``--workload`` as protocol fields; a value no Kubernetes
+    object can have (empty, upper case, ``KIND/NAME`` of an unknown kind) is refused in one line."""
+    from jalki_core.daemon.protocol import K8sFields, k8s_name_problem
+
+    values = K8sFields(pod=pod, namespace=namespace, container=container, workload=workload)
+    for name, value in values.items():
+        if isinstance(value, str) and (problem := k8s_name_problem(name, value, f"--{name}")) is not None:
+            raise UsageError(problem)
+    return values
 
 DAEMON_ONLY_OPTIONS = ("--socket", "--socket-group", "--history", "--history-max-mb", "--history-max-age",
                        "--metrics-addr")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from jalki_core.ask.engine import MAX_EVENTS_KEPT, EventCollector, ProgressCallback, ask
-from jalki_core.daemon.protocol import DeploySpec, _field, parse_pid
+from jalki_core.daemon.protocol import DeploySpec, EventFilter, _field, parse_k8s_fields, parse_pid
 from jalki_core.errors import ProtocolError
 from jalki_core.kb import parse_timestamp
 from jalki_core.session import ProbeRunStats, SessionSummary
@@ -34,15 +34,17 @@ TTL_MARGIN_S = 30.0
 class AgentCollect:
     """A :data:`jalki_core.ask.engine.Collect` that uses the daemon's running session."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, scope: EventFilter | None = None) -> None:
         self.agent = agent
+        self.scope = scope
+        """Only events these Kubernetes names match are kept (``pod``, ``namespace``, ``container``, ``workload``)."""
 
     def __call__(self, probes: list[RegisteredProbe], seconds: float, pid: int | None, port: int | None,
                  progress: ProgressCallback | None, cancel: threading.Event | None,
                  ) -> tuple[EventCollector, SessionSummary]:
         names = [registered.probe.name for registered in probes]
         sources = {f"jalki/{name}" for name in names}
-        collector = EventCollector(MAX_EVENTS_KEPT)
+        collector = EventCollector(MAX_EVENTS_KEPT, self.scope)
         per_probe: dict[str, int] = dict.fromkeys(names, 0)
 
         def tap(events: list[dict[str, Any]]) -> None:
@@ -149,9 +151,11 @@ def ask_through_agent(agent: Agent, fields: Mapping[str, Any]) -> dict[str, Any]
         "pid": parse_pid(fields),
         "port": _field(fields, "port", int, check=lambda v: 0 < v < 65536, rule="must be between 1 and 65535"),
     }
+    scope = EventFilter(**parse_k8s_fields(fields))
+    scope_or_none = scope if scope.has_k8s else None
     try:
-        result = ask(question, seconds=float(seconds), plugins=agent.plugins, collect=AgentCollect(agent),
-                     **options)
+        result = ask(question, seconds=float(seconds), plugins=agent.plugins,
+                     collect=AgentCollect(agent, scope_or_none), scope=scope_or_none, **options)
     except UsageError as exc:
         raise ProtocolError("bad_request", exc.message) from exc
     answer = result.as_dict()

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 
@@ -154,9 +155,65 @@ def _is_ip(value: str) -> bool:
     return True
 
 
+WORKLOAD_KEYS: dict[str, str] = {
+    "deployment": "k8s.deployment.name", "statefulset": "k8s.statefulset.name",
+    "daemonset": "k8s.daemonset.name", "cronjob": "k8s.cronjob.name", "job": "k8s.job.name",
+    "replicaset": "k8s.replicaset.name", "replicationcontroller": "k8s.replicationcontroller.name",
+}
+"""The kinds a ``workload`` filter names (``KIND/NAME``, the kind in any case), and the ``k8s`` key of each."""
+
+K8S_FILTER_KEYS: dict[str, str] = {"pod": "k8s.pod.name", "namespace": "k8s.namespace.name",
+                                   "container": "k8s.container.name"}
+"""The Kubernetes filters besides ``workload``, and the ``k8s`` key each compares."""
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def k8s_name_problem(field: str, value: str, label: str | None = None) -> str | None:
+    """Why ``value`` cannot be the Kubernetes name a ``pod``/``namespace``/``container``/``workload`` filter
+    compares (``None`` when it can): the API server accepts no other, so no event could match it.
+
+    Namespaces and container names are DNS labels (at most 63 characters); pod and workload names DNS
+    subdomains (at most 253). ``workload`` may be ``KIND/NAME`` with a kind of :data:`WORKLOAD_KEYS`.
+    ``label`` names the value in the message (``field 'pod'``, ``--pod``); default ``field``.
+    """
+    label = label or field
+    if field == "workload" and "/" in value:
+        kind, _, name = value.partition("/")
+        if not kind or not name or "/" in name:
+            return f"{label} must be NAME or KIND/NAME (e.g. deployment/checkout), not {value!r}"
+        if kind.lower() not in WORKLOAD_KEYS:
+            return (f"{label} kind {kind!r} is not one of {', '.join(WORKLOAD_KEYS)} "
+                    f"(e.g. deployment/checkout)")
+        value = name
+    dns_label = field in ("namespace", "container")
+    limit = 63 if dns_label else 253
+    if not value:
+        return f"{label} must not be empty"
+    if len(value) > limit or not (_DNS_LABEL if dns_label else _DNS_SUBDOMAIN).match(value):
+        what = "a DNS label: lowercase letters, digits and '-'" if dns_label else \
+            "a DNS subdomain: lowercase letters, digits, '-' and '.'"
+        return f"{label} must be a Kubernetes name ({what}, at most {limit} characters), not {value!r}"
+    return None
+
+
+def split_workload(value: str) -> tuple[str | None, str]:
+    """``deployment/checkout`` -> ``("deployment", "checkout")``; ``checkout`` -> ``(None, "checkout")``
+    (the value already checked by :func:`k8s_name_problem`)."""
+    kind, slash, name = value.partition("/")
+    return (kind.lower(), name) if slash else (None, value)
+
+
 @dataclass(frozen=True)
 class EventFilter:
-    """Server-side filters of ``get_events``, ``subscribe`` and ``recent``; ``None`` matches anything."""
+    """Server-side filters of ``get_events``, ``subscribe`` and ``recent``; ``None`` matches anything.
+
+    ``pod``, ``namespace``, ``container`` and ``workload`` compare the event's ``k8s`` object (``--enrich k8s``):
+    an event without one never matches them. ``workload`` is a name matched against every workload key
+    (Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet, ReplicationController), or ``KIND/NAME``
+    for one kind (stored with the kind in lower case).
+    """
 
     probe: str | None = None
     type: str | None = None
@@ -166,6 +223,10 @@ class EventFilter:
     dst_ip: str | None = None
     src_port: int | None = None
     dst_port: int | None = None
+    pod: str | None = None
+    namespace: str | None = None
+    container: str | None = None
+    workload: str | None = None
 
     def matches(self, event: Mapping[str, Any]) -> bool:
         """Whether ``event`` passes every filter that is set."""
@@ -185,7 +246,37 @@ class EventFilter:
                 wanted = getattr(self, name)
                 if wanted is not None and network.get(name) != wanted:
                     return False
+        return not self.has_k8s or self.matches_k8s(event)
+
+    @property
+    def has_k8s(self) -> bool:
+        """Whether any Kubernetes filter (``pod``, ``namespace``, ``container``, ``workload``) is set."""
+        return any(value is not None for value in (self.pod, self.namespace, self.container, self.workload))
+
+    def matches_k8s(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event`` passes the Kubernetes filters (an event without a ``k8s`` object never does)."""
+        k8s = event.get("k8s")
+        if not isinstance(k8s, Mapping):
+            return False
+        for name, key in K8S_FILTER_KEYS.items():
+            wanted = getattr(self, name)
+            if wanted is not None and k8s.get(key) != wanted:
+                return False
+        if self.workload is not None:
+            kind, name = split_workload(self.workload)
+            keys = WORKLOAD_KEYS.values() if kind is None else (WORKLOAD_KEYS[kind],)
+            if not any(k8s.get(key) == name for key in keys):
+                return False
         return True
+
+    def k8s_only(self) -> EventFilter:
+        """Only the Kubernetes filters of this one (what ``ask`` takes)."""
+        return EventFilter(pod=self.pod, namespace=self.namespace, container=self.container, workload=self.workload)
+
+    def describe_k8s(self) -> str:
+        """The Kubernetes filters in words: ``pod checkout-7f9c, namespace payments, workload deployment/checkout``."""
+        return ", ".join(f"{name} {value}" for name in ("pod", "namespace", "container", "workload")
+                         if (value := getattr(self, name)) is not None)
 
     def as_dict(self) -> dict[str, Any]:
         """The filters that are set, named as in requests (``type`` is the ``event_type`` field)."""
@@ -230,7 +321,34 @@ def parse_filter(fields: Mapping[str, Any]) -> EventFilter:
         dst_ip=None if dst_ip is None else str(ipaddress.ip_address(dst_ip)),
         src_port=_field(fields, "src_port", int, check=_port, rule="must be between 1 and 65535"),
         dst_port=_field(fields, "dst_port", int, check=_port, rule="must be between 1 and 65535"),
+        **parse_k8s_fields(fields),
     )
+
+
+class K8sFields(TypedDict):
+    """The Kubernetes filters as request fields (and keyword arguments of :class:`EventFilter`)."""
+
+    pod: str | None
+    namespace: str | None
+    container: str | None
+    workload: str | None
+
+
+def parse_k8s_fields(fields: Mapping[str, Any]) -> K8sFields:
+    """``pod``, ``namespace``, ``container`` and ``workload`` of a request, each a Kubernetes name (``workload``
+    also ``KIND/NAME``; its kind kept in lower case); ``bad_request`` names a value no event can match."""
+    found = K8sFields(pod=None, namespace=None, container=None, workload=None)
+    for name in ("pod", "namespace", "container", "workload"):
+        value = _field(fields, name, str)
+        if value is not None:
+            problem = k8s_name_problem(name, value, f"field {name!r}")
+            if problem is not None:
+                raise ProtocolError("bad_request", problem)
+            if name == "workload":
+                kind, workload = split_workload(value)
+                value = workload if kind is None else f"{kind}/{workload}"
+        found[name] = value
+    return found
 
 
 @dataclass(frozen=True)

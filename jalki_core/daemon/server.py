@@ -700,8 +700,25 @@ class ApiServer:
             raise ProtocolError("bad_request", "field 'probe' is required")
         return await self._agent_call(lambda: self.agent.undeploy(name))
 
+    def enriches_k8s(self) -> bool:
+        """Whether this daemon adds the ``k8s`` object to its events (``--enrich k8s``)."""
+        stage = self.agent.session.enrich
+        return stage is not None and "k8s" in stage.names
+
+    def refuse_k8s_without_enricher(self, where: EventFilter, request_type: str) -> None:
+        """A Kubernetes filter of live events (``get_events``, ``subscribe``, ``ask``) on a daemon that adds no
+        ``k8s`` object could match nothing: refused in one line rather than answered empty. (``recent`` takes
+        it: the history may hold events of an earlier run that had ``--enrich k8s``.)"""
+        if where.has_k8s and not self.enriches_k8s():
+            names = [f"'{name}'" for name in ("pod", "namespace", "container", "workload")
+                     if getattr(where, name) is not None]
+            fields = f"field {names[0]} filters" if len(names) == 1 else f"fields {', '.join(names)} filter"
+            raise ProtocolError("bad_request", f"{request_type}: {fields} by Kubernetes names, which this daemon "
+                                               "does not add to its events: start it with --enrich k8s")
+
     async def on_get_events(self, conn: Connection, request: Request) -> Any:
         where = protocol.parse_filter(request.fields)
+        self.refuse_k8s_without_enricher(where, "get_events")
         since = protocol.parse_since(request.fields)
         limit = protocol.parse_limit(request.fields)
         after = protocol.parse_seq(request.fields, "after_seq")
@@ -734,6 +751,7 @@ class ApiServer:
 
     async def on_subscribe(self, conn: Connection, request: Request) -> Any:
         where = protocol.parse_filter(request.fields)
+        self.refuse_k8s_without_enricher(where, "subscribe")
         cursor = protocol.parse_seq(request.fields, "since_seq")
         head = self.agent.stored_seq  # every event up to it is in the rings; later ones come live
         if cursor is not None and cursor > head:
@@ -774,6 +792,7 @@ class ApiServer:
     async def on_ask(self, conn: Connection, request: Request) -> Any:
         from jalki_core.daemon.ask import ask_through_agent
 
+        self.refuse_k8s_without_enricher(protocol.EventFilter(**protocol.parse_k8s_fields(request.fields)), "ask")
         # asks observe for seconds: their own threads, so they never hold up other requests
         return await asyncio.get_running_loop().run_in_executor(
             self._ask_pool, lambda: ask_through_agent(self.agent, request.fields))

@@ -53,7 +53,7 @@ from typing import Any
 
 import orjson
 
-from jalki_core.daemon.protocol import EventFilter
+from jalki_core.daemon.protocol import K8S_FILTER_KEYS, WORKLOAD_KEYS, EventFilter, split_workload
 from jalki_core.errors import JalkiError, UsageError
 from jalki_core.kb import parse_timestamp
 
@@ -101,7 +101,7 @@ class RawFilter:
 
     The probe filter is checked per ring or batch (:meth:`accepts_source`). For
     the other filters, an event's JSON must contain each filter's value as
-    orjson writes it (``"pid":42,``, ``"type":"kernel.tcp.connect"``, …) to be
+    orjson writes it (``"pid":42,``, ``"type":"kernel.tcp.connect"``, ``"k8s.pod.name":"web-1"``, …) to be
     a candidate (:meth:`candidate`: a substring search, no decoding); a
     candidate is then decoded and checked with :meth:`EventFilter.matches`
     (:meth:`confirm`), so the result is exactly that of the decoded filter.
@@ -120,6 +120,16 @@ class RawFilter:
         for key, number in (("pid", where.pid), ("src_port", where.src_port), ("dst_port", where.dst_port)):
             if number is not None:
                 groups.append((b'"%s":%d,' % (key.encode(), number), b'"%s":%d}' % (key.encode(), number)))
+        # Kubernetes names, as the k8s object holds them ("k8s.pod.name":"checkout-7f9c"); a workload by name
+        # may be under any workload key
+        for name, key in K8S_FILTER_KEYS.items():
+            text = getattr(where, name)
+            if text is not None:
+                groups.append((b'"%s":%s' % (key.encode(), orjson.dumps(text)),))
+        if where.workload is not None:
+            kind, workload = split_workload(where.workload)
+            keys = WORKLOAD_KEYS.values() if kind is None else (WORKLOAD_KEYS[kind],)
+            groups.append(tuple(b'"%s":%s' % (key.encode(), orjson.dumps(workload)) for key in keys))
         self.needles = tuple(groups)
         self.decode = bool(groups)
         """Whether events must be decoded to be checked (any filter besides ``probe``)."""

@@ -25,6 +25,7 @@ from jalki_core.version import __version__
 from jalki_mcp.command import McpOptions
 from jalki_mcp.tools import (
     DEFAULT_LIMIT,
+    K8S_NOTE,
     MAX_LIMIT,
     AskToolResult,
     DeployResult,
@@ -46,7 +47,8 @@ DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idemp
 INSTRUCTIONS = (
     "jalki observes the Linux kernel with eBPF. To answer 'why' questions about a host (connections refused, "
     "timeouts, crashes, OOM kills, slow disks), call ask with the question; its findings name the destination, "
-    "the process and the seq ids of their evidence events, which get_events lists (filters, cursor). "
+    "the process (and pod) and the seq ids of their evidence events, which get_events lists (filters, cursor). "
+    "On Kubernetes, ask and get_events take pod, namespace, container and workload to look at one of them. "
     "find_probes and explain read the knowledge base; status and list_probes show what the daemon traces."
 )
 
@@ -78,11 +80,18 @@ def build_server(tools: JalkiTools, *, allow_mutations: bool = False) -> MCPServ
         pid: Annotated[int | None, Field(ge=1, le=4_194_304, description="Only this process.")] = None,
         port: Annotated[int | None, Field(ge=1, le=65535, description="Only this source or destination port.")
                         ] = None,
+        pod: Annotated[str | None, Field(description=K8S_NOTE.format("this pod name"))] = None,
+        namespace: Annotated[str | None, Field(description=K8S_NOTE.format("this namespace"))] = None,
+        container: Annotated[str | None, Field(description=K8S_NOTE.format("this container name"))] = None,
+        workload: Annotated[str | None, Field(description=K8S_NOTE.format(
+            "this workload: NAME of any kind, or KIND/NAME (e.g. deployment/checkout)"))] = None,
     ) -> Annotated[CallToolResult, AskToolResult]:
         """Ask the kernel why: the daemon deploys the probes the question needs, observes for `seconds` and
-        answers with findings (destination, process, evidence event ids). Without a daemon, the knowledge
+        answers with findings (destination, process, pod, evidence event ids); with pod, namespace, container
+        or workload only those events are evaluated, and the answer says so. Without a daemon, the knowledge
         base alone answers and the result says so."""
-        return _result(*await _checked_async(tools.ask(question, seconds, pid, port)))
+        return _result(*await _checked_async(tools.ask(question, seconds, pid, port, pod, namespace, container,
+                                                       workload)))
 
     @server.tool(annotations=READ_ONLY)
     async def get_events(
@@ -90,8 +99,9 @@ def build_server(tools: JalkiTools, *, allow_mutations: bool = False) -> MCPServ
         limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
         cursor: Annotated[int | None, Field(ge=0, description="next_cursor of the previous call.")] = None,
     ) -> Annotated[CallToolResult, EventsResult]:
-        """Events the daemon holds: a summary first (counts by type, destination, process), then at most
-        `limit` events oldest first, with truncated, next_cursor and dropped."""
+        """Events the daemon holds: a summary first (counts by type, destination, process, pod), then at most
+        `limit` events oldest first, with truncated, next_cursor and dropped. filters (all set must match)
+        include pod, namespace, container and workload (Kubernetes names, daemon with --enrich k8s)."""
         return _result(*await _checked_async(tools.get_events(filters, limit, cursor)))
 
     @server.tool(annotations=READ_ONLY)

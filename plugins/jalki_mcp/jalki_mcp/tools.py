@@ -138,6 +138,20 @@ class StatusResult(DaemonNote):
     installed_probes: list[str] = Field(default_factory=list)
 
 
+K8S_NOTE = ("Only events of {} (Kubernetes names; the daemon must run with --enrich k8s, and events "
+            "without Kubernetes names never match).")
+
+
+def check_k8s(**values: str | None) -> None:
+    """Refuse a ``pod``/``namespace``/``container``/``workload`` no Kubernetes object can have, in one line
+    (before any daemon is asked, so the answer is the same without one)."""
+    from jalki_core.daemon.protocol import k8s_name_problem
+
+    for name, value in values.items():
+        if value is not None and (problem := k8s_name_problem(name, value)) is not None:
+            raise UsageError(problem)
+
+
 class EventFilters(BaseModel):
     """Filters of ``get_events``; every one that is set must match."""
 
@@ -149,6 +163,12 @@ class EventFilters(BaseModel):
     dst_ip: str | None = None
     src_port: int | None = Field(default=None, ge=1, le=65535)
     dst_port: int | None = Field(default=None, ge=1, le=65535)
+    pod: str | None = Field(default=None, description=K8S_NOTE.format("this pod name (k8s.pod.name)"))
+    namespace: str | None = Field(default=None, description=K8S_NOTE.format("this namespace (k8s.namespace.name)"))
+    container: str | None = Field(default=None, description=K8S_NOTE.format("this container name "
+                                                                            "(k8s.container.name)"))
+    workload: str | None = Field(default=None, description=K8S_NOTE.format(
+        "this workload: NAME of any kind, or KIND/NAME (e.g. deployment/checkout)"))
     since: str | float | None = Field(default=None, description="RFC 3339 time, or seconds ago.")
     history: bool = Field(default=False, description="Read the daemon's SQLite history instead of its in-memory rings.")
 
@@ -163,6 +183,7 @@ class EventsSummary(BaseModel):
     by_type: list[Count]
     by_destination: list[Count]
     by_process: list[Count]
+    by_pod: list[Count] = Field(default_factory=list, description="pod/namespace of events with Kubernetes names.")
 
 
 class EventsResult(DaemonNote):
@@ -186,6 +207,8 @@ class FindingOut(BaseModel):
     events: int
     destinations: list[str]
     processes: list[str]
+    pods: list[str] = Field(default_factory=list, description="pod/namespace (workload) of the evidence events, "
+                                                              "when the daemon runs with --enrich k8s.")
     evidence_ids: list[int] = Field(description="seq of the first evidence events: get_events with cursor=seq-1 "
                                                 "lists the event seq first.")
     evidence_event_ids: list[str] = Field(description="The id of those same events, in the same order.")
@@ -329,6 +352,8 @@ class JalkiTools:
         if not 1 <= limit <= MAX_LIMIT:
             raise UsageError(f"limit {limit} is out of range", hint=f"use 1 to {MAX_LIMIT}")
         filters = filters or EventFilters()
+        check_k8s(pod=filters.pod, namespace=filters.namespace, container=filters.container,
+                  workload=filters.workload)
         query = filters.model_dump(exclude={"history"}, exclude_none=True)
         empty = EventsSummary(scanned=0, by_type=[], by_destination=[], by_process=[])
         try:
@@ -359,14 +384,18 @@ class JalkiTools:
         return text, EventsResult(daemon=True, summary=summary, events=listed, returned=len(listed), truncated=more,
                                   next_cursor=next_cursor, dropped=sum(drops.values()), dropped_by_cause=drops)
 
-    async def ask(self, question: str, seconds: float = 10, pid: int | None = None,
-                  port: int | None = None) -> tuple[Summary, AskToolResult]:
+    async def ask(self, question: str, seconds: float = 10, pid: int | None = None, port: int | None = None,
+                  pod: str | None = None, namespace: str | None = None, container: str | None = None,
+                  workload: str | None = None) -> tuple[Summary, AskToolResult]:
         if not 0 < seconds <= MAX_SECONDS:
             raise UsageError(f"seconds {seconds:g} is out of range",
                              hint=f"use more than 0 and at most {MAX_SECONDS:g}")
+        k8s = {"pod": pod, "namespace": namespace, "container": container, "workload": workload}
+        check_k8s(**k8s)
         try:
             async with self.connect() as daemon:
-                answer = plain(await daemon.ask(question, seconds, pid=pid, port=port))
+                answer = plain(await daemon.ask(question, seconds, pid=pid, port=port,
+                                                **{k: v for k, v in k8s.items() if v is not None}))
             return answer["answer"], _ask_result(answer, daemon=True)
         except DaemonUnavailable as exc:
             note = self._no_daemon(exc)
@@ -441,18 +470,22 @@ def _top(counter: Counter[str]) -> list[Count]:
 
 
 def summarise(events: Sequence[Mapping[str, Any]]) -> EventsSummary:
-    """Counts by type, destination and process (the busiest :data:`MAX_GROUPS` of each)."""
+    """Counts by type, destination, process and pod (the busiest :data:`MAX_GROUPS` of each)."""
     types: Counter[str] = Counter()
     destinations: Counter[str] = Counter()
     processes: Counter[str] = Counter()
+    pods: Counter[str] = Counter()
     for event in events:
+        k8s = event.get("k8s")
+        if isinstance(k8s, Mapping) and k8s.get("k8s.pod.name"):
+            pods[f"{k8s['k8s.pod.name']}/{k8s.get('k8s.namespace.name')}"] += 1
         types[str(event.get("type"))] += 1
         if (address := _address(event.get("network_data"))) is not None:
             destinations[address] += 1
         if (process := _process(event.get("process_data"))) is not None:
             processes[process] += 1
     return EventsSummary(scanned=len(events), by_type=_top(types), by_destination=_top(destinations),
-                         by_process=_top(processes))
+                         by_process=_top(processes), by_pod=_top(pods))
 
 
 def _named(evidence: Sequence[Mapping[str, Any]], key: str) -> list[Any]:
@@ -470,12 +503,13 @@ def _ask_result(answer: Mapping[str, Any], *, daemon: bool, note: str | None = N
                               for g in evidence for d in g.get("destinations", ()))
         processes = _names((f"{p.get('command') or '?'} (pid {p.get('pid')})", p.get("events"))
                            for g in evidence for p in g.get("processes", ()))
+        pods = _names((_pod_name(p), p.get("events")) for g in evidence for p in g.get("pods") or ())
         rows.append(FindingOut(entry=finding["entry"], interpretation=finding["interpretation"],
                                severity=finding["severity"], conclusion=finding.get("conclusion", ""),
                                action=finding.get("action", ""), errno=finding.get("errno"),
                                detail=finding.get("detail", ""),
                                events=int(finding.get("events") or 0), destinations=destinations,
-                               processes=processes, evidence_ids=_named(evidence, "event_seqs"),
+                               processes=processes, pods=pods, evidence_ids=_named(evidence, "event_seqs"),
                                evidence_event_ids=_named(evidence, "event_ids"),
                                evidence_ids_total=sum(int(group.get("events") or 0) for group in evidence)))
     notes = list(answer.get("notes") or ())
@@ -486,6 +520,12 @@ def _ask_result(answer: Mapping[str, Any], *, daemon: bool, note: str | None = N
                          problem_found=bool(answer.get("problem_found")), findings=rows,
                          findings_total=len(findings),
                          possible_causes=list(answer.get("possible_causes") or ())[:MAX_FINDINGS], notes=notes)
+
+
+def _pod_name(pod: Mapping[str, Any]) -> str:
+    """``checkout-7f9c/payments (Deployment checkout)``."""
+    owner = f" ({pod.get('workload_kind')} {pod.get('workload')})" if pod.get("workload_kind") else ""
+    return f"{pod.get('pod')}/{pod.get('namespace')}{owner}"
 
 
 def _names(pairs: Iterable[tuple[Any, Any]]) -> list[str]:
