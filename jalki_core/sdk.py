@@ -640,7 +640,9 @@ class Client:
                after: int | None = None, limit: int | None = None) -> list[Event]:
         """Events from the daemon's in-memory rings: the newest ``limit`` (default 100) matching ones, oldest
         first; with ``after`` (a ``seq`` cursor) the oldest ``limit`` after it, in ``seq`` order (page on with
-        the last one's ``seq``). ``since``: an RFC 3339 time or seconds ago."""
+        the last one's ``seq``). ``since``: an RFC 3339 time or seconds ago. ``pod``, ``namespace``,
+        ``container``, ``workload`` (``NAME`` or ``KIND/NAME``, e.g. ``deployment/checkout``): Kubernetes names
+        (a daemon with ``--enrich k8s``); events without a ``k8s`` object never match them."""
         kind, fields = _listing("get_events", _filters(probe, event_type, pid, command, src_ip, dst_ip, src_port,
                                                        dst_port, _k8s(pod, namespace, container, workload)),
                                 since, after, limit)
