@@ -9,7 +9,9 @@ event's pid is looked up in ``<proc>/<pid>/cgroup``, whose v2 line and v1 hierar
 the container.
 
 The v2 root is found the way the kernel mounts it: ``/sys/fs/cgroup`` on a pure v2 node,
-``/sys/fs/cgroup/unified`` on a hybrid one; :func:`detect_v2_root` tells which.
+``/sys/fs/cgroup/unified`` on a hybrid one; :func:`detect_v2_root` tells which. Whether any cgroup v1
+hierarchy exists (where a container may be placed while its v2 cgroup is the runtime's) is read from
+``/proc/self/cgroup``, which lists every hierarchy of the system: :func:`detect_v1_hierarchies`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from jalki_k8s.cgroup_path import parse_cgroup_path
 DEFAULT_CGROUP_MOUNT = Path("/sys/fs/cgroup")
 DEFAULT_MAX_ENTRIES = 200_000
 DEFAULT_REFRESH_INTERVAL_S = 1.0
+DEFAULT_MAX_V1_PROCESSES = 65_536
 
 
 def detect_v2_root(mount: Path = DEFAULT_CGROUP_MOUNT) -> Path | None:
@@ -35,6 +39,15 @@ def detect_v2_root(mount: Path = DEFAULT_CGROUP_MOUNT) -> Path | None:
         if (candidate / "cgroup.controllers").is_file():
             return candidate
     return None
+
+
+def detect_v1_hierarchies(proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> bool:
+    """Whether the system has a cgroup v1 hierarchy (a line other than ``0::`` in ``/proc/self/cgroup``)."""
+    try:
+        text = proc_self_cgroup.read_text()
+    except OSError:
+        return False
+    return any(line and not line.startswith("0:") for line in text.splitlines())
 
 
 @dataclass
@@ -48,6 +61,10 @@ class CgroupIndexStats:
     """Refreshes that stopped at ``max_entries`` directories."""
     proc_fallbacks: int = 0
     """Ids resolved through ``/proc/<pid>/cgroup``."""
+    v1_lookups: int = 0
+    """Reads of ``/proc/<pid>/cgroup`` for a process whose v2 cgroup names no container (v1 hierarchies present)."""
+    v1_fallbacks: int = 0
+    """Of those: a v1 hierarchy named the container (read now, or remembered from the process's earlier events)."""
     entries: int = 0
 
 
@@ -59,6 +76,7 @@ class CgroupIndex:
     :param proc_root: where the host's ``/proc`` is (``/host/proc`` in the DaemonSet).
     :param max_entries: most directories indexed (a walk stops there, counted).
     :param refresh_interval_s: least time between two walks.
+    :param v1_hierarchies: whether cgroup v1 hierarchies exist (default: detected, :func:`detect_v1_hierarchies`).
     :param clock: monotonic clock (tests pass their own).
     """
 
@@ -69,9 +87,11 @@ class CgroupIndex:
         proc_root: Path = Path("/proc"),
         max_entries: int = DEFAULT_MAX_ENTRIES,
         refresh_interval_s: float = DEFAULT_REFRESH_INTERVAL_S,
+        v1_hierarchies: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.v2_root = detect_v2_root() if v2_root == "detect" else v2_root
+        self.v1_hierarchies = detect_v1_hierarchies() if v1_hierarchies is None else v1_hierarchies
         self.proc_root = proc_root
         self.max_entries = max_entries
         self.refresh_interval_s = refresh_interval_s
@@ -80,6 +100,10 @@ class CgroupIndex:
         self._paths: dict[int, str] = {}
         self._last_refresh: float | None = None
         self._lock = threading.Lock()
+        self._v1_seen: OrderedDict[tuple[int, int], str] = OrderedDict()
+        """(pid, v2 cgroup id) -> the v1 path that named its container: once it has exited, its zombie's
+        ``/proc/<pid>/cgroup`` shows the v1 roots (and a reaped one shows nothing), so its exit and OOM kill
+        events are named from what its earlier events found. Bounded; forgotten at its exit."""
         self.walk_skipped = False
         """Whether the latest :meth:`path_of` that found nothing skipped a walk (the last one was too recent):
         the id may be a cgroup made since, which a later walk will find."""
@@ -156,6 +180,41 @@ class CgroupIndex:
         except OSError:  # the process has exited (or /proc is not the host's)
             return None
         return pick_proc_cgroup_path(text, parse_cgroup_path)
+
+    def v1_container_path(self, pid: int, cgroup_id: int, parse: Callable[[str], object]) -> str | None:
+        """The first v1 hierarchy path of ``pid`` that ``parse`` finds a container in, else ``None``.
+
+        For a process whose v2 cgroup (``cgroup_id``) names no container: on a hybrid node a runtime on the
+        cgroupfs driver may have placed it in v1 hierarchies only. An exited process (zombie or reaped) is
+        answered from what its earlier events found, if any.
+        """
+        self.stats.v1_lookups += 1
+        key = (pid, cgroup_id)
+        try:
+            text = (self.proc_root / str(pid) / "cgroup").read_text()
+        except OSError:  # the process has been reaped
+            text = ""
+        for line in text.splitlines():
+            hierarchy, _, rest = line.partition(":")
+            path = rest.partition(":")[2]
+            if hierarchy != "0" and path and parse(path) is not None:
+                self.stats.v1_fallbacks += 1
+                with self._lock:
+                    self._v1_seen[key] = path
+                    self._v1_seen.move_to_end(key)
+                    while len(self._v1_seen) > DEFAULT_MAX_V1_PROCESSES:
+                        self._v1_seen.popitem(last=False)
+                return path
+        with self._lock:
+            remembered = self._v1_seen.get(key)
+        if remembered is not None:
+            self.stats.v1_fallbacks += 1
+        return remembered
+
+    def forget_process(self, pid: int, cgroup_id: int) -> None:
+        """``pid`` has exited: drop what :meth:`v1_container_path` remembered of it (its pid may be reused)."""
+        with self._lock:
+            self._v1_seen.pop((pid, cgroup_id), None)
 
 
 def pick_proc_cgroup_path(text: str, parse: Callable[[str], object]) -> str | None:

@@ -12,6 +12,14 @@ Workload keys are those of the pod's owner (``k8s.deployment.name``, ``k8s.state
 it was resolved: ``jalki.k8s.pod_deleted`` (from a tombstone) and ``jalki.k8s.unresolved`` (the cgroup
 names a pod the API server never showed within the retry window: only its uid and container id).
 A container outside any pod (plain docker, podman) gets ``container.id`` and ``container.runtime``.
+With ``owner_lookup`` (``JALKI_K8S_OWNER_LOOKUP=1``) the Deployment and CronJob are read from the API
+server instead of inferred from names (:mod:`jalki_k8s.owners`).
+
+On a node with cgroup v1 hierarchies (hybrid), a runtime on the cgroupfs driver may put a container in
+v1 hierarchies only, leaving its processes in the runtime's own v2 cgroup: an event whose v2 cgroup names
+no container is looked up in ``/proc/<pid>/cgroup`` too, whose v1 lines name it while the process lives;
+once it has exited (its exit and OOM kill events), what its earlier events found names it (counted in
+``cgroups.v1_lookups`` / ``v1_fallbacks``).
 
 Events whose pod is not yet known wait in a bounded buffer for ``retry_s`` (a pod's first processes
 start before its watch event arrives), and so do events whose cgroup id is not indexed while the index
@@ -39,6 +47,7 @@ from lightkube.config.kubeconfig import SingleConfig
 
 from jalki_k8s.cgroup_index import CgroupIndex
 from jalki_k8s.cgroup_path import ContainerRef, parse_cgroup_path
+from jalki_k8s.owners import OWNER_LOOKUP_ENV, OwnerLookup, owner_lookup_from_env
 from jalki_k8s.pods import PodIndex, PodInfo
 from jalki_k8s.watch import DEFAULT_SILENCE_S, PodWatcher
 
@@ -48,6 +57,8 @@ DEFAULT_RETRY_S = 2.0
 DEFAULT_MAX_PENDING = 10_000
 UNRESOLVED_KEY = "jalki.k8s.unresolved"
 DELETED_KEY = "jalki.k8s.pod_deleted"
+EXIT_EVENT = "kernel.process.exit"
+"""A process's last event (jalki-process): what was remembered of its pid is dropped after it."""
 
 K8S_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -109,6 +120,9 @@ class K8sEnricher:
     :param retry_s: how long an event whose pod is unknown waits.
     :param max_pending: most events waiting.
     :param watch: start a :class:`PodWatcher` (``False``: the caller fills :attr:`pods` itself).
+    :param owner_lookup: read Deployments and CronJobs from the API server (needs ``get`` on
+        ``apps/replicasets`` and ``batch/jobs``); default: ``$JALKI_K8S_OWNER_LOOKUP`` (off when unset;
+        :class:`ValueError` for a value that is neither on nor off).
     """
 
     def __init__(
@@ -125,6 +139,7 @@ class K8sEnricher:
         cgroups: CgroupIndex | None = None,
         clock: Callable[[], float] = time.monotonic,
         silence_s: float = DEFAULT_SILENCE_S,
+        owner_lookup: bool | None = None,
     ) -> None:
         self.node_name = node_name or os.environ.get("NODE_NAME") or socket.gethostname().lower()
         self.pods = pods or PodIndex()
@@ -139,9 +154,13 @@ class K8sEnricher:
         self._overflow: list[dict[str, Any]] = []
         """Events the current batch pushed out of a full buffer, marked unresolved."""
         self._parse = functools.lru_cache(maxsize=65536)(parse_cgroup_path)
+        if owner_lookup is None:
+            owner_lookup = owner_lookup_from_env(os.environ.get(OWNER_LOOKUP_ENV))
+        self.owners = OwnerLookup() if owner_lookup else None
         self.watcher: PodWatcher | None = None
         if watch:
-            self.watcher = PodWatcher(self.pods, self.node_name, config=config, silence_s=silence_s)
+            self.watcher = PodWatcher(self.pods, self.node_name, config=config, silence_s=silence_s,
+                                      owners=self.owners)
         if not node_name and not os.environ.get("NODE_NAME"):
             log.info("jalki-k8s: NODE_NAME is not set; using the host name %r as the node name", self.node_name)
 
@@ -202,6 +221,7 @@ class K8sEnricher:
             "pods": asdict(self.pods.stats),
             "cgroups": asdict(self.cgroups.stats),
             "watch": asdict(watcher.stats) if watcher is not None else None,
+            "owner_lookup": asdict(self.owners.stats) if self.owners is not None else None,
         }
 
     # -- one event -------------------------------------------------------------------------------------------
@@ -213,7 +233,9 @@ class K8sEnricher:
         if not cgroup_id and not pid:
             self.counters.no_process += 1
             return True
-        path = self.cgroups.path_of(cgroup_id, pid)
+        path = self._path_of(cgroup_id, pid)
+        if event.get("type") == EXIT_EVENT and pid:
+            self.cgroups.forget_process(pid, cgroup_id)  # its last event: its pid may be reused after it
         if path is None:
             if self.cgroups.walk_skipped:  # a cgroup made since the last walk (a new pod's short-lived process)
                 self._hold(event, None)
@@ -225,6 +247,16 @@ class K8sEnricher:
             return True
         self._hold(event, ref)
         return False
+
+    def _path_of(self, cgroup_id: int, pid: int) -> str | None:
+        """The cgroup path that says most about the process: its v2 one, or a v1 one naming a container."""
+        path = self.cgroups.path_of(cgroup_id, pid)
+        if path is not None and pid and self.cgroups.v1_hierarchies and self._parse(path) is None:
+            # a container in v1 hierarchies only (hybrid node, cgroupfs driver): its v2 cgroup is the runtime's
+            found = self.cgroups.v1_container_path(pid, cgroup_id, self._parse)
+            if found is not None:
+                return found
+        return path
 
     def _classify(self, event: dict[str, Any], path: str, *, late: bool = False) -> ContainerRef | None:
         """Enrich ``event`` whose cgroup path is ``path`` and count it; its ref when its pod is not known yet."""
@@ -276,7 +308,7 @@ class K8sEnricher:
         for deadline, event, ref in self._pending:
             if ref is None:  # its cgroup was not indexed yet: a walk may find it now
                 process = event.get("process_data") or {}
-                path = self.cgroups.path_of(process.get("cgroup_id") or 0, process.get("pid") or 0)
+                path = self._path_of(process.get("cgroup_id") or 0, process.get("pid") or 0)
                 if path is None:
                     if force or deadline <= now:
                         self._give_up(event, None)

@@ -6,6 +6,7 @@ module registers it and the commands, and imports nothing heavy (lightkube) unti
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -24,11 +25,14 @@ def render_command(
     profile: Annotated[str, typer.Option(help="minimal (capabilities only), compat (adds SYS_ADMIN) or "
                                          "privileged.")] = "minimal",
     fmt: Annotated[str, typer.Option("--format", help="yaml (kubectl apply -f -) or json (a v1 List).")] = "yaml",
+    owner_lookup: Annotated[bool, typer.Option(
+        "--owner-lookup", help="Exact Deployment and CronJob names: grants get on apps/replicasets and "
+        "batch/jobs and sets JALKI_K8S_OWNER_LOOKUP=1.")] = False,
 ) -> None:
     """Print the manifests of a profile (the same as deploy/kubernetes/rendered/PROFILE.yaml)."""
     from jalki_k8s.manifests import render
 
-    typer.echo(render(profile, fmt), nl=False)
+    typer.echo(render(profile, fmt, owner_lookup=owner_lookup), nl=False)
 
 
 @hookimpl
@@ -39,9 +43,15 @@ def jalki_register_commands(cli: Any) -> None:
 
 def make_enricher(options: EnricherOptions) -> Enricher:
     """``--enrich k8s``: a :class:`~jalki_k8s.enricher.K8sEnricher` for this node."""
+    from jalki_core.errors import UsageError
     from jalki_k8s.enricher import K8sEnricher
+    from jalki_k8s.owners import OWNER_LOOKUP_ENV, owner_lookup_from_env
 
-    return K8sEnricher(node_name=options.node_name)
+    try:
+        owner_lookup = owner_lookup_from_env(os.environ.get(OWNER_LOOKUP_ENV))
+    except ValueError as exc:
+        raise UsageError(str(exc), hint=f"set {OWNER_LOOKUP_ENV}=1 to look owners up, or unset it") from None
+    return K8sEnricher(node_name=options.node_name, owner_lookup=owner_lookup)
 
 
 @hookimpl

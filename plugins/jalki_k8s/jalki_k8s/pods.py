@@ -7,7 +7,8 @@ of a dying pod, which drain after the API server has forgotten it, still resolve
 
 The owning workload is read from the pod alone (no extra RBAC): a controller ReplicaSet whose name ends in
 the pod's ``pod-template-hash`` label names its Deployment; a Job named ``<name>-<digits>`` names a
-CronJob candidate (the CronJob controller names its Jobs after the scheduled minute).
+CronJob candidate (the CronJob controller names its Jobs after the scheduled minute). With exact lookups
+switched on (:mod:`jalki_k8s.owners`), the watcher passes the looked-up workload in as ``owner``.
 """
 
 from __future__ import annotations
@@ -73,8 +74,11 @@ def owner_attributes(pod: Mapping[str, Any]) -> dict[str, str]:
     return {}
 
 
-def pod_info(pod: Mapping[str, Any]) -> PodInfo | None:
-    """A :class:`PodInfo` from a pod object, or ``None`` when it has no uid."""
+def pod_info(pod: Mapping[str, Any], owner: Mapping[str, str] | None = None) -> PodInfo | None:
+    """A :class:`PodInfo` from a pod object, or ``None`` when it has no uid.
+
+    :param owner: the pod's workload attributes when already known (an exact lookup); default: from the pod.
+    """
     metadata = pod.get("metadata") or {}
     uid = normalize_pod_uid(metadata.get("uid") or "")
     if uid is None:
@@ -87,7 +91,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo | None:
     node = (pod.get("spec") or {}).get("nodeName")
     if node:
         attributes["k8s.node.name"] = node
-    attributes.update(owner_attributes(pod))
+    attributes.update(owner_attributes(pod) if owner is None else owner)
     containers: dict[str, tuple[str, str]] = {}
     status = pod.get("status") or {}
     for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
@@ -143,9 +147,12 @@ class PodIndex:
         self._by_container: dict[str, PodInfo] = {}
         self._lock = threading.Lock()
 
-    def apply(self, event_type: str, pod: Mapping[str, Any]) -> None:
-        """Apply one watch event (``ADDED``, ``MODIFIED``, ``DELETED``; others are ignored)."""
-        info = pod_info(pod)
+    def apply(self, event_type: str, pod: Mapping[str, Any], owner: Mapping[str, str] | None = None) -> None:
+        """Apply one watch event (``ADDED``, ``MODIFIED``, ``DELETED``; others are ignored).
+
+        :param owner: the pod's workload attributes, when looked up (see :func:`pod_info`).
+        """
+        info = pod_info(pod, owner)
         if info is None:
             return
         with self._lock:
@@ -160,9 +167,16 @@ class PodIndex:
                 self.stats.deleted += 1
             self._sync_stats()
 
-    def replace(self, pods: Iterable[Mapping[str, Any]]) -> None:
-        """Make the index what a fresh LIST returned: pods it no longer has become tombstones."""
-        infos = [info for info in (pod_info(pod) for pod in pods) if info is not None]
+    def replace(self, pods: Iterable[Mapping[str, Any]],
+                owners: Iterable[Mapping[str, str] | None] | None = None) -> None:
+        """Make the index what a fresh LIST returned: pods it no longer has become tombstones.
+
+        :param owners: each pod's workload attributes when looked up, in the order of ``pods``.
+        """
+        pods = list(pods)
+        owner_list = list(owners) if owners is not None else [None] * len(pods)
+        infos = [info for info in (pod_info(pod, owner) for pod, owner in zip(pods, owner_list, strict=True))
+                 if info is not None]
         with self._lock:
             present = {info.uid for info in infos}
             for uid, old in list(self._live.items()):

@@ -15,6 +15,9 @@ service account, else ``KUBECONFIG``, else ``~/.kube/config``; plain ``http://``
 one, or while it cannot be reached, the watcher says so once in the log and in :attr:`PodWatcher.problem`,
 and keeps retrying with backoff.
 
+With an :class:`~jalki_k8s.owners.OwnerLookup` (opt-in), each pod's owning workload is looked up
+through the same client before the pod enters the index.
+
 It runs on its own thread and event loop so that a synchronous session can use it.
 """
 
@@ -36,6 +39,7 @@ from lightkube.core.generic_client import ALL_NS
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import OnErrorAction, OnErrorResult
 
+from jalki_k8s.owners import OwnerLookup
 from jalki_k8s.pods import PodIndex
 
 log = logging.getLogger("jalki.k8s")
@@ -74,6 +78,7 @@ class PodWatcher:
     :param silence_s: relist after a stream silent this long.
     :param server_timeout_s: ``timeoutSeconds`` of each WATCH request.
     :param max_backoff_s: longest wait between two failed attempts.
+    :param owners: exact owner lookups through the API server (``None``: owners from the pods alone).
     """
 
     def __init__(
@@ -85,12 +90,14 @@ class PodWatcher:
         silence_s: float = DEFAULT_SILENCE_S,
         server_timeout_s: int = DEFAULT_SERVER_TIMEOUT_S,
         max_backoff_s: float = 30.0,
+        owners: OwnerLookup | None = None,
     ) -> None:
         self.index = index
         self.node_name = node_name
         self.silence_s = silence_s
         self.server_timeout_s = server_timeout_s
         self.max_backoff_s = max_backoff_s
+        self.owners = owners
         self.stats = WatchStats()
         self.synced = threading.Event()
         """Set once the first LIST has filled the index (readiness)."""
@@ -180,7 +187,11 @@ class PodWatcher:
         listing = client.list(Pod, namespace=ALL_NS, fields={"spec.nodeName": self.node_name}, chunk_size=500)
         pods: list[dict[str, Any]] = [pod.to_dict() async for pod in listing]
         version = listing.resourceVersion
-        self.index.replace(pods)
+        owners = self.owners
+        if owners is not None:
+            self.index.replace(pods, [await owners.attributes(client, pod) for pod in pods])
+        else:
+            self.index.replace(pods)
         self.stats.lists += 1
         self.stats.resource_version = version
         self.problem = None
@@ -209,7 +220,9 @@ class PodWatcher:
                     self.stats.bookmarks += 1
                     continue
                 self.stats.events += 1
-                self.index.apply(event_type, pod.to_dict())
+                pod_dict = pod.to_dict()
+                owner = await self.owners.attributes(client, pod_dict) if self.owners is not None else None
+                self.index.apply(event_type, pod_dict, owner)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
         error = self._watch_error

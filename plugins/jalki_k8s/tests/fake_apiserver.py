@@ -1,4 +1,4 @@
-"""A Kubernetes API server for tests: pods only, speaking the real HTTP list/watch protocol.
+"""A Kubernetes API server for tests: pods (list/watch), ReplicaSets and Jobs (GET), real HTTP.
 
 ``GET /api/v1/pods`` (and ``/api/v1/namespaces/<ns>/pods``) with ``fieldSelector=spec.nodeName=<node>``,
 ``limit``/``continue`` chunking and a ``resourceVersion`` in the list metadata; with ``watch=true`` a
@@ -6,6 +6,10 @@ chunked stream of ``{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ..
 requested ``resourceVersion`` (replayed from history; a version older than the compaction point gets
 an ``ERROR`` event whose Status is ``410 Gone``, as the real server does), ending at ``timeoutSeconds``.
 Tests inject a bookmark, a 410 on open streams, a dropped connection, or silence.
+
+``GET /apis/apps/v1/namespaces/<ns>/replicasets/<name>`` and ``/apis/batch/v1/namespaces/<ns>/jobs/<name>``
+answer the objects put with :meth:`FakeApiServer.put` (404 otherwise; 403 for a resource in ``forbidden``,
+as without the RBAC rule); every request is in ``requests``.
 
 Plain asyncio (no web framework is installed here), on its own thread; the control methods are
 thread-safe.
@@ -21,6 +25,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+
+def make_owned(kind: str, name: str, *, namespace: str = "default",
+               controller: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A ReplicaSet or Job object whose controller is ``controller`` (kind, name), e.g. a Deployment."""
+    api_version = {"ReplicaSet": "apps/v1", "Job": "batch/v1"}[kind]
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace,
+                                "uid": "00000000-0000-0000-0000-0000000000b1", "resourceVersion": "1"}
+    if controller is not None:
+        metadata["ownerReferences"] = [{
+            "apiVersion": {"Deployment": "apps/v1", "CronJob": "batch/v1"}.get(controller[0], "v1"),
+            "kind": controller[0], "name": controller[1], "uid": "00000000-0000-0000-0000-0000000000c1",
+            "controller": True, "blockOwnerDeletion": True}]
+    template = {"metadata": {}, "spec": {"containers": [{"name": "main", "image": "x"}]}}
+    spec: dict[str, Any] = {"template": template}
+    if kind == "ReplicaSet":
+        spec["selector"] = {"matchLabels": {"app": name}}
+    return {"apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": spec}
 
 
 def make_pod(name: str, *, uid: str, namespace: str = "default", node: str = "node-a",
@@ -57,9 +79,12 @@ class FakeApiServer:
     """Every request: ``{"path": ..., "params": {...}}``."""
     silent: bool = False
     """While True, watch streams send nothing (no event, no bookmark): a stuck stream."""
+    forbidden: set[str] = field(default_factory=set)
+    """Resources (``replicasets``, ``jobs``) whose GET answers 403 Forbidden."""
 
     def __post_init__(self) -> None:
         self._pods: dict[str, dict[str, Any]] = {}  # uid -> pod
+        self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, namespace, name) -> object
         self._history: list[tuple[int, str, dict[str, Any]]] = []  # (rv, type, pod)
         self._rv = 100
         self._compacted = 0
@@ -159,6 +184,16 @@ class FakeApiServer:
         """Cut every open watch connection mid-stream (no final chunk)."""
         self._broadcast("abort")
 
+    def put(self, obj: dict[str, Any]) -> None:
+        """Serve ``obj`` (a ReplicaSet or Job, see :func:`make_owned`) on GET."""
+        plural = {"ReplicaSet": "replicasets", "Job": "jobs"}[obj["kind"]]
+        with self._lock:
+            self._objects[(plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = copy.deepcopy(obj)
+
+    def gets(self, plural: str) -> list[str]:
+        """The paths of the GET requests for ``plural`` (``replicasets``, ``jobs``) so far."""
+        return [r["path"] for r in list(self.requests) if r["path"].split("/")[-2:-1] == [plural]]
+
     def watch_count(self) -> int:
         return len(self._watchers)
 
@@ -214,6 +249,10 @@ class FakeApiServer:
                 url = urlsplit(target)
                 params = {key: values[-1] for key, values in parse_qs(url.query).items()}
                 self.requests.append({"method": method, "path": url.path, "params": params})
+                owned = _owned_path(url.path) if method == "GET" else None
+                if owned is not None:
+                    await self._get_owned(writer, *owned)
+                    continue
                 if method != "GET" or not _is_pods_path(url.path):
                     await _reply(writer, 404, _status(404, "NotFound", f"{url.path} not found"))
                     continue
@@ -225,6 +264,19 @@ class FakeApiServer:
             return
         finally:
             writer.close()
+
+    async def _get_owned(self, writer: asyncio.StreamWriter, plural: str, namespace: str, name: str) -> None:
+        if plural in self.forbidden:
+            group = "apps" if plural == "replicasets" else "batch"
+            await _reply(writer, 403, _status(403, "Forbidden", f'{plural}.{group} "{name}" is forbidden: User '
+                                              f'cannot get resource "{plural}" in API group "{group}"'))
+            return
+        with self._lock:
+            obj = copy.deepcopy(self._objects.get((plural, namespace, name)))
+        if obj is None:
+            await _reply(writer, 404, _status(404, "NotFound", f'{plural} "{name}" not found'))
+        else:
+            await _reply(writer, 200, obj)
 
     async def _list(self, writer: asyncio.StreamWriter, params: dict[str, str]) -> None:
         node = _node_of(params)
@@ -298,6 +350,15 @@ def _is_pods_path(path: str) -> bool:
                                                   and parts[4] == "pods")
 
 
+def _owned_path(path: str) -> tuple[str, str, str] | None:
+    """(plural, namespace, name) of a ReplicaSet or Job GET path, else ``None``."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 7 and parts[0] == "apis" and parts[3] == "namespaces" and (
+            (parts[1:3], parts[5]) in ((["apps", "v1"], "replicasets"), (["batch", "v1"], "jobs"))):
+        return parts[5], parts[4], parts[6]
+    return None
+
+
 def _node_of(params: dict[str, str]) -> str | None:
     selector = params.get("fieldSelector") or ""
     for term in selector.split(","):
@@ -320,7 +381,7 @@ async def _chunk(writer: asyncio.StreamWriter, item: dict[str, Any]) -> None:
 
 async def _reply(writer: asyncio.StreamWriter, code: int, body: dict[str, Any]) -> None:
     data = json.dumps(body).encode()
-    reason = {200: "OK", 404: "Not Found", 410: "Gone"}.get(code, "Error")
+    reason = {200: "OK", 403: "Forbidden", 404: "Not Found", 410: "Gone"}.get(code, "Error")
     writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
                  "\r\n".encode() + data)
     await writer.drain()

@@ -82,13 +82,13 @@ def netns() -> Iterator[str]:
 
 
 @pytest.fixture
-def cgroups() -> Iterator[Callable[[str], Path]]:
-    """Make cgroup v2 directories; remove them (deepest first) afterwards."""
+def cgroups() -> Iterator[Callable[..., Path]]:
+    """Make cgroup directories (v2 unless ``root`` names another hierarchy); remove them (deepest first) afterwards."""
     assert V2_ROOT is not None
     made: list[Path] = []
 
-    def make(relative: str) -> Path:
-        path = V2_ROOT
+    def make(relative: str, root: Path = V2_ROOT) -> Path:
+        path = root
         for part in relative.split("/"):
             path = path / part
             if not path.exists():
@@ -154,8 +154,10 @@ def test_events_from_runtime_shaped_cgroups_name_pod_namespace_container_workloa
     finally:
         session.request_stop()
         session.stop()
-    events = enricher.enrich([dict(event) for event in emitter.events])
-    enricher.close()
+    # only the children's events: the probes see the whole machine, other tests' pod-shaped cgroups included
+    pids = {row["pid"] for row in rows}
+    events = enricher.enrich([dict(e) for e in emitter.events if e.get("process_data", {}).get("pid") in pids])
+    events += enricher.close()
     server.stop()
 
     for row in rows:
@@ -183,3 +185,240 @@ def test_events_from_runtime_shaped_cgroups_name_pod_namespace_container_workloa
     assert workload("docker")["jalki.k8s.pod_deleted"] is True
     counters = enricher.counters
     assert counters.unresolved == 0 and counters.tombstone >= 2 and counters.hit >= 6
+
+
+# -- OOM kill in a runtime-shaped cgroup ---------------------------------------------------------------------
+
+MIB = 1 << 20
+OOM_LIMIT = 32 * MIB
+HOG = r"""
+import sys
+for path in sys.argv[1:]:
+    with open(path, "w") as f:
+        f.write("0")                       # "0": the writing process itself
+with open("/proc/self/comm", "w") as f:
+    f.write("jalki-k8s-hog")
+hog = []
+while True:
+    hog.append(b"\x01" * (1 << 20))        # touched pages: resident anonymous memory
+"""
+
+
+def memory_in_v2() -> bool:
+    assert V2_ROOT is not None
+    return "memory" in (V2_ROOT / "cgroup.controllers").read_text().split()
+
+
+def memory_limited(relative: str, cgroups: Callable[..., Path]) -> list[Path]:
+    """The runtime-shaped cgroup ``relative`` limited to :data:`OOM_LIMIT` without swap, where the memory
+    controller is: in v2 (pure v2 node; ``memory`` enabled in each parent's subtree_control) or, on a hybrid
+    node, in the v1 memory hierarchy at the same path (as a kubelet on such a node makes it). Its
+    ``cgroup.procs`` files (the v2 one first)."""
+    assert V2_ROOT is not None
+    v2_dir = cgroups(relative)
+    if memory_in_v2():
+        parent = V2_ROOT
+        for part in relative.split("/"):
+            control = parent / "cgroup.subtree_control"
+            if "memory" not in control.read_text().split():
+                control.write_text("+memory")
+            parent = parent / part
+        (v2_dir / "memory.max").write_text(str(OOM_LIMIT))
+        if (v2_dir / "memory.swap.max").exists():
+            (v2_dir / "memory.swap.max").write_text("0")
+        return [v2_dir / "cgroup.procs"]
+    v1_memory = Path("/sys/fs/cgroup/memory")
+    if not (v1_memory / "memory.limit_in_bytes").is_file():
+        pytest.skip("no memory controller: neither in the cgroup v2 hierarchy nor mounted as v1 at "
+                    "/sys/fs/cgroup/memory")
+    memory_dir = cgroups(relative, v1_memory)
+    (memory_dir / "memory.limit_in_bytes").write_text(str(OOM_LIMIT))
+    if (memory_dir / "memory.memsw.limit_in_bytes").exists():
+        (memory_dir / "memory.memsw.limit_in_bytes").write_text(str(OOM_LIMIT))
+    return [v2_dir / "cgroup.procs", memory_dir / "cgroup.procs"]
+
+
+def test_oom_killed_process_in_a_pod_cgroup_names_its_pod_also_after_the_pod_is_deleted(
+    cgroups: Callable[..., Path]
+) -> None:
+    """A real OOM kill (memory limit of a containerd/cgroupfs-shaped container cgroup): the OOM event and
+    the victim's exit name the pod, namespace, container and Deployment, from the pod's tombstone."""
+    uid = "-".join(secrets.token_hex(n) for n in (4, 2, 2, 2, 6))
+    cid = secrets.token_hex(32)
+    # a unique prefix (as under a nested kubelet): concurrent tests never share a directory
+    relative = f"jalki-k8s-{secrets.token_hex(3)}/kubepods/burstable/pod{uid}/{cid}"
+    server = FakeApiServer().start()
+    server.add(make_pod("hog-5f6d7c8b9-x2x4z", uid=uid, namespace="batch", node=NODE,
+                        labels={"pod-template-hash": "5f6d7c8b9"}, containers={"eater": f"containerd://{cid}"},
+                        owner=("ReplicaSet", "hog-5f6d7c8b9")))
+    enricher = K8sEnricher(node_name=NODE, config=KubeConfig.from_dict(server.kubeconfig()))
+    probes = [entry.probe for entry in JalkiPlugins().probes_for(["oom_kill", "process_exit"])]
+    emitter = MemoryEmitter()
+    session = TraceSession(probes, [emitter], strict=True, cluster="k8s-test")
+    try:
+        procs_files = memory_limited(relative, cgroups)
+        cgroup_id = procs_files[0].parent.stat().st_ino
+        enricher.start()
+        wait_for(lambda: enricher.ready, "the first pod list")
+        session.start()
+        child = subprocess.Popen([sys.executable, "-c", HOG, *map(str, procs_files)], stderr=subprocess.PIPE)
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == -signal.SIGKILL, err
+        # the pod is deleted (the kubelet reports the OOM-killed container, the Job or user removes the
+        # pod) before its last events are enriched: the tombstone answers
+        server.delete(uid)
+        wait_for(lambda: enricher.pods.lookup(uid, None)[1], "the deletion")
+
+        def drained() -> bool:
+            session.drain_once()
+            types = {e["type"] for e in emitter.events if e.get("process_data", {}).get("pid") == child.pid}
+            return {"kernel.memory.oom_kill", "kernel.process.exit"} <= types
+
+        wait_for(drained, "the OOM kill and the exit of the child", timeout=60)
+    finally:
+        session.request_stop()
+        session.stop()
+    # only the child's events: the probes see the whole machine, other tests' pod-shaped cgroups included
+    events = enricher.enrich([dict(e) for e in emitter.events if e.get("process_data", {}).get("pid") == child.pid])
+    events += enricher.close()
+    server.stop()
+
+    mine = {e["type"]: e for e in events if e.get("process_data", {}).get("pid") == child.pid}
+    oom, exit_event = mine["kernel.memory.oom_kill"], mine["kernel.process.exit"]
+    assert oom["process_data"]["cgroup_id"] == exit_event["process_data"]["cgroup_id"] == cgroup_id
+    # the memory cgroup is the container's (the probe keeps 63 bytes of each name: the id loses its last digit)
+    assert oom["data"]["memcg_path"] == "/" + "/".join(part[:63] for part in relative.split("/"))
+    assert exit_event["data"]["oom_killed"] is True and exit_event["data"]["signal"] == "SIGKILL"
+    for event in (oom, exit_event):
+        assert event["k8s"] == {
+            "k8s.pod.name": "hog-5f6d7c8b9-x2x4z", "k8s.pod.uid": uid, "k8s.namespace.name": "batch",
+            "k8s.node.name": NODE, "k8s.replicaset.name": "hog-5f6d7c8b9", "k8s.deployment.name": "hog",
+            "k8s.container.name": "eater", "container.id": cid, "container.runtime": "containerd",
+            "jalki.k8s.pod_deleted": True,
+        }
+    counters = enricher.counters
+    assert (counters.hit, counters.tombstone, counters.unresolved) == (len(events), len(events), 0)
+
+
+# -- cgroup v1: a container placed in v1 hierarchies only -------------------------------------------------------
+
+V1_NAME = "jalki-k8s-test"
+
+
+@pytest.fixture
+def v1_hierarchy(tmp_path: Path) -> Iterator[Path]:
+    """A named cgroup v1 hierarchy of its own (no controller: it changes nothing for other processes),
+    mounted for the test and unmounted afterwards; skipped, naming what is missing, where v1 cannot be
+    mounted."""
+    mountpoint = tmp_path / "v1"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "cgroup", "-o", f"none,name={V1_NAME}", "cgroup", str(mountpoint)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        filesystems = Path("/proc/filesystems").read_text().split()
+        missing = ("the kernel has no cgroup v1 ('cgroup' is not in /proc/filesystems)" if "cgroup" not in
+                   filesystems else f"a named cgroup v1 hierarchy cannot be mounted: {mounted.stderr.strip()} "
+                   "(cgroup_no_v1=named on the kernel command line, or no CAP_SYS_ADMIN)")
+        pytest.skip(missing)
+    try:
+        yield mountpoint
+    finally:
+        for directory in sorted((p for p in mountpoint.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            for _ in range(50):
+                try:
+                    directory.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+V1_CHILD = """
+import os, signal, socket, sys
+sys.stdin.readline()  # the parent has moved us into the v1 cgroup
+sock = socket.socket()
+try:
+    sock.connect(("127.0.0.1", 9))
+except ConnectionRefusedError:
+    pass
+print(os.getpid(), flush=True)
+sys.stdin.readline()  # the parent has enriched the connect
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_container_in_a_v1_hierarchy_only_is_named_through_proc_pid_cgroup(
+    netns: str, v1_hierarchy: Path
+) -> None:
+    """A hybrid node whose runtime (cgroupfs driver) put the container in v1 hierarchies only: the process's v2
+    cgroup is the runtime's (no container in it), its ``/proc/<pid>/cgroup`` v1 line names the pod while it
+    lives. Its connect is named from there; its SIGKILL exit (the zombie's v1 lines show the roots) from
+    what the connect found."""
+    uid = "-".join(secrets.token_hex(n) for n in (4, 2, 2, 2, 6))
+    cid = secrets.token_hex(32)
+    directory = v1_hierarchy / "kubepods" / "besteffort" / f"pod{uid}" / cid
+    directory.mkdir(parents=True)
+    server = FakeApiServer().start()
+    server.add(make_pod("legacy-0", uid=uid, namespace="old", node=NODE, containers={"app": f"docker://{cid}"},
+                        owner=("StatefulSet", "legacy")))
+    enricher = K8sEnricher(node_name=NODE, config=KubeConfig.from_dict(server.kubeconfig()))
+    probes = [entry.probe for entry in JalkiPlugins().probes_for(["tcp_connect", "process_exit"])]
+    emitter = MemoryEmitter()
+    session = TraceSession(probes, [emitter], strict=True, cluster="k8s-test")
+    child = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", V1_CHILD],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events: list[dict[str, Any]] = []
+
+    def enrich_child_events(done: Callable[[set[str]], bool]) -> None:
+        seen = len(events)
+
+        def drained() -> bool:
+            session.drain_once()
+            types = {e["type"] for e in emitter.events if e.get("process_data", {}).get("pid") == child.pid}
+            return done(types)
+
+        wait_for(drained, "the child's events")
+        mine = [dict(e) for e in emitter.events if e.get("process_data", {}).get("pid") == child.pid]
+        events.extend(enricher.enrich(mine[seen:]))
+
+    try:
+        assert enricher.cgroups.v1_hierarchies  # read from /proc/self/cgroup: the mounted hierarchy is listed
+        enricher.start()
+        wait_for(lambda: enricher.ready, "the first pod list")
+        session.start()
+        (directory / "cgroup.procs").write_text(str(child.pid))
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert int(child.stdout.readline()) == child.pid
+        proc_cgroup = Path(f"/proc/{child.pid}/cgroup").read_text()
+        assert f":name={V1_NAME}:/kubepods/besteffort/pod{uid}/{cid}\n" in proc_cgroup
+        [own_v2] = [line[3:] for line in proc_cgroup.splitlines() if line.startswith("0::")]
+        assert enricher._parse(own_v2) is None  # its v2 cgroup names no container
+        enrich_child_events(lambda types: any("connect" in t for t in types))  # while it lives
+        child.stdin.write("die\n")
+        child.stdin.flush()
+        assert child.wait(timeout=60) == -signal.SIGKILL
+        enrich_child_events(lambda types: "kernel.process.exit" in types)  # reaped: /proc has nothing
+    finally:
+        session.request_stop()
+        session.stop()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        closed = enricher.close()
+        server.stop()
+    assert closed == []
+    types = [e["type"] for e in events]
+    assert any("connect" in t for t in types) and types[-1] == "kernel.process.exit", types
+    for event in events:
+        assert event["k8s"] == {
+            "k8s.pod.name": "legacy-0", "k8s.pod.uid": uid, "k8s.namespace.name": "old", "k8s.node.name": NODE,
+            "k8s.statefulset.name": "legacy", "k8s.container.name": "app", "container.id": cid,
+            "container.runtime": "docker",
+        }, event["type"]
+    stats = enricher.cgroups.stats
+    assert stats.v1_fallbacks == len(events) and enricher.counters.hit == len(events)
+    # the exit was its last event: nothing is kept of its pid
+    assert enricher.cgroups.v1_container_path(child.pid, events[-1]["process_data"]["cgroup_id"],
+                                              enricher._parse) is None

@@ -114,10 +114,12 @@ def test_host_mounts_are_read_only_but_the_socket(profile: str) -> None:
     assert container(documents)["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_rbac_reads_pods_only() -> None:
-    documents = by_kind(objects("minimal"))
+@pytest.mark.parametrize("profile", PROFILES)
+def test_rbac_reads_pods_only(profile: str) -> None:
+    documents = by_kind(objects(profile))
     assert documents["ClusterRole"]["rules"] == [{"apiGroups": [""], "resources": ["pods"],
                                                   "verbs": ["get", "list", "watch"]}]
+    assert "JALKI_K8S_OWNER_LOOKUP" not in {item["name"] for item in container(list(documents.values()))["env"]}
     binding = documents["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == documents["ClusterRole"]["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": documents["ServiceAccount"]["metadata"]["name"],
@@ -160,3 +162,27 @@ def test_jalki_k8s_render_command() -> None:
     refused = jalki("k8s", "render", "--profile", "root")
     assert refused.returncode != 0 and refused.stdout == ""
     assert "unknown profile 'root'" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_owner_lookup_adds_get_on_replicasets_and_jobs_and_the_env_switch_only(profile: str) -> None:
+    plain, looked_up = objects(profile), objects(profile, owner_lookup=True)
+    rules = by_kind(looked_up)["ClusterRole"]["rules"]
+    assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get"]},
+                     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]}]
+    env = container(looked_up)["env"]
+    assert {"name": "JALKI_K8S_OWNER_LOOKUP", "value": "1"} in env
+    # nothing else differs from the profile
+    by_kind(looked_up)["ClusterRole"]["rules"] = by_kind(plain)["ClusterRole"]["rules"]
+    env.remove({"name": "JALKI_K8S_OWNER_LOOKUP", "value": "1"})
+    assert looked_up == plain
+    for document in objects(profile, owner_lookup=True):
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_jalki_k8s_render_owner_lookup_option() -> None:
+    result = jalki("k8s", "render", "--profile", "minimal", "--owner-lookup", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["items"] == objects("minimal", owner_lookup=True)
+    assert jalki("k8s", "render", "--owner-lookup").stdout == render("minimal", owner_lookup=True)
