@@ -13,7 +13,7 @@ import re
 import struct
 import sys
 from abc import ABC
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -25,6 +25,7 @@ from jalki_core.package_data import anchor_of, check_relative, package_file
 if TYPE_CHECKING:
     from jalki_core._libbpf.objects import BtfMember
     from jalki_core.events import Event, EventContext
+    from jalki_core.recordjson import RecordJson
 
 _PADDING_NAME = re.compile(r"_+\w*pad\d*|_*(pad|reserved|unused)\d*")
 """Padding names: ``pad``, ``_pad``, ``pad2``, ``__reserved``, ``_agg_pad`` (see :meth:`RecordLayout.check_btf`)."""
@@ -410,6 +411,12 @@ class Probe(ABC):
       implements :meth:`decode_records` instead of :meth:`decode`.
     - ``tick_interval_s``: call :meth:`tick` every this many seconds while
       the session runs (``None``: never).
+    - ``record_json``: optional :class:`~jalki_core.recordjson.RecordJson`, the
+      events of :meth:`decode` declared field by field, for a probe whose event
+      is a plain function of its record and that derives nothing: a session
+      whose events only go to emitters then writes them in C
+      (:mod:`jalki_core.recordjson`) without calling :meth:`decode` (a probe
+      with a :meth:`derive` also implements ``derive_records``).
 
     Optional hooks: :meth:`unavailable_reason` (the machine lacks what the
     probe needs; any hook may instead raise
@@ -435,6 +442,7 @@ class Probe(ABC):
     extra_drop_causes: ClassVar[tuple[str, ...]] = ()
     layouts: ClassVar[Mapping[int, RecordLayout]] = {}
     kind_field: ClassVar[str] = "kind"
+    record_json: ClassVar[RecordJson | None] = None
     tick_interval_s: ClassVar[float | None] = None
 
     def decode(self, batch: bytes, ctx: EventContext) -> list[Event]:
@@ -547,6 +555,11 @@ class Probe(ABC):
         (``derive_errors``); the batch's own events are still emitted.
         """
         return []
+
+    derive_records: ClassVar[Callable[[Any, list[tuple[Any, ...]], EventContext], list[Event]] | None] = None
+    """For a probe with ``record_json`` and a :meth:`derive`: ``derive_records(records, ctx)``, the
+    same derived events from a batch's unpacked records (its events were written as lines and never
+    built). Without it such a probe's batches are decoded in Python."""
 
     def final_events(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
         """Events read from the probe's BPF maps when the session stops (default: none).

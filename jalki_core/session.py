@@ -37,6 +37,7 @@ from jalki_core.events import EventContext, monotonic_to_realtime_offset
 from jalki_core.loader import LoadedProbe, ProbeLoader, ProbeOptions, RungFailure
 from jalki_core.privileges import ensure_tracefs, require_bpf_privileges, require_btf
 from jalki_core.probe import Probe, RecordLayout
+from jalki_core.recordjson import RecordEncoder
 
 if TYPE_CHECKING:
     from jalki_core._libbpf import RingBufferReader, StatsHandle
@@ -148,6 +149,8 @@ class _ActiveProbe:
     """Record kind → layout; one entry (kind 0) for a probe with one layout."""
     next_tick: float | None = None
     """When the probe's ``tick`` is due (monotonic seconds); ``None``: the probe has none."""
+    encoder: RecordEncoder | None = None
+    """The probe's ``record_json`` compiled for its context, once the fast path was first taken."""
 
 
 class TraceSession:
@@ -473,6 +476,8 @@ class TraceSession:
         stats = active.stats
         count = len(batch) // active.loaded.probe.layout.size
         stats.records += count
+        if self._writes_lines(active):
+            return self._encode_lines(active, batch, count)
         try:
             events = active.loaded.probe.decode(batch, active.context)
         except Exception as exc:  # a decoder bug is isolated to its probe and counted
@@ -481,6 +486,41 @@ class TraceSession:
                       f"{type(exc).__name__}: {exc}")
             return count
         self._derive_and_deliver(active, events)
+        return count
+
+    def _writes_lines(self, active: _ActiveProbe) -> bool:
+        """Whether this probe's batches go to the emitters as lines written in C (``record_json``):
+        its events are a plain function of its records, nothing derives from them, and nothing but
+        emitters reads them (no ``on_events`` consumer, no enricher)."""
+        probe = active.loaded.probe
+        return (probe.record_json is not None
+                and (probe.derive_records is not None or type(probe).derive is Probe.derive)
+                and self.on_events is None and not (self.enrich is not None and self.enrich.slots)
+                and bool(self.workers))
+
+    def _encode_lines(self, active: _ActiveProbe, batch: bytes, count: int) -> int:
+        probe, stats = active.loaded.probe, active.stats
+        try:
+            if active.encoder is None:
+                assert probe.record_json is not None
+                active.encoder = RecordEncoder(probe.record_json, active.context, probe.decode)
+            lines, events = active.encoder.encode(batch)
+        except Exception as exc:  # like a decoder bug: isolated to its probe and counted
+            stats.decode_errors += count
+            log.error("probe %s: encoder failed on %d records: %s", stats.name, count,
+                      f"{type(exc).__name__}: {exc}")
+            return count
+        if events:
+            stats.events += events
+            self._submit(EventBatch.encoded(lines, events))
+        if probe.derive_records is not None:
+            try:
+                derived = probe.derive_records(list(probe.layout.struct.iter_unpack(batch)), active.context)
+            except Exception as exc:  # a derivation bug must not cost the batch's own events
+                stats.derive_errors += 1
+                log.error("probe %s: derive failed: %s", stats.name, f"{type(exc).__name__}: {exc}")
+            else:
+                self._deliver(active, derived)
         return count
 
     def _drain_kinds(self, active: _ActiveProbe) -> int:
@@ -541,9 +581,11 @@ class TraceSession:
             if not scope:
                 return
             events = [events[index] for index in scope]
-        event_batch = EventBatch(events)
+        self._submit(EventBatch(events))
+
+    def _submit(self, batch: EventBatch) -> None:
         for worker in self.workers:
-            worker.submit(event_batch)
+            worker.submit(batch)
 
     def _read_counters(self, active: _ActiveProbe) -> None:
         active.stats.size_mismatches = active.reader.size_mismatches

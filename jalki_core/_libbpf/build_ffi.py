@@ -106,9 +106,14 @@ extern "Python" void jalki_py_print(int level, const char *msg);
 """
 
 
+C_PARTS = ("shim", "recordjson")
+"""The C helpers, each a ``.c`` with its ``.h`` next to this file: the libbpf shim, and the record to
+NDJSON encoder (``jalki_core.recordjson``)."""
+
+
 def _shim_cdef() -> str:
-    """shim.h without its preprocessor lines, which cffi's parser rejects."""
-    text = (HERE / "shim.h").read_text()
+    """The helpers' headers without their preprocessor lines, which cffi's parser rejects."""
+    text = "\n".join((HERE / f"{part}.h").read_text() for part in C_PARTS)
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
 
@@ -147,7 +152,7 @@ def _make_builder() -> cffi.FFI:
             libraries.append(lib)
     builder.set_source(
         "jalki_core._libbpf._bindings",
-        (HERE / "shim.c").read_text(),
+        "\n".join((HERE / f"{part}.c").read_text() for part in C_PARTS),
         include_dirs=[str(HERE), *include_dirs],
         library_dirs=library_dirs,
         libraries=libraries,

@@ -39,25 +39,46 @@ def _encode(events: list[Event], default: Callable[[Any], Any] | None) -> bytes:
 
 
 class EventBatch:
-    """A batch of events, serialised to NDJSON at most once for all emitters."""
+    """A batch of events, serialised to NDJSON at most once for all emitters.
 
-    __slots__ = ("_ndjson", "events")
+    Made from event objects, or (:meth:`encoded`) from lines already written, whose objects are
+    then parsed only if an emitter asks for :attr:`events`.
+    """
+
+    __slots__ = ("_count", "_events", "_ndjson")
 
     def __init__(self, events: list[Event]) -> None:
-        self.events = events
+        self._events: list[Event] | None = events
+        self._count = len(events)
         self._ndjson: bytes | None = None
 
+    @classmethod
+    def encoded(cls, ndjson: bytes, count: int) -> EventBatch:
+        """A batch of ``count`` events given as NDJSON lines (each ending with a newline)."""
+        batch = cls.__new__(cls)
+        batch._events, batch._count, batch._ndjson = None, count, ndjson
+        return batch
+
+    @property
+    def events(self) -> list[Event]:
+        """The events as objects (parsed from the lines on first use for an :meth:`encoded` batch)."""
+        if self._events is None:
+            assert self._ndjson is not None
+            self._events = [orjson.loads(line) for line in self._ndjson.splitlines()]
+        return self._events
+
     def __len__(self) -> int:
-        return len(self.events)
+        return self._count
 
     @property
     def ndjson(self) -> bytes:
         """The events as newline-delimited JSON, ending with a newline (encoded on first use, then kept)."""
         if self._ndjson is None:
+            events = self.events
             try:
-                self._ndjson = _encode(self.events, None)
+                self._ndjson = _encode(events, None)
             except TypeError:  # a value JSON cannot hold (a decoder's bug): write it as text, lose nothing
-                self._ndjson = _encode(self.events, str)
+                self._ndjson = _encode(events, str)
         return self._ndjson
 
 

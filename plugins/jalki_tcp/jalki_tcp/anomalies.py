@@ -65,6 +65,16 @@ class Accumulator(Protocol):
 
 A = TypeVar("A", bound=Accumulator)
 
+LazyEvent = tuple[Callable[[Any], Event], Any]
+"""An event not built yet, as ``(build, argument)``: a detector builds it (once) only when a window
+counts it, so events that open no window are never built (see ``derive_records`` in
+:mod:`jalki_tcp.derived`)."""
+
+
+def resolve(item: Event | LazyEvent) -> Event:
+    """The event of an item :meth:`BurstDetector.add` was given."""
+    return item if isinstance(item, dict) else item[0](item[1])
+
 _SECONDS_KEPT = 4096
 # epoch ns of "YYYY-MM-DDTHH:MM:SS" texts already parsed: a burst's events share a few seconds,
 # so a timestamp is read with one slice, one lookup and one int() (oldest second forgotten first)
@@ -136,7 +146,7 @@ class _Group(Generic[A]):
     __slots__ = ("pending", "window")
 
     def __init__(self) -> None:
-        self.pending: list[tuple[int, int, Event]] = []
+        self.pending: list[tuple[int, int, Event | LazyEvent]] = []
         self.window: Window[A] | None = None
 
 
@@ -172,8 +182,8 @@ class BurstDetector(Generic[A]):
         self.evicted_events = 0
         """Pending events of evicted groups: they were emitted, but no longer count towards a window."""
 
-    def add(self, group: Hashable, ts_ns: int, event: Event) -> list[Window[A]]:
-        """Count one event; return the windows (of any group) that this event closed."""
+    def add(self, group: Hashable, ts_ns: int, event: Event | LazyEvent) -> list[Window[A]]:
+        """Count one event (or a :data:`LazyEvent`); return the windows (of any group) that it closed."""
         ends = self._ends
         closed = self._close_before(ts_ns) if ends and ends[0][0] < ts_ns else []
         if ts_ns > self._newest:
@@ -193,8 +203,9 @@ class BurstDetector(Generic[A]):
             window.count += 1
             if ts_ns > window.last_ns:
                 window.last_ns = ts_ns
-            window.accumulator.add(event)
-            window.note_owner(event)
+            built = resolve(event)
+            window.accumulator.add(built)
+            window.note_owner(built)
             return closed
         self._sequence += 1
         pending = state.pending
@@ -220,13 +231,14 @@ class BurstDetector(Generic[A]):
         return closed
 
     def _open(self, group: Hashable, state: _Group[A]) -> None:
-        first_ts, _, first = state.pending[0]
+        first_ts = state.pending[0][0]
+        events = [resolve(event) for _, _, event in state.pending]
         accumulator = self._new()
-        for _, _, event in state.pending:
+        for event in events:
             accumulator.add(event)
         window = Window(group, first_ts, first_ts + self.window_ns, len(state.pending),
-                        state.pending[-1][0], accumulator, first)
-        for _, _, event in state.pending:
+                        state.pending[-1][0], accumulator, events[0])
+        for event in events:
             window.note_owner(event)
         state.pending = []
         state.window = window

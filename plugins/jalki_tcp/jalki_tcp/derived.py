@@ -27,12 +27,16 @@ a window names no single connection.
 
 from __future__ import annotations
 
+import socket
 from collections import Counter, OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from jalki_core.errors import errno_name
 from jalki_core.events import Event, EventContext, Rfc3339Formatter
+from jalki_core.probe import RecordLayout
+from jalki_tcp import layouts
 from jalki_tcp.anomalies import (
     DEFAULT_MAX_GROUPS,
     BurstDetector,
@@ -49,6 +53,18 @@ LOCAL_ENDPOINT = "local_endpoint"
 """``data.key``: grouped by a local address and port (``network_data.src_ip``/``src_port``)."""
 REMOTE_ADDRESS_AND_LOCAL_PORT = "remote_address_and_local_port"
 """``data.key``: grouped by the client's address and the local service port (passive RTT keys)."""
+
+
+def _indexes(layout: RecordLayout) -> dict[str, int]:
+    return {name: index for index, name in enumerate(layout.fields)}
+
+
+_CONNECT, _RETRANSMIT, _RESET = (_indexes(layout) for layout in (layouts.CONNECT, layouts.RETRANSMIT, layouts.RESET))
+
+
+def _address(family: int, raw: bytes) -> bytes:
+    """An address as the key of a group of records: the bytes its text is made of (format_ip)."""
+    return raw[:4] if family == socket.AF_INET else raw
 
 
 def _remote_side(event: Event) -> dict[str, Any]:
@@ -119,6 +135,27 @@ class _Deriver:
                 out.extend(self.build(window, ctx) for window in closed)
         return out
 
+    def record_group(self, record: tuple[Any, ...]) -> Hashable | None:
+        """The group of an unpacked record of the source probe, or None when it does not qualify:
+        the same grouping :meth:`group_of` makes of the record's event (keys of raw fields)."""
+        raise NotImplementedError
+
+    def derive_records(self, records: Sequence[tuple[Any, ...]], ctx: EventContext,
+                       build: Callable[[tuple[Any, ...]], Event]) -> list[Event]:
+        """:meth:`derive` for a batch whose events were written as lines (``record_json``): the same
+        windows from the unpacked records; ``build`` makes a record's event, called only for the
+        records a window counts."""
+        out: list[Event] = []
+        group_of, add, offset = self.record_group, self.detector.add, ctx.clock_offset_ns
+        for record in records:
+            group = group_of(record)
+            if group is None:
+                continue
+            closed = add(group, record[0] + offset, (build, record))
+            if closed:
+                out.extend(self.build(window, ctx) for window in closed)
+        return out
+
     def flush(self, ctx: EventContext) -> list[Event]:
         """Report the windows still open (session stop)."""
         return [self.build(window, ctx) for window in self.detector.flush()]
@@ -154,6 +191,10 @@ class RetransmitSpike(_Deriver):
 
     def group_of(self, event: Event) -> Hashable | None:
         return destination_key(event)
+
+    def record_group(self, record: tuple[Any, ...]) -> Hashable | None:
+        return (record[_RETRANSMIT["netns"]], _address(record[_RETRANSMIT["family"]], record[_RETRANSMIT["daddr"]]),
+                record[_RETRANSMIT["dport"]])
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _RetransmitCounts = window.accumulator
@@ -199,6 +240,12 @@ class RstStorm(_Deriver):
         if direction == "received":
             return ("received", *destination_key(event))
         return None
+
+    def record_group(self, record: tuple[Any, ...]) -> Hashable | None:
+        family, netns = record[_RESET["family"]], record[_RESET["netns"]]
+        if record[_RESET["direction"]] == layouts.RESET_RECEIVED:
+            return ("received", netns, _address(family, record[_RESET["daddr"]]), record[_RESET["dport"]])
+        return ("sent", netns, _address(family, record[_RESET["saddr"]]), record[_RESET["sport"]])
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _ResetCounts = window.accumulator
@@ -248,6 +295,13 @@ class ConnectFailures(_Deriver):
         if (event.get("error") or {}).get("code") not in self.errors:
             return None
         return destination_key(event)
+
+    def record_group(self, record: tuple[Any, ...]) -> Hashable | None:
+        error = record[_CONNECT["error"]]
+        if not error or errno_name(error) not in self.errors:
+            return None
+        return (record[_CONNECT["netns"]], _address(record[_CONNECT["family"]], record[_CONNECT["daddr"]]),
+                record[_CONNECT["dport"]])
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _ConnectCounts = window.accumulator

@@ -8,9 +8,10 @@ subclass (or an instance attribute set before the session starts) changes them.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from jalki_core import recordjson
 from jalki_core.errors import errno_name
 from jalki_core.events import (
     Event,
@@ -73,6 +74,48 @@ def _fill_common(events: list[Event], records: list[tuple[Any, ...]], netns_at: 
         event["process_data"] = header_process_data(record)
 
 
+def _network_json(netns_field: str = "netns") -> tuple[recordjson.Member, ...]:
+    """:func:`_fill_common`'s members, for :class:`~jalki_core.recordjson.RecordJson`."""
+    return (
+        recordjson.endpoints("correlation_keys", "saddr"),
+        recordjson.obj("network_data", (
+            recordjson.ip("src_ip", "saddr", "family"),
+            recordjson.ip("dst_ip", "daddr", "family"),
+            recordjson.uint("src_port", "sport"),
+            recordjson.uint("dst_port", "dport"),
+            recordjson.const("protocol", "tcp"),
+            recordjson.enum("family", "family", _FAMILY_NAMES, fallback=""),
+            recordjson.uint("netns", netns_field),
+        )),
+        recordjson.owner("process_data"),
+    )
+
+
+# kernel state names as the decoders write them: TCP_STATES, else tcp_state_name's UNKNOWN_<n>
+_STATE_NAMES = {number: tcp_state_name(number) for number in range(max(TCP_STATES) + 1)}
+# errno values with their names and messages prepared for the C encoder (others: the Python decoder)
+_ERRNOS = range(1, 256)
+
+
+def _record_event(probe: Probe, ctx: EventContext) -> Callable[[tuple[Any, ...]], Event]:
+    """Builds the event of one unpacked record, for a window that counts it (``derive_records``).
+
+    Through a copy of the context: such an event is read, never emitted (its line already was), so
+    it must not take an id from the emitted events' counter.
+    """
+    cached: tuple[EventContext, Callable[[tuple[Any, ...]], Event]] | None = probe.__dict__.get("_record_event")
+    if cached is None or cached[0] is not ctx:
+        scratch = EventContext(ctx.probe, ctx.attach, cluster=ctx.cluster, node=ctx.node,
+                               clock_offset_ns=ctx.clock_offset_ns, run_id=ctx.run_id)
+        pack, decode = probe.layout.struct.pack, probe.decode
+
+        def build(record: tuple[Any, ...]) -> Event:
+            return decode(pack(*record), scratch)[0]
+
+        cached = probe.__dict__["_record_event"] = (ctx, build)
+    return cached[1]
+
+
 class TcpConnectProbe(Probe):
     """One event per TCP connection attempt, with its real outcome and latency.
 
@@ -111,6 +154,20 @@ class TcpConnectProbe(Probe):
     event_schema = _EVENT_SCHEMA
     layout = layouts.CONNECT
     ring_buffer_bytes = _RING_CONNECT
+    record_json = recordjson.RecordJson(
+        layouts.CONNECT, "kernel.tcp.connect",
+        severity=recordjson.choice("severity", "error", "info", dict.fromkeys(_ERRNOS, "error")),
+        members=(
+            recordjson.choice("outcome", "error", "success", dict.fromkeys(_ERRNOS, "failure")),
+            recordjson.optional("error", "error", {number: {"code": errno_name(number),
+                                                            "message": errno_message(number)}
+                                                   for number in _ERRNOS}),
+            *_network_json(),
+            recordjson.obj("data", (
+                recordjson.uint("latency_ns", "latency_ns"),
+                recordjson.flag_const("abandoned_by_application", True, "flags", layouts.ABANDONED),
+            )),
+        ))
     # Failures before SYN_SENT: optional on the tp_btf and tracepoint rungs; required on the fexit
     # rung, so that a kernel refusing fexit records one failed variant, and a kernel with fexit but
     # without syscall tracepoints falls back to tp_btf (which then runs without them).
@@ -145,6 +202,10 @@ class TcpConnectProbe(Probe):
         """``kernel.network.connect_failures`` for the windows this batch closed."""
         return self._failures().derive(events, ctx)
 
+    def derive_records(self, records: list[tuple[Any, ...]], ctx: EventContext) -> list[Event]:
+        """``kernel.network.connect_failures`` for the windows this batch closed, from its unpacked records."""
+        return self._failures().derive_records(records, ctx, _record_event(self, ctx))
+
     def final_events(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
         """``kernel.network.connect_failures`` for the windows still open at stop."""
         return self._failures().flush(ctx)
@@ -173,6 +234,15 @@ class TcpCloseProbe(Probe):
     event_schema = _EVENT_SCHEMA
     layout = layouts.CLOSE
     ring_buffer_bytes = _RING_CLOSE
+    record_json = recordjson.RecordJson(layouts.CLOSE, "kernel.tcp.close", (
+        *_network_json(),
+        recordjson.obj("data", (
+            recordjson.uint_unless("duration_ns", "duration_ns", "flags", layouts.BIRTH_UNSEEN),
+            recordjson.uint("bytes_sent", "bytes_sent"),
+            recordjson.uint("bytes_received", "bytes_received"),
+            recordjson.enum("tcp_state", "oldstate", _STATE_NAMES, fallback="UNKNOWN_"),
+        )),
+    ))
     ladder = (
         AttachRung("tp_btf", ("tpbtf_close_state",),
                    "tp_btf/inet_sock_set_state (+ owners: tcp_sendmsg_locked, tcp_rcv_space_adjust, "
@@ -225,6 +295,13 @@ class TcpRetransmitProbe(Probe):
     event_schema = _EVENT_SCHEMA
     layout = layouts.RETRANSMIT
     ring_buffer_bytes = _RING_RETRANSMIT
+    record_json = recordjson.RecordJson(layouts.RETRANSMIT, "kernel.tcp.retransmit", severity="warning", members=(
+        *_network_json(),
+        recordjson.obj("data", (
+            recordjson.enum("tcp_state", "state", _STATE_NAMES, fallback="UNKNOWN_"),
+            recordjson.uint("tcp_state_number", "state"),
+        )),
+    ))
     ladder = (
         AttachRung("tp_btf", ("tpbtf_retrans_state", "tpbtf_retransmit_skb"),
                    "tp_btf/tcp_retransmit_skb + tp_btf/inet_sock_set_state (owner)",
@@ -246,6 +323,10 @@ class TcpRetransmitProbe(Probe):
     def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
         """``kernel.network.retransmit_spike`` for the windows this batch closed."""
         return self._spikes().derive(events, ctx)
+
+    def derive_records(self, records: list[tuple[Any, ...]], ctx: EventContext) -> list[Event]:
+        """``kernel.network.retransmit_spike`` for the windows this batch closed, from its unpacked records."""
+        return self._spikes().derive_records(records, ctx, _record_event(self, ctx))
 
     def final_events(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
         """``kernel.network.retransmit_spike`` for the windows still open at stop."""
@@ -282,6 +363,13 @@ class TcpResetProbe(Probe):
     event_schema = _EVENT_SCHEMA
     layout = layouts.RESET
     ring_buffer_bytes = _RING_RESET
+    record_json = recordjson.RecordJson(layouts.RESET, "kernel.tcp.reset", (
+        *_network_json(),
+        recordjson.obj("data", (
+            recordjson.enum("direction", "direction", {layouts.RESET_RECEIVED: "received"}, default="sent"),
+            recordjson.enum("tcp_state", "state", {**_STATE_NAMES, 0: None}, fallback="UNKNOWN_"),
+        )),
+    ))
     ladder = (
         AttachRung("tp_btf", ("tpbtf_reset_state", "tpbtf_send_reset", "tpbtf_receive_reset",
                               "tpbtf_reset_destroy"),
@@ -315,6 +403,10 @@ class TcpResetProbe(Probe):
     def derive(self, events: list[Event], ctx: EventContext) -> list[Event]:
         """``kernel.network.rst_storm`` for the windows this batch closed."""
         return self._storms().derive(events, ctx)
+
+    def derive_records(self, records: list[tuple[Any, ...]], ctx: EventContext) -> list[Event]:
+        """``kernel.network.rst_storm`` for the windows this batch closed, from its unpacked records."""
+        return self._storms().derive_records(records, ctx, _record_event(self, ctx))
 
     def final_events(self, maps: Mapping[str, Any], ctx: EventContext) -> list[Event]:
         """``kernel.network.rst_storm`` for the windows still open at stop."""
