@@ -52,6 +52,10 @@ from jalki_core.events import Event, EventContext, Rfc3339Formatter
 
 NS_PER_S = 1_000_000_000
 
+_UNKNOWN: Hashable = object()
+"""``BurstDetector._front`` when the front of the LRU order has to be looked at again."""
+_FOREVER = 1 << 127
+
 DEFAULT_MAX_GROUPS = 8_192
 """Groups one :class:`BurstDetector` keeps (pending events or an open window) before it evicts."""
 
@@ -177,6 +181,10 @@ class BurstDetector(Generic[A]):
         self._ends: list[tuple[int, int, Hashable]] = []  # heap of open windows by end
         self._sequence = 0
         self._newest = 0
+        # the front of the LRU order as _forget_idle last saw it, and the newest time of its pending events:
+        # until the horizon passes that time (or the front changes) there is nothing to forget
+        self._front: Hashable = _UNKNOWN
+        self._front_newest = 0
         self.evictions = 0
         """Groups evicted at ``max_groups`` (their pending events lost for detection, or their window cut short)."""
         self.evicted_events = 0
@@ -189,6 +197,8 @@ class BurstDetector(Generic[A]):
         if ts_ns > self._newest:
             self._newest = ts_ns
         groups = self._groups
+        if group == self._front:  # it moves to the end, or changes: the front must be looked at again
+            self._front = _UNKNOWN
         state = groups.get(group)
         if state is None:
             if len(groups) >= self.max_groups:
@@ -226,6 +236,7 @@ class BurstDetector(Generic[A]):
         closed = [state.window for state in self._groups.values() if state.window is not None]
         for window in closed:
             del self._groups[window.group]
+        self._front = _UNKNOWN
         self._ends.clear()
         closed.sort(key=lambda w: (w.start_ns, repr(w.group)))
         return closed
@@ -254,22 +265,33 @@ class BurstDetector(Generic[A]):
             if state is not None and state.window is not None and state.window.end_ns == end:
                 closed.append(state.window)
                 del groups[group]  # an open window has no pending events: nothing else to keep
+                if group == self._front:
+                    self._front = _UNKNOWN
         return closed
 
     def _forget_idle(self) -> None:
         """Forget the least recently used groups whose pending events all lie more than T behind."""
         groups = self._groups
         horizon = self._newest - self.window_ns
+        if self._front is not _UNKNOWN and horizon <= self._front_newest:
+            return  # the same front as last time, still not idle: no need to look
         while groups:
             group = next(iter(groups))
             state = groups[group]
-            if state.window is not None or state.pending[-1][0] >= horizon:
+            if state.window is not None:
+                self._front, self._front_newest = group, _FOREVER  # until its window closes or it moves
+                return
+            newest = state.pending[-1][0]
+            if newest >= horizon:
+                self._front, self._front_newest = group, newest
                 return
             del groups[group]
+        self._front = _UNKNOWN
 
     def _evict(self, closed: list[Window[A]]) -> None:
         """Make room for a new group: drop the least recently used one (its open window is reported now)."""
         _, state = self._groups.popitem(last=False)
+        self._front = _UNKNOWN
         self.evictions += 1
         if state.window is not None:
             closed.append(state.window)  # its heap entry is skipped when it comes up: the group is gone

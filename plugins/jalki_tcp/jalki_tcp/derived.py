@@ -60,11 +60,18 @@ def _indexes(layout: RecordLayout) -> dict[str, int]:
 
 
 _CONNECT, _RETRANSMIT, _RESET = (_indexes(layout) for layout in (layouts.CONNECT, layouts.RETRANSMIT, layouts.RESET))
+# the fields record_group reads, as plain ints (it runs once per record)
+_C_ERROR, _C_NETNS, _C_FAMILY, _C_DADDR, _C_DPORT = (_CONNECT[name] for name in ("error", "netns", "family", "daddr",
+                                                                                  "dport"))
+_X_NETNS, _X_FAMILY, _X_DADDR, _X_DPORT = (_RETRANSMIT[name] for name in ("netns", "family", "daddr", "dport"))
+_R_DIRECTION, _R_NETNS, _R_FAMILY, _R_SADDR, _R_SPORT, _R_DADDR, _R_DPORT = (
+    _RESET[name] for name in ("direction", "netns", "family", "saddr", "sport", "daddr", "dport"))
+_AF_INET = socket.AF_INET
 
 
 def _address(family: int, raw: bytes) -> bytes:
     """An address as the key of a group of records: the bytes its text is made of (format_ip)."""
-    return raw[:4] if family == socket.AF_INET else raw
+    return raw[:4] if family == _AF_INET else raw
 
 
 def _remote_side(event: Event) -> dict[str, Any]:
@@ -149,11 +156,10 @@ class _Deriver:
         group_of, add, offset = self.record_group, self.detector.add, ctx.clock_offset_ns
         for record in records:
             group = group_of(record)
-            if group is None:
-                continue
-            closed = add(group, record[0] + offset, (build, record))
-            if closed:
-                out.extend(self.build(window, ctx) for window in closed)
+            if group is not None:
+                closed = add(group, record[0] + offset, (build, record))
+                if closed:
+                    out.extend(self.build(window, ctx) for window in closed)
         return out
 
     def flush(self, ctx: EventContext) -> list[Event]:
@@ -193,8 +199,7 @@ class RetransmitSpike(_Deriver):
         return destination_key(event)
 
     def record_group(self, record: tuple[Any, ...]) -> Hashable | None:
-        return (record[_RETRANSMIT["netns"]], _address(record[_RETRANSMIT["family"]], record[_RETRANSMIT["daddr"]]),
-                record[_RETRANSMIT["dport"]])
+        return (record[_X_NETNS], _address(record[_X_FAMILY], record[_X_DADDR]), record[_X_DPORT])
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _RetransmitCounts = window.accumulator
@@ -242,10 +247,12 @@ class RstStorm(_Deriver):
         return None
 
     def record_group(self, record: tuple[Any, ...]) -> Hashable | None:
-        family, netns = record[_RESET["family"]], record[_RESET["netns"]]
-        if record[_RESET["direction"]] == layouts.RESET_RECEIVED:
-            return ("received", netns, _address(family, record[_RESET["daddr"]]), record[_RESET["dport"]])
-        return ("sent", netns, _address(family, record[_RESET["saddr"]]), record[_RESET["sport"]])
+        if record[_R_DIRECTION] == layouts.RESET_RECEIVED:
+            address = record[_R_DADDR]
+            return ("received", record[_R_NETNS], address[:4] if record[_R_FAMILY] == _AF_INET else address,
+                    record[_R_DPORT])
+        address = record[_R_SADDR]
+        return ("sent", record[_R_NETNS], address[:4] if record[_R_FAMILY] == _AF_INET else address, record[_R_SPORT])
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _ResetCounts = window.accumulator
@@ -297,11 +304,10 @@ class ConnectFailures(_Deriver):
         return destination_key(event)
 
     def record_group(self, record: tuple[Any, ...]) -> Hashable | None:
-        error = record[_CONNECT["error"]]
+        error = record[_C_ERROR]
         if not error or errno_name(error) not in self.errors:
             return None
-        return (record[_CONNECT["netns"]], _address(record[_CONNECT["family"]], record[_CONNECT["daddr"]]),
-                record[_CONNECT["dport"]])
+        return (record[_C_NETNS], _address(record[_C_FAMILY], record[_C_DADDR]), record[_C_DPORT])
 
     def build(self, window: Window[Any], ctx: EventContext) -> Event:
         counts: _ConnectCounts = window.accumulator
