@@ -245,7 +245,7 @@ class RecordEncoder:
                 ops.append(self._op(member.kind, key, member.value_field, member.aux_field, member.mask))
 
     def encode(self, batch: bytes) -> tuple[bytes, int]:
-        """The NDJSON lines of a batch of whole records, and how many records they are."""
+        """The NDJSON lines of a batch of whole records, and how many events (lines) they are."""
         count = len(batch) // self.record_size
         if not count:
             return b"", 0
@@ -254,7 +254,7 @@ class RecordEncoder:
         out = self._out
         ctx = self.ctx
         parts: list[bytes] = []
-        start = 0
+        start = events = 0
         while start < count:
             done, written, next_id = self._program.encode(batch, self.record_size, start, count,
                                                           ctx._issued + 1, out)
@@ -262,8 +262,11 @@ class RecordEncoder:
             if done:
                 parts.append(bytes(memoryview(out)[:written]))
                 start += done
+                events += done
             if start < count:  # a record the C side leaves to the probe's decoder
                 record = batch[start * self.record_size:(start + 1) * self.record_size]
-                parts.extend(orjson.dumps(event) + b"\n" for event in self.fallback(record, ctx))
+                decoded = self.fallback(record, ctx)
+                parts.extend(orjson.dumps(event) + b"\n" for event in decoded)
                 start += 1
-        return (parts[0] if len(parts) == 1 else b"".join(parts)), count
+                events += len(decoded)
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), events

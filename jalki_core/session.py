@@ -151,6 +151,28 @@ class _ActiveProbe:
     """When the probe's ``tick`` is due (monotonic seconds); ``None``: the probe has none."""
     encoder: RecordEncoder | None = None
     """The probe's ``record_json`` compiled for its context, once the fast path was first taken."""
+    lines_apply: bool = False
+    """Whether the probe's ``record_json`` describes what its ``decode`` makes (:func:`lines_apply_to`)."""
+
+
+def lines_apply_to(probe: Probe) -> bool:
+    """Whether ``probe.record_json`` describes the events its ``decode`` makes: declared for the layout the
+    probe has, on the class that also defines its ``decode`` (a subclass that decodes or derives otherwise
+    is decoded in Python), with ``derive_records`` beside any ``derive``."""
+    spec = probe.record_json
+    if spec is None or spec.layout is not probe.layout:
+        return False
+    cls = type(probe)
+    owner = next(klass for klass in cls.__mro__ if "record_json" in vars(klass))
+
+    def same(name: str) -> bool:
+        return getattr(cls, name, None) is getattr(owner, name, None)
+
+    if not same("decode"):
+        return False
+    if cls.derive is Probe.derive:
+        return True
+    return same("derive") and same("derive_records") and probe.derive_records is not None
 
 
 class TraceSession:
@@ -295,7 +317,8 @@ class TraceSession:
             stats.unknown_kinds = 0
         interval = probe.tick_interval_s
         next_tick = None if interval is None else time.monotonic() + interval
-        self._active.append(_ActiveProbe(loaded, reader, context, stats, options, kinds, next_tick))
+        self._active.append(_ActiveProbe(loaded, reader, context, stats, options, kinds, next_tick,
+                                         lines_apply=lines_apply_to(probe)))
         return stats
 
     def attach_probe(self, probe: Probe, options: ProbeOptions | None = None) -> ProbeRunStats:
@@ -478,6 +501,10 @@ class TraceSession:
         stats.records += count
         if self._writes_lines(active):
             return self._encode_lines(active, batch, count)
+        return self._decode_and_deliver(active, batch, count)
+
+    def _decode_and_deliver(self, active: _ActiveProbe, batch: bytes, count: int) -> int:
+        stats = active.stats
         try:
             events = active.loaded.probe.decode(batch, active.context)
         except Exception as exc:  # a decoder bug is isolated to its probe and counted
@@ -492,18 +519,21 @@ class TraceSession:
         """Whether this probe's batches go to the emitters as lines written in C (``record_json``):
         its events are a plain function of its records, nothing derives from them, and nothing but
         emitters reads them (no ``on_events`` consumer, no enricher)."""
-        probe = active.loaded.probe
-        return (probe.record_json is not None
-                and (probe.derive_records is not None or type(probe).derive is Probe.derive)
-                and self.on_events is None and not (self.enrich is not None and self.enrich.slots)
-                and bool(self.workers))
+        return (active.lines_apply and self.on_events is None and bool(self.workers)
+                and (self.enrich is None or (not self.enrich.slots and self.enrich.namespaces is None)))
 
     def _encode_lines(self, active: _ActiveProbe, batch: bytes, count: int) -> int:
         probe, stats = active.loaded.probe, active.stats
-        try:
-            if active.encoder is None:
-                assert probe.record_json is not None
+        if active.encoder is None:
+            assert probe.record_json is not None
+            try:
                 active.encoder = RecordEncoder(probe.record_json, active.context, probe.decode)
+            except Exception as exc:  # e.g. a binding built without the encoder: decode in Python from now on
+                active.lines_apply = False
+                log.error("probe %s: cannot write its events in C (%s: %s); decoding them in Python",
+                          stats.name, type(exc).__name__, exc)
+                return self._decode_and_deliver(active, batch, count)
+        try:
             lines, events = active.encoder.encode(batch)
         except Exception as exc:  # like a decoder bug: isolated to its probe and counted
             stats.decode_errors += count

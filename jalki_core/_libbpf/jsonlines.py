@@ -34,6 +34,8 @@ class JsonProgram:
     """Operations in C memory (kept alive with their strings), with the per-probe encoder state."""
 
     def __init__(self, ops: Sequence[JsonOp], clock_offset_ns: int) -> None:
+        if abs(clock_offset_ns) >= 1 << 62:  # the C side's time arithmetic stays within int64 below it
+            raise ValueError(f"clock offset {clock_offset_ns} ns is out of the encoder's range")
         self._keep: list[Any] = []
         self._ops = ffi.new("struct jalki_json_op[]", len(ops))
         for index, spec in enumerate(ops):

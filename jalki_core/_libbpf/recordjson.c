@@ -9,6 +9,7 @@
 #include "recordjson.h"
 
 #define JALKI_NS_PER_S 1000000000LL
+#define JALKI_TS_MAX (1ULL << 62)
 #define JALKI_HDR_OWNER_KNOWN 1u
 /* struct jalki_event_header: ts_ns, cgroup_id, pid, flags, comm[16] */
 #define JALKI_HDR_CGROUP 8
@@ -141,10 +142,11 @@ static char *jalki_put_comm(char *out, const uint8_t *comm)
 
 static char *jalki_put_time(char *out, struct jalki_json_state *state, uint64_t ts_ns)
 {
-    int64_t realtime = (int64_t)ts_ns + state->clock_offset_ns;
-    int64_t nanos = realtime - state->second_ns;
+    int64_t realtime = (int64_t)ts_ns + state->clock_offset_ns; /* ts_ns <= 2^62, |offset| < 2^62 */
+    int64_t nanos;
 
-    if (nanos < 0 || nanos >= JALKI_NS_PER_S) {
+    /* realtime < second_ns first: the unsigned difference is then the true one (second_ns starts far back) */
+    if (realtime < state->second_ns || (uint64_t)realtime - (uint64_t)state->second_ns >= JALKI_NS_PER_S) {
         int64_t seconds = realtime / JALKI_NS_PER_S;
         struct tm tm;
         time_t t;
@@ -156,8 +158,8 @@ static char *jalki_put_time(char *out, struct jalki_json_state *state, uint64_t 
         if (!strftime(state->second_prefix, sizeof(state->second_prefix), "%Y-%m-%dT%H:%M:%S.", &tm))
             state->second_prefix[0] = '\0';
         state->second_ns = seconds * JALKI_NS_PER_S;
-        nanos = realtime - state->second_ns;
     }
+    nanos = realtime - state->second_ns;
     *out++ = '"';
     out = jalki_put(out, state->second_prefix, strlen(state->second_prefix));
     for (int64_t div = 100000000; div; div /= 10)
@@ -217,6 +219,8 @@ size_t jalki_json_encode(const struct jalki_json_op *ops, size_t n_ops, struct j
             if (op->kind == JALKI_JSON_OWNER && (hdr_flags & JALKI_HDR_OWNER_KNOWN) &&
                 !jalki_comm_is_ascii(rec + JALKI_HDR_COMM))
                 goto done; /* Python decodes this command (utf-8 with replacement) */
+            if (op->kind == JALKI_JSON_TIME && jalki_read_uint(rec + op->offset, 8) > JALKI_TS_MAX)
+                goto done; /* not a kernel time (146 years of uptime): Python's big integers */
             if (op->kind == JALKI_JSON_CHOICE) {
                 uint64_t value = jalki_read_uint(rec + op->offset, op->size);
                 if (value && (value >= op->table_len || !op->table[value]))

@@ -49,7 +49,8 @@ def _random_value(rng: random.Random, name: str, size: int, code: str) -> Any:
     if name == "direction":
         return rng.choice([0, 1, 2, rng.getrandbits(32)])
     if name == "ts_ns":
-        return rng.choice([rng.getrandbits(40), rng.getrandbits(58), 0, 999_999_999, 1_000_000_000])
+        return rng.choice([rng.getrandbits(40), rng.getrandbits(58), 0, 999_999_999, 1_000_000_000, 1 << 62,
+                           (1 << 62) + 1, (1 << 64) - 1])
     bits = size * 8
     value = rng.getrandbits(bits)
     return value - (1 << bits) if code.islower() and code not in "sx" and value >> (bits - 1) else value
@@ -125,3 +126,21 @@ def _first_difference(a: bytes, b: bytes) -> str:
             i = next(i for i in range(min(len(x), len(y))) if x[i] != y[i])
             return f"{x[max(0, i - 60):i + 60]!r}\n{y[max(0, i - 60):i + 60]!r}"
     return "same"
+
+
+def test_the_session_writes_lines_only_for_what_decode_makes() -> None:
+    from jalki_core.session import lines_apply_to
+
+    [close] = [probe for probe in DECLARED if probe.name == "tcp_close"]
+    [reset] = [probe for probe in DECLARED if probe.name == "tcp_reset"]
+    assert lines_apply_to(close) and lines_apply_to(reset)
+
+    class OwnDecode(type(close)):  # type: ignore[misc]
+        def decode(self, batch: bytes, ctx: EventContext) -> list[dict[str, Any]]:
+            return []
+
+    class OwnDerive(type(reset)):  # type: ignore[misc]
+        def derive(self, events: list[dict[str, Any]], ctx: EventContext) -> list[dict[str, Any]]:
+            return []
+
+    assert not lines_apply_to(OwnDecode()) and not lines_apply_to(OwnDerive())

@@ -131,6 +131,8 @@ class Window(Generic[A]):
     """The first event of the window (its network fields describe the group)."""
     owners: dict[int, dict[str, Any]] = field(default_factory=dict)
     """``process_data`` of the window's events by pid (events with no known process are not in it)."""
+    opened: int = 0
+    """The detector's sequence number when the window opened (orders windows that start together)."""
 
     def note_owner(self, event: Event) -> None:
         """Remember the process of ``event``, when it has one."""
@@ -238,7 +240,7 @@ class BurstDetector(Generic[A]):
             del self._groups[window.group]
         self._front = _UNKNOWN
         self._ends.clear()
-        closed.sort(key=lambda w: (w.start_ns, repr(w.group)))
+        closed.sort(key=lambda w: (w.start_ns, w.opened))
         return closed
 
     def _open(self, group: Hashable, state: _Group[A]) -> None:
@@ -254,6 +256,7 @@ class BurstDetector(Generic[A]):
         state.pending = []
         state.window = window
         self._sequence += 1
+        window.opened = self._sequence
         heapq.heappush(self._ends, (window.end_ns, self._sequence, group))
 
     def _close_before(self, ts_ns: int) -> list[Window[A]]:
