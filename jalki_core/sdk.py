@@ -50,7 +50,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from jalki_core.daemon.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, request_error, socket_path_from_env
+from jalki_core.daemon.protocol import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    EventFilter,
+    parse_k8s_fields,
+    request_error,
+    socket_path_from_env,
+)
 from jalki_core.errors import (
     DaemonError,
     DaemonStopped,
@@ -58,6 +65,7 @@ from jalki_core.errors import (
     DaemonUnavailable,
     NotAllowed,
     ProbeNotFound,
+    ProtocolError,
     RequestError,
 )
 
@@ -300,6 +308,29 @@ def _k8s(pod: str | None, namespace: str | None, container: str | None, workload
     return {"pod": pod, "namespace": namespace, "container": container, "workload": workload}
 
 
+def _k8s_check(pod: str | None, namespace: str | None, container: str | None,
+               workload: str | None) -> EventFilter | None:
+    """The Kubernetes filters as the client applies them again to what comes back (``None`` when none is set).
+
+    A daemon older than these filters ignores the fields (unknown fields are ignored) and answers with
+    every event: checked here too, the result is right against any daemon, at the cost of a few dict
+    lookups per event. A name no pod could have is refused here as the daemon refuses it.
+
+    :raises RequestError: ``bad_request``, the daemon's message.
+    """
+    if pod is None and namespace is None and container is None and workload is None:
+        return None
+    try:
+        return EventFilter(**parse_k8s_fields(_k8s(pod, namespace, container, workload)))
+    except ProtocolError as exc:
+        raise request_error(exc.code, exc.message) from exc
+
+
+def _listed(result: Mapping[str, Any], check: EventFilter | None) -> list[Event]:
+    """The events of a ``get_events``/``recent`` reply that pass ``check`` (see :func:`_k8s_check`)."""
+    return [Event.from_json(e) for e in result["events"] if check is None or check.matches_k8s(e)]
+
+
 class _Session:
     """One connection's protocol state, without I/O: request frames out, bytes in, results and pushes routed."""
 
@@ -403,10 +434,11 @@ class _Session:
 
     # ---- subscriptions ----
 
-    def open_stream(self, subscription: int) -> _Stream:
-        """The stream of ``subscription`` (its pushes are kept from its ``subscribe`` reply on)."""
+    def open_stream(self, subscription: int, check: EventFilter | None = None) -> _Stream:
+        """The stream of ``subscription`` (its pushes are kept from its ``subscribe`` reply on); ``check``: the
+        Kubernetes filters applied again to its events (see :func:`_k8s_check`)."""
         self._pushes.setdefault(subscription, deque())
-        return _Stream(self, subscription)
+        return _Stream(self, subscription, check)
 
     def close_stream(self, subscription: int) -> None:
         """Stop keeping them (after ``unsubscribe``)."""
@@ -416,9 +448,10 @@ class _Session:
 class _Stream:
     """One subscription's pushes turned into stream items: :class:`Event`, :class:`Gap`, or the end."""
 
-    def __init__(self, session: _Session, subscription: int) -> None:
+    def __init__(self, session: _Session, subscription: int, check: EventFilter | None = None) -> None:
         self.session = session
         self.subscription = subscription
+        self.check = check
         self.last_seq: int | None = None
         self.ended = False
 
@@ -433,6 +466,8 @@ class _Stream:
             message = queue.popleft()
             kind = message.get("push")
             if kind == "event":
+                if self.check is not None and not self.check.matches_k8s(message["event"]):
+                    continue  # an older daemon ignored the Kubernetes filters
                 event = Event.from_json(message["event"])
                 self.last_seq = event.seq
                 return event
@@ -643,10 +678,11 @@ class Client:
         the last one's ``seq``). ``since``: an RFC 3339 time or seconds ago. ``pod``, ``namespace``,
         ``container``, ``workload`` (``NAME`` or ``KIND/NAME``, e.g. ``deployment/checkout``): Kubernetes names
         (a daemon with ``--enrich k8s``); events without a ``k8s`` object never match them."""
+        check = _k8s_check(pod, namespace, container, workload)
         kind, fields = _listing("get_events", _filters(probe, event_type, pid, command, src_ip, dst_ip, src_port,
                                                        dst_port, _k8s(pod, namespace, container, workload)),
                                 since, after, limit)
-        return [Event.from_json(e) for e in self.request(kind, **fields)["events"]]
+        return _listed(self.request(kind, **fields), check)
 
     def recent(self, *, probe: str | None = None, event_type: str | None = None, pid: int | None = None,
                command: str | None = None, src_ip: str | None = None, dst_ip: str | None = None,
@@ -658,10 +694,11 @@ class Client:
 
         :raises RequestError: ``unavailable`` when the daemon runs with ``--history off``.
         """
+        check = _k8s_check(pod, namespace, container, workload)
         kind, fields = _listing("recent", _filters(probe, event_type, pid, command, src_ip, dst_ip, src_port,
                                                    dst_port, _k8s(pod, namespace, container, workload)),
                                 since, after, limit)
-        return [Event.from_json(e) for e in self.request(kind, **fields)["events"]]
+        return _listed(self.request(kind, **fields), check)
 
     def ask(self, question: str, seconds: float = 10, *, pid: int | None = None, port: int | None = None,
             pod: str | None = None, namespace: str | None = None, container: str | None = None,
@@ -703,8 +740,9 @@ class Client:
         fields = _subscribe_fields(_filters(probe, event_type, pid, command, src_ip, dst_ip, src_port, dst_port,
                                             _k8s(pod, namespace, container, workload)),
                                    since)
+        check = _k8s_check(pod, namespace, container, workload)
         subscription = self.request("subscribe", **fields)["subscription"]
-        stream = self._session.open_stream(subscription)
+        stream = self._session.open_stream(subscription, check)
         deadline = None if seconds is None else time.monotonic() + seconds
         try:
             while True:
@@ -838,10 +876,11 @@ class AsyncClient:
                      since: str | float | None = None,
                      after: int | None = None, limit: int | None = None) -> list[Event]:
         """See :meth:`Client.events`."""
+        check = _k8s_check(pod, namespace, container, workload)
         kind, fields = _listing("get_events", _filters(probe, event_type, pid, command, src_ip, dst_ip, src_port,
                                                        dst_port, _k8s(pod, namespace, container, workload)),
                                 since, after, limit)
-        return [Event.from_json(e) for e in (await self.request(kind, **fields))["events"]]
+        return _listed(await self.request(kind, **fields), check)
 
     async def recent(self, *, probe: str | None = None, event_type: str | None = None, pid: int | None = None,
                      command: str | None = None, src_ip: str | None = None, dst_ip: str | None = None,
@@ -850,10 +889,11 @@ class AsyncClient:
                      since: str | float | None = None,
                      after: int | None = None, limit: int | None = None) -> list[Event]:
         """See :meth:`Client.recent`."""
+        check = _k8s_check(pod, namespace, container, workload)
         kind, fields = _listing("recent", _filters(probe, event_type, pid, command, src_ip, dst_ip, src_port,
                                                    dst_port, _k8s(pod, namespace, container, workload)),
                                 since, after, limit)
-        return [Event.from_json(e) for e in (await self.request(kind, **fields))["events"]]
+        return _listed(await self.request(kind, **fields), check)
 
     async def ask(self, question: str, seconds: float = 10, *, pid: int | None = None, port: int | None = None,
                   pod: str | None = None, namespace: str | None = None, container: str | None = None,
@@ -881,8 +921,9 @@ class AsyncClient:
         fields = _subscribe_fields(_filters(probe, event_type, pid, command, src_ip, dst_ip, src_port, dst_port,
                                             _k8s(pod, namespace, container, workload)),
                                    since)
+        check = _k8s_check(pod, namespace, container, workload)
         subscription = (await self.request("subscribe", **fields))["subscription"]
-        stream = self._session.open_stream(subscription)
+        stream = self._session.open_stream(subscription, check)
         deadline = None if seconds is None else time.monotonic() + seconds
         try:
             while True:

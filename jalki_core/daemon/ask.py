@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from jalki_core.ask.engine import MAX_EVENTS_KEPT, EventCollector, ProgressCallback, ask
@@ -43,29 +43,13 @@ class AgentCollect:
                  progress: ProgressCallback | None, cancel: threading.Event | None,
                  ) -> tuple[EventCollector, SessionSummary]:
         names = [registered.probe.name for registered in probes]
-        sources = {f"jalki/{name}" for name in names}
         collector = EventCollector(MAX_EVENTS_KEPT, self.scope)
-        per_probe: dict[str, int] = dict.fromkeys(names, 0)
-
-        def tap(events: list[dict[str, Any]]) -> None:
-            if events[0].get("source") not in sources:
-                return
-            # The agent numbers a batch (seq) before its taps see it; one source's batch ends at stored_seq.
-            # The events stay as the emitters get them (no seq): evidence names copies that carry it.
-            first = self.agent.stored_seq - len(events) + 1
-            if all(event.get("source") == events[0].get("source") for event in events):
-                kept = [{**event, "seq": seq} for seq, event in enumerate(events, first)
-                        if _passes(event, pid, port, asked_ns)]
-            else:  # a mixed batch is numbered source by source: no seq to name
-                kept = [event for event in events if _passes(event, pid, port, asked_ns)]
-            if kept:
-                per_probe[str(kept[0]["source"]).removeprefix("jalki/")] += len(kept)
-                collector(kept)
-
         before = self.agent.snapshot()["probes"]
         added: list[str] = []
         failed: dict[str, ProbeRunStats] = {}
-        asked_ns = time.time_ns()
+        agent = self.agent
+        tap = QuestionTap(names, collector, lambda: agent.stored_seq, pid, port, time.time_ns())
+        per_probe = tap.per_probe
         # The tap is in place before the first deploy: a probe shows as deployed (status) as soon as it is
         # attached, and a client that acts on that must find its events in the answer.
         self.agent.add_tap(tap)
@@ -114,6 +98,46 @@ class AgentCollect:
             run.decode_errors = drops.get("decode_error", 0)
             stats.append(run)
         return collector, SessionSummary(stats, {}, time.monotonic() - started)
+
+
+class QuestionTap:
+    """A question's tap on the drain thread's batches: it keeps the events of the asked probes that the
+    question's filters pass (:func:`_passes`) and credits each to its own probe.
+
+    :param stored_seq: the agent's latest sequence number (a one-source batch ends at it when its taps see it).
+    """
+
+    def __init__(self, names: list[str], collector: EventCollector, stored_seq: Callable[[], int],
+                 pid: int | None, port: int | None, asked_ns: int) -> None:
+        self.sources = {f"jalki/{name}" for name in names}
+        self.collector = collector
+        self.stored_seq = stored_seq
+        self.pid = pid
+        self.port = port
+        self.asked_ns = asked_ns
+        self.per_probe: dict[str, int] = dict.fromkeys(names, 0)
+        """Events kept, per probe name."""
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        sources, pid, port, asked_ns = self.sources, self.pid, self.port, self.asked_ns
+        source = events[0].get("source")
+        if all(event.get("source") == source for event in events):
+            if source not in sources:
+                return
+            # The agent numbers a batch (seq) before its taps see it; one source's batch ends at stored_seq.
+            # The events stay as the emitters get them (no seq): evidence names copies that carry it.
+            first = self.stored_seq() - len(events) + 1
+            kept = [{**event, "seq": seq} for seq, event in enumerate(events, first)
+                    if _passes(event, pid, port, asked_ns)]
+        else:
+            # A mixed batch (an enricher releases the events it held, e.g. a new pod's, with others) is
+            # numbered source by source: no seq to name; each event is checked on its own source.
+            kept = [event for event in events
+                    if event.get("source") in sources and _passes(event, pid, port, asked_ns)]
+        if kept:
+            for event in kept:
+                self.per_probe[str(event["source"]).removeprefix("jalki/")] += 1
+            self.collector(kept)
 
 
 def _passes(event: Mapping[str, Any], pid: int | None, port: int | None, asked_ns: int) -> bool:

@@ -205,6 +205,23 @@ class Subscription:
         self.queued_bytes = 0
 
 
+def _wanted(subscription: Subscription, source: str, raws: list[bytes], first_seq: int) -> list[bytes] | None:
+    """The events of ``source`` (sequence numbers from ``first_seq``) that ``subscription`` takes live: those
+    its filter passes, less those its replay sends; ``None`` when it takes none of them for their source or
+    its replay."""
+    raw_filter = subscription.filter
+    if not raw_filter.accepts_source(source):
+        return None
+    replayed = subscription.live_after - first_seq + 1  # the replay sends these
+    if replayed > 0:
+        if replayed >= len(raws):
+            return None
+        raws = raws[replayed:]
+    if raw_filter.decode:
+        return [raw for raw in raws if raw_filter.candidate(raw) and raw_filter.confirm(raw) is not None]
+    return raws
+
+
 class Connection:
     """One client connection: its requests, its subscriptions, one writer."""
 
@@ -599,10 +616,12 @@ class ApiServer:
         """Hand a batch of encoded events of one ``source`` (sequence numbers from ``first_seq``) to the
         subscribers (drain thread; never blocks).
 
-        What does not fit in the hand-off is lost for every subscription, and counted.
+        What does not fit in the hand-off is lost, and counted: in total (``handoff_dropped``), and for each
+        subscription the lost events its filter would have let through (the rest were never its events).
         """
         if not self.subscriptions:
             return
+        wake = False
         with self._handoff_lock:
             room = HANDOFF_EVENTS - self._handoff_events
             room_bytes = HANDOFF_BYTES - self._handoff_bytes
@@ -615,15 +634,18 @@ class ApiServer:
             lost = len(raws) - taken
             if lost:
                 self.handoff_dropped += lost
-                for subscription in list(self.subscriptions):
-                    subscription.dropped += lost
-                    subscription.unreported_drops += lost
-            if not taken:
-                return
-            wake = not self._handoff
-            self._handoff.append((source, raws if not lost else raws[:taken], first_seq))
-            self._handoff_events += taken
-            self._handoff_bytes += size
+            if taken:
+                wake = not self._handoff
+                self._handoff.append((source, raws if not lost else raws[:taken], first_seq))
+                self._handoff_events += taken
+                self._handoff_bytes += size
+        if lost:  # counted outside the lock: the check may decode (the lost candidates only)
+            lost_raws = raws[taken:]
+            for subscription in list(self.subscriptions):
+                count = len(_wanted(subscription, source, lost_raws, first_seq + taken) or ())
+                if count:
+                    subscription.dropped += count
+                    subscription.unreported_drops += count
         if wake:
             self._loop.call_soon_threadsafe(self._fan_out)
 
@@ -635,19 +657,8 @@ class ApiServer:
         subscriptions = list(self.subscriptions)
         for source, raws, first_seq in batches:
             for subscription in subscriptions:
-                raw_filter = subscription.filter
-                if not raw_filter.accepts_source(source):
-                    continue
-                batch = raws
-                replayed = subscription.live_after - first_seq + 1  # the replay sends these
-                if replayed > 0:
-                    if replayed >= len(raws):
-                        continue
-                    batch = raws[replayed:]
-                if raw_filter.decode:
-                    subscription.offer([raw for raw in batch
-                                        if raw_filter.candidate(raw) and raw_filter.confirm(raw) is not None])
-                else:
+                batch = _wanted(subscription, source, raws, first_seq)
+                if batch is not None:  # an empty one too: offer announces losses not yet reported
                     subscription.offer(batch)
 
     def retire(self, subscription: Subscription) -> None:
