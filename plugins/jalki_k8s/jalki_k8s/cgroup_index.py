@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,12 @@ DEFAULT_CGROUP_MOUNT = Path("/sys/fs/cgroup")
 DEFAULT_MAX_ENTRIES = 200_000
 DEFAULT_REFRESH_INTERVAL_S = 1.0
 DEFAULT_MAX_V1_PROCESSES = 65_536
+V1_EXIT_GRACE_S = 10.0
+"""How long the v1 path of an exited process stays known after its exit event: its OOM kill event comes
+from another probe's ring and may be enriched after the exit."""
+V1_NEGATIVE_TTL_S = 1.0
+"""How long a process whose ``/proc/<pid>/cgroup`` named no container is not read again (the kubelet's and
+the runtime's own events on a hybrid node). Short: runc moves a container's first process in after it starts."""
 
 
 def detect_v2_root(mount: Path = DEFAULT_CGROUP_MOUNT) -> Path | None:
@@ -65,6 +71,9 @@ class CgroupIndexStats:
     """Reads of ``/proc/<pid>/cgroup`` for a process whose v2 cgroup names no container (v1 hierarchies present)."""
     v1_fallbacks: int = 0
     """Of those: a v1 hierarchy named the container (read now, or remembered from the process's earlier events)."""
+    v1_negative_hits: int = 0
+    """Lookups answered "no container" without a read: the same (pid, cgroup id) read so within
+    :data:`V1_NEGATIVE_TTL_S`."""
     entries: int = 0
 
 
@@ -103,7 +112,15 @@ class CgroupIndex:
         self._v1_seen: OrderedDict[tuple[int, int], str] = OrderedDict()
         """(pid, v2 cgroup id) -> the v1 path that named its container: once it has exited, its zombie's
         ``/proc/<pid>/cgroup`` shows the v1 roots (and a reaped one shows nothing), so its exit and OOM kill
-        events are named from what its earlier events found. Bounded; forgotten at its exit."""
+        events are named from what its earlier events found. Bounded; forgotten :data:`V1_EXIT_GRACE_S` after
+        its exit event (its OOM kill event may be enriched after the exit)."""
+        self._v1_exits: deque[tuple[float, tuple[int, int]]] = deque()
+        """(when to forget, key) of exited processes, oldest first; bounded like ``_v1_seen``."""
+        self._v1_exit_deadline: dict[tuple[int, int], float] = {}
+        """key -> its latest deadline in ``_v1_exits`` (an older entry of a reused pid is not acted on)."""
+        self._v1_none: OrderedDict[tuple[int, int], float] = OrderedDict()
+        """(pid, v2 cgroup id) whose ``/proc/<pid>/cgroup`` named no container -> until when that answer
+        stands (:data:`V1_NEGATIVE_TTL_S`), oldest first; bounded."""
         self.walk_skipped = False
         """Whether the latest :meth:`path_of` that found nothing skipped a walk (the last one was too recent):
         the id may be a cgroup made since, which a later walk will find."""
@@ -188,8 +205,14 @@ class CgroupIndex:
         cgroupfs driver may have placed it in v1 hierarchies only. An exited process (zombie or reaped) is
         answered from what its earlier events found, if any.
         """
-        self.stats.v1_lookups += 1
         key = (pid, cgroup_id)
+        now = self._clock()
+        with self._lock:
+            self._expire_v1(now)
+            if key in self._v1_none:  # read moments ago: no container (a host process)
+                self.stats.v1_negative_hits += 1
+                return None
+        self.stats.v1_lookups += 1
         try:
             text = (self.proc_root / str(pid) / "cgroup").read_text()
         except OSError:  # the process has been reaped
@@ -200,6 +223,7 @@ class CgroupIndex:
             if hierarchy != "0" and path and parse(path) is not None:
                 self.stats.v1_fallbacks += 1
                 with self._lock:
+                    self._v1_exit_deadline.pop(key, None)  # alive (a reused pid): not an exited process's
                     self._v1_seen[key] = path
                     self._v1_seen.move_to_end(key)
                     while len(self._v1_seen) > DEFAULT_MAX_V1_PROCESSES:
@@ -207,14 +231,44 @@ class CgroupIndex:
                 return path
         with self._lock:
             remembered = self._v1_seen.get(key)
+            if remembered is None:
+                self._v1_none[key] = now + V1_NEGATIVE_TTL_S
+                while len(self._v1_none) > DEFAULT_MAX_V1_PROCESSES:
+                    self._v1_none.popitem(last=False)
         if remembered is not None:
             self.stats.v1_fallbacks += 1
         return remembered
 
     def forget_process(self, pid: int, cgroup_id: int) -> None:
-        """``pid`` has exited: drop what :meth:`v1_container_path` remembered of it (its pid may be reused)."""
+        """``pid`` has exited: what :meth:`v1_container_path` remembered of it goes :data:`V1_EXIT_GRACE_S`
+        later (its OOM kill event, from another ring, may come after its exit; then its pid may be reused)."""
+        key = (pid, cgroup_id)
+        now = self._clock()
         with self._lock:
-            self._v1_seen.pop((pid, cgroup_id), None)
+            self._v1_none.pop(key, None)
+            self._expire_v1(now)
+            if key not in self._v1_seen:
+                return
+            deadline = now + V1_EXIT_GRACE_S
+            self._v1_exit_deadline[key] = deadline
+            self._v1_exits.append((deadline, key))
+            while len(self._v1_exits) > DEFAULT_MAX_V1_PROCESSES:  # a burst of exits: the oldest go now
+                self._forget_exited(*self._v1_exits.popleft())
+
+    def _expire_v1(self, now: float) -> None:
+        """Drop exited processes past their grace and negative answers past their time (lock held)."""
+        while self._v1_exits and self._v1_exits[0][0] <= now:
+            self._forget_exited(*self._v1_exits.popleft())
+        while self._v1_none:
+            key, until = next(iter(self._v1_none.items()))
+            if until > now:
+                break
+            del self._v1_none[key]
+
+    def _forget_exited(self, deadline: float, key: tuple[int, int]) -> None:
+        if self._v1_exit_deadline.get(key) == deadline:
+            del self._v1_exit_deadline[key]
+            self._v1_seen.pop(key, None)
 
 
 def pick_proc_cgroup_path(text: str, parse: Callable[[str], object]) -> str | None:

@@ -18,8 +18,10 @@ server instead of inferred from names (:mod:`jalki_k8s.owners`).
 On a node with cgroup v1 hierarchies (hybrid), a runtime on the cgroupfs driver may put a container in
 v1 hierarchies only, leaving its processes in the runtime's own v2 cgroup: an event whose v2 cgroup names
 no container is looked up in ``/proc/<pid>/cgroup`` too, whose v1 lines name it while the process lives;
-once it has exited (its exit and OOM kill events), what its earlier events found names it (counted in
-``cgroups.v1_lookups`` / ``v1_fallbacks``).
+once it has exited (its exit and OOM kill events, in either order), what its earlier events found names it,
+for :data:`~jalki_k8s.cgroup_index.V1_EXIT_GRACE_S` after its exit event (counted in ``cgroups.v1_lookups`` /
+``v1_fallbacks``). A process whose v1 lines name no container either (the kubelet, the runtime) is not read
+again for :data:`~jalki_k8s.cgroup_index.V1_NEGATIVE_TTL_S` (``v1_negative_hits``).
 
 Events whose pod is not yet known wait in a bounded buffer for ``retry_s`` (a pod's first processes
 start before its watch event arrives), and so do events whose cgroup id is not indexed while the index
@@ -58,7 +60,7 @@ DEFAULT_MAX_PENDING = 10_000
 UNRESOLVED_KEY = "jalki.k8s.unresolved"
 DELETED_KEY = "jalki.k8s.pod_deleted"
 EXIT_EVENT = "kernel.process.exit"
-"""A process's last event (jalki-process): what was remembered of its pid is dropped after it."""
+"""A process's last event (jalki-process): what was remembered of its pid is dropped a grace period after it."""
 
 K8S_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -235,7 +237,8 @@ class K8sEnricher:
             return True
         path = self._path_of(cgroup_id, pid)
         if event.get("type") == EXIT_EVENT and pid:
-            self.cgroups.forget_process(pid, cgroup_id)  # its last event: its pid may be reused after it
+            # its last event but for its OOM kill (another ring, maybe later): forgotten after a grace period
+            self.cgroups.forget_process(pid, cgroup_id)
         if path is None:
             if self.cgroups.walk_skipped:  # a cgroup made since the last walk (a new pod's short-lived process)
                 self._hold(event, None)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jalki_k8s.cgroup_path import normalize_pod_uid
@@ -27,6 +27,10 @@ _RUNTIME_PREFIX = re.compile(r"^(?P<runtime>[a-z0-9-]+)://(?P<id>[0-9a-f]+)$")
 _CRONJOB_JOB = re.compile(r"^(?P<cronjob>.+)-(?P<minute>\d{8,})$")
 DEFAULT_TOMBSTONE_TTL_S = 300.0
 DEFAULT_MAX_TOMBSTONES = 4096
+WORKLOAD_KEYS = frozenset((
+    "k8s.replicaset.name", "k8s.deployment.name", "k8s.statefulset.name", "k8s.daemonset.name", "k8s.job.name",
+    "k8s.cronjob.name", "k8s.replicationcontroller.name"))
+"""The attributes :func:`owner_attributes` (or an exact lookup) gives: what :meth:`PodIndex.set_owner` replaces."""
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 """On a static pod's mirror: the uid the kubelet gave the pod (its cgroup's), unlike ``metadata.uid``."""
 
@@ -186,6 +190,31 @@ class PodIndex:
                 self._put(info)
             self.stats.relists += 1
             self._sync_stats()
+
+    def set_owner(self, pod_uid: str, owner: Mapping[str, str]) -> bool:
+        """Replace the workload attributes of pod ``pod_uid`` (live or tombstone) with ``owner`` (an exact
+        lookup that answered after the pod was applied with the guess); False when the pod is not kept."""
+        uid = normalize_pod_uid(pod_uid)
+        if uid is None:
+            return False
+        with self._lock:
+            live = self._live.get(uid)
+            buried = self._tombstones.get(uid)
+            old = live if live is not None else (buried[1] if buried is not None else None)
+            if old is None:
+                return False
+            attributes = {k: v for k, v in old.attributes.items() if k not in WORKLOAD_KEYS}
+            attributes.update(owner)
+            if attributes == dict(old.attributes):
+                return True
+            new = replace(old, attributes=attributes)
+            self._unindex(old)
+            if live is not None:
+                self._live[uid] = new
+            elif buried is not None:
+                self._tombstones[uid] = (buried[0], new)
+            self._index(new)
+            return True
 
     def lookup(self, pod_uid: str | None, container_id: str | None) -> tuple[PodInfo | None, bool]:
         """The pod (live, else tombstone) by pod uid first, then by container id; and whether it is a tombstone."""

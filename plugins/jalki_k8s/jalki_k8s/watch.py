@@ -16,7 +16,14 @@ one, or while it cannot be reached, the watcher says so once in the log and in :
 and keeps retrying with backoff.
 
 With an :class:`~jalki_k8s.owners.OwnerLookup` (opt-in), each pod's owning workload is looked up
-through the same client before the pod enters the index.
+through the same client. The watch never waits for a lookup: a pod whose answer is not cached enters the
+index at once with the name-based guess, and the lookup runs in the background (at most
+``max_lookups_in_flight`` GETs at once, at most ``max_lookups_pending`` waiting, each bounded by the
+lookup's timeout); its answer replaces the pod's workload attributes when it comes.
+
+Anything unexpected while listing or handling the stream (an undecodable event line, a malformed object)
+does not end the watcher: it is counted (:attr:`WatchStats.failures`), said once per kind, and the pods
+are listed again.
 
 It runs on its own thread and event loop so that a synchronous session can use it.
 """
@@ -48,6 +55,10 @@ DEFAULT_SILENCE_S = 120.0
 """No event nor bookmark for this long: relist (API servers send a bookmark about every minute)."""
 DEFAULT_SERVER_TIMEOUT_S = 300
 """``timeoutSeconds`` of each WATCH: the server ends it cleanly and the client resumes."""
+DEFAULT_MAX_LOOKUPS_IN_FLIGHT = 4
+"""Most owner lookups sent to the API server at once."""
+DEFAULT_MAX_LOOKUPS_PENDING = 1024
+"""Most owner lookups waiting (one per pod); beyond it a pod keeps its guess, counted as skipped."""
 
 
 @dataclass
@@ -66,6 +77,8 @@ class WatchStats:
     """Streams that broke (resumed from the last resourceVersion)."""
     errors: int = 0
     """Requests that failed (unreachable server, HTTP errors)."""
+    failures: int = 0
+    """Unexpected exceptions while listing or handling the stream (an undecodable event): relisted."""
     resource_version: str = ""
 
 
@@ -79,6 +92,8 @@ class PodWatcher:
     :param server_timeout_s: ``timeoutSeconds`` of each WATCH request.
     :param max_backoff_s: longest wait between two failed attempts.
     :param owners: exact owner lookups through the API server (``None``: owners from the pods alone).
+    :param max_lookups_in_flight: most owner lookups sent at once.
+    :param max_lookups_pending: most owner lookups waiting or in flight.
     """
 
     def __init__(
@@ -91,6 +106,8 @@ class PodWatcher:
         server_timeout_s: int = DEFAULT_SERVER_TIMEOUT_S,
         max_backoff_s: float = 30.0,
         owners: OwnerLookup | None = None,
+        max_lookups_in_flight: int = DEFAULT_MAX_LOOKUPS_IN_FLIGHT,
+        max_lookups_pending: int = DEFAULT_MAX_LOOKUPS_PENDING,
     ) -> None:
         self.index = index
         self.node_name = node_name
@@ -98,6 +115,8 @@ class PodWatcher:
         self.server_timeout_s = server_timeout_s
         self.max_backoff_s = max_backoff_s
         self.owners = owners
+        self.max_lookups_in_flight = max_lookups_in_flight
+        self.max_lookups_pending = max_lookups_pending
         self.stats = WatchStats()
         self.synced = threading.Event()
         """Set once the first LIST has filled the index (readiness)."""
@@ -111,6 +130,14 @@ class PodWatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
+        self._lookups: dict[str, asyncio.Task[None]] = {}
+        """Pod uid -> its background owner lookup (on the watcher's loop only)."""
+        self._lookup_slots: asyncio.Semaphore | None = None
+
+    @property
+    def lookups_pending(self) -> int:
+        """Owner lookups running in the background now (waiting for a slot or in flight)."""
+        return len(self._lookups)
 
     # -- thread control --------------------------------------------------------------------------------------
 
@@ -157,6 +184,7 @@ class PodWatcher:
                       "run in a pod with a service account, or set KUBECONFIG")
             return
         client = AsyncClient(config=config, timeout=httpx2.Timeout(10.0), trust_env=False)
+        self._lookup_slots = asyncio.Semaphore(self.max_lookups_in_flight)
         backoff = 0.0
         resource_version: str | None = None
         try:
@@ -179,7 +207,18 @@ class PodWatcher:
                                   "(retrying)")
                     backoff = min(self.max_backoff_s, max(0.2, backoff * 2))
                     await asyncio.sleep(backoff)
+                except Exception as exc:  # anything else must not end the watcher for good: relist
+                    self.stats.failures += 1
+                    resource_version = None
+                    self._say(f"failure:{type(exc).__name__}", f"unexpected {type(exc).__name__} while watching "
+                              f"pods ({exc}); listing them again", exc_info=exc)
+                    backoff = min(self.max_backoff_s, max(0.2, backoff * 2))
+                    await asyncio.sleep(backoff)
         finally:
+            lookups = list(self._lookups.values())
+            for task in lookups:
+                task.cancel()
+            await asyncio.gather(*lookups, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await client.close()
 
@@ -187,9 +226,8 @@ class PodWatcher:
         listing = client.list(Pod, namespace=ALL_NS, fields={"spec.nodeName": self.node_name}, chunk_size=500)
         pods: list[dict[str, Any]] = [pod.to_dict() async for pod in listing]
         version = listing.resourceVersion
-        owners = self.owners
-        if owners is not None:
-            self.index.replace(pods, [await owners.attributes(client, pod) for pod in pods])
+        if self.owners is not None:
+            self.index.replace(pods, [self._owner_now(client, pod) for pod in pods])
         else:
             self.index.replace(pods)
         self.stats.lists += 1
@@ -221,7 +259,7 @@ class PodWatcher:
                     continue
                 self.stats.events += 1
                 pod_dict = pod.to_dict()
-                owner = await self.owners.attributes(client, pod_dict) if self.owners is not None else None
+                owner = self._owner_now(client, pod_dict)
                 self.index.apply(event_type, pod_dict, owner)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
@@ -233,6 +271,41 @@ class PodWatcher:
             self.stats.drops += 1
             await asyncio.sleep(0.2)  # a server restarting: not in a tight loop
         return resource_version
+
+    def _owner_now(self, client: AsyncClient, pod: dict[str, Any]) -> dict[str, str] | None:
+        """``pod``'s workload attributes without waiting: cached or needing no lookup; else ``None`` (the
+        index guesses from the pod) and the lookup starts in the background."""
+        owners = self.owners
+        if owners is None:
+            return None
+        known = owners.known(pod)
+        if known is not None:
+            return known
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        if not uid or uid in self._lookups:  # one lookup per pod at a time: it answers for the latest state
+            return None
+        if len(self._lookups) >= self.max_lookups_pending:
+            owners.stats.skipped += 1
+            return None
+        self._lookups[uid] = asyncio.get_running_loop().create_task(self._look_up(client, uid, pod))
+        owners.stats.pending = len(self._lookups)
+        return None
+
+    async def _look_up(self, client: AsyncClient, uid: str, pod: dict[str, Any]) -> None:
+        """One background owner lookup; its answer replaces the guess the pod entered the index with."""
+        owners, slots = self.owners, self._lookup_slots
+        assert owners is not None and slots is not None
+        try:
+            async with slots:
+                owner = await owners.attributes(client, pod)  # never raises (failures keep the guess)
+            self.index.set_owner(uid, owner)
+        except Exception as exc:  # not CancelledError: stopping cancels the lookups
+            self.stats.failures += 1
+            self._say(f"lookup:{type(exc).__name__}", f"unexpected {type(exc).__name__} in an owner lookup "
+                      f"({exc}); the pod keeps its name-based workload", exc_info=exc)
+        finally:
+            self._lookups.pop(uid, None)
+            owners.stats.pending = len(self._lookups)
 
     def _stream(self, client: AsyncClient, resource_version: str) -> AsyncIterator[tuple[str, Any]]:
         # lightkube's public watch() cannot ask for bookmarks: build the same request with
@@ -252,7 +325,7 @@ class PodWatcher:
         self._watch_error = error
         return OnErrorResult(OnErrorAction.STOP)
 
-    def _say(self, key: str, line: str) -> None:
+    def _say(self, key: str, line: str, exc_info: BaseException | None = None) -> None:
         if key not in self._said:
             self._said.add(key)
-            log.warning("jalki-k8s: %s", line)
+            log.warning("jalki-k8s: %s", line, exc_info=exc_info)

@@ -9,7 +9,8 @@ Tests inject a bookmark, a 410 on open streams, a dropped connection, or silence
 
 ``GET /apis/apps/v1/namespaces/<ns>/replicasets/<name>`` and ``/apis/batch/v1/namespaces/<ns>/jobs/<name>``
 answer the objects put with :meth:`FakeApiServer.put` (404 otherwise; 403 for a resource in ``forbidden``,
-as without the RBAC rule); every request is in ``requests``.
+as without the RBAC rule; no answer at all, until released, for a name in ``stall``); every request is
+in ``requests``.
 
 Plain asyncio (no web framework is installed here), on its own thread; the control methods are
 thread-safe.
@@ -64,7 +65,7 @@ def make_pod(name: str, *, uid: str, namespace: str = "default", node: str = "no
 
 @dataclass
 class _Watcher:
-    queue: asyncio.Queue[dict[str, Any] | str]
+    queue: asyncio.Queue[dict[str, Any] | str | bytes]
     node: str | None
     writer: asyncio.StreamWriter
 
@@ -81,6 +82,9 @@ class FakeApiServer:
     """While True, watch streams send nothing (no event, no bookmark): a stuck stream."""
     forbidden: set[str] = field(default_factory=set)
     """Resources (``replicasets``, ``jobs``) whose GET answers 403 Forbidden."""
+    stall: set[str] = field(default_factory=set)
+    """Names of ReplicaSets and Jobs whose GET gets no answer while the name is in the set (a stalled
+    server); removing it lets the answer go."""
 
     def __post_init__(self) -> None:
         self._pods: dict[str, dict[str, Any]] = {}  # uid -> pod
@@ -180,6 +184,10 @@ class FakeApiServer:
         self._broadcast({"type": "ERROR", "object": _status(410, "Expired", "too old resource version")})
         self._broadcast("close")
 
+    def send_line(self, line: bytes) -> None:
+        """Send ``line`` as one raw chunk on every open watch (e.g. something that is not a watch event)."""
+        self._broadcast(line)
+
     def drop(self) -> None:
         """Cut every open watch connection mid-stream (no final chunk)."""
         self._broadcast("abort")
@@ -215,7 +223,7 @@ class FakeApiServer:
             self._broadcast({"type": event_type, "object": pod})
         return rv
 
-    def _broadcast(self, item: dict[str, Any] | str) -> None:
+    def _broadcast(self, item: dict[str, Any] | str | bytes) -> None:
         loop = self._loop
         assert loop is not None
         done = threading.Event()
@@ -266,6 +274,8 @@ class FakeApiServer:
             writer.close()
 
     async def _get_owned(self, writer: asyncio.StreamWriter, plural: str, namespace: str, name: str) -> None:
+        while name in self.stall:  # a server that does not answer (until the test releases it)
+            await asyncio.sleep(0.01)
         if plural in self.forbidden:
             group = "apps" if plural == "replicasets" else "batch"
             await _reply(writer, 403, _status(403, "Forbidden", f'{plural}.{group} "{name}" is forbidden: User '
@@ -295,7 +305,7 @@ class FakeApiServer:
 
     async def _watch(self, writer: asyncio.StreamWriter, params: dict[str, str]) -> None:
         node = _node_of(params)
-        queue: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue()
+        queue: asyncio.Queue[dict[str, Any] | str | bytes] = asyncio.Queue()
         backlog: list[dict[str, Any]] = []
         gone = False
         with self._lock:
@@ -335,6 +345,10 @@ class FakeApiServer:
                     writer.write(b"0\r\n\r\n")
                     await writer.drain()
                     return
+                if isinstance(item, bytes):
+                    writer.write(f"{len(item):x}\r\n".encode() + item + b"\r\n")
+                    await writer.drain()
+                    continue
                 assert isinstance(item, dict)
                 if self.silent:
                     continue  # a stream that went quiet: not even bookmarks

@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema
 import pytest
 from fake_apiserver import make_pod
-from jalki_k8s.cgroup_index import CgroupIndex
+from jalki_k8s.cgroup_index import V1_EXIT_GRACE_S, V1_NEGATIVE_TTL_S, CgroupIndex
 from jalki_k8s.enricher import K8S_SCHEMA, UNRESOLVED_KEY, K8sEnricher
 from jalki_k8s.pods import PodIndex, owner_attributes
 
@@ -165,3 +165,67 @@ def test_a_flush_walks_once_more_for_events_whose_cgroup_was_not_indexed(tmp_pat
     assert enricher.enrich([event(new)]) == []
     [out] = enricher.flush()  # at stop, within the walk interval: still found
     assert out["k8s"]["k8s.pod.name"] == "checkout-7f9c-x2" and enricher.counters.miss == 0
+
+
+# -- hybrid node: containers in cgroup v1 hierarchies only ------------------------------------------------------
+
+V1_PID, HOST_PID = 4242, 4343
+
+
+def v1_setup(tmp_path: Path) -> tuple[Clock, K8sEnricher, Path, int]:
+    """A hybrid node: the pod's container in a v1 hierarchy only, its process's v2 cgroup the runtime's."""
+    clock = Clock()
+    root, proc = tmp_path / "v2", tmp_path / "proc"
+    runtime = cgroup(root, "system.slice/containerd.service")
+    pods = PodIndex(clock=clock)
+    pods.replace([make_pod("legacy-0", uid=UID, namespace="old", containers={"app": f"docker://{CID}"},
+                           owner=("StatefulSet", "legacy"))])
+    enricher = K8sEnricher(node_name="n", watch=False, pods=pods, clock=clock,
+                           cgroups=CgroupIndex(root, proc_root=proc, v1_hierarchies=True, clock=clock))
+    return clock, enricher, proc, runtime
+
+
+def proc_cgroup(proc: Path, pid: int, v1_path: str) -> None:
+    (proc / str(pid)).mkdir(parents=True, exist_ok=True)
+    (proc / str(pid) / "cgroup").write_text(f"4:memory:{v1_path}\n0::/system.slice/containerd.service\n")
+
+
+def typed(kind: str, cgroup_id: int, pid: int) -> dict[str, Any]:
+    return {"type": kind, "process_data": {"pid": pid, "cgroup_id": cgroup_id}}
+
+
+def test_a_v1_container_process_oom_event_after_its_exit_event_still_names_the_pod(tmp_path: Path) -> None:
+    """The exit and the OOM kill come from different probes' rings: the exit may be enriched first."""
+    clock, enricher, proc, runtime = v1_setup(tmp_path)
+    proc_cgroup(proc, V1_PID, f"/kubepods/besteffort/pod{UID}/{CID}")
+    [connect] = enricher.enrich([typed("kernel.tcp.connect", runtime, V1_PID)])
+    assert connect["k8s"]["k8s.pod.name"] == "legacy-0"
+    proc_cgroup(proc, V1_PID, "/")  # killed: its zombie shows the v1 roots
+    exit_, oom = typed("kernel.process.exit", runtime, V1_PID), typed("kernel.memory.oom_kill", runtime, V1_PID)
+    assert enricher.enrich([exit_]) == [exit_] and exit_["k8s"]["k8s.pod.name"] == "legacy-0"
+    (proc / str(V1_PID) / "cgroup").unlink()  # reaped
+    clock.now += V1_EXIT_GRACE_S / 2
+    assert enricher.enrich([oom]) == [oom] and oom["k8s"]["k8s.pod.name"] == "legacy-0"
+    clock.now += V1_EXIT_GRACE_S / 2  # the grace is over: forgotten (the pid may be reused now)
+    late = typed("kernel.memory.oom_kill", runtime, V1_PID)
+    assert enricher.enrich([late]) == [late] and "k8s" not in late
+    assert enricher.cgroups.v1_container_path(V1_PID, runtime, enricher._parse) is None
+    assert (enricher.counters.hit, enricher.counters.host_process) == (3, 1)
+
+
+def test_host_processes_on_a_hybrid_node_are_read_once_per_negative_ttl(tmp_path: Path) -> None:
+    """The kubelet's and containerd's events do not read /proc each; a process runc moves into a container
+    later is named once the short negative answer has expired."""
+    clock, enricher, proc, runtime = v1_setup(tmp_path)
+    proc_cgroup(proc, HOST_PID, "/system.slice/containerd.service")
+    stats = enricher.cgroups.stats
+    batch = [typed("kernel.tcp.connect", runtime, HOST_PID) for _ in range(3)]
+    assert enricher.enrich(batch) == batch and all("k8s" not in e for e in batch)
+    assert (stats.v1_lookups, stats.v1_negative_hits) == (1, 2)
+    proc_cgroup(proc, HOST_PID, f"/kubepods/besteffort/pod{UID}/{CID}")  # runc moved it into the container
+    [before] = enricher.enrich([typed("kernel.tcp.connect", runtime, HOST_PID)])
+    assert "k8s" not in before and stats.v1_lookups == 1  # the negative answer stands for its short time
+    clock.now += V1_NEGATIVE_TTL_S
+    [after] = enricher.enrich([typed("kernel.tcp.connect", runtime, HOST_PID)])
+    assert after["k8s"]["k8s.pod.name"] == "legacy-0" and stats.v1_lookups == 2
+    assert enricher.counters.host_process == 4 and enricher.counters.hit == 1

@@ -54,10 +54,12 @@ def pods() -> list[dict[str, object]]:
 
 
 def watch(server: FakeApiServer, owners: OwnerLookup | None) -> tuple[PodIndex, PodWatcher]:
+    """A started watcher, once the first list is in and the owner lookups it started have answered."""
     index = PodIndex()
     watcher = PodWatcher(index, NODE, config=KubeConfig.from_dict(server.kubeconfig()), owners=owners)
     watcher.start()
     wait_for(watcher.synced.is_set, "the first list")
+    wait_for(lambda: watcher.lookups_pending == 0, "the lookups of the listed pods")
     return index, watcher
 
 
@@ -84,6 +86,7 @@ def test_lookups_on_name_the_deployment_and_cronjob_whatever_the_names(server: F
         wait_for(lambda: index.lookup(UIDS[3], None)[0] is not None, "the watched pods")
         server.modify(listed[0])  # a MODIFIED pod: answered from the cache, no second GET
         wait_for(lambda: watcher.stats.events >= 3, "the modification")
+        wait_for(lambda: watcher.lookups_pending == 0, "the lookups of the watched pods")
     finally:
         watcher.close()
     assert workload(index, 0) == {"k8s.replicaset.name": "frontend-blue", "k8s.deployment.name": "frontend"}
@@ -170,3 +173,84 @@ def test_a_bad_env_value_is_one_usage_line(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(UsageError, match="neither on"):
         make_enricher(EnricherOptions(node_name="n"))
 
+
+
+def test_a_stalled_lookup_holds_up_no_other_pod_and_its_answer_replaces_the_guess(server: FakeApiServer) -> None:
+    """The watch does not wait for a lookup: a ReplicaSet GET that gets no answer leaves its pod with the
+    name-based guess, later pods enter the index meanwhile, and the answer, when it comes, is applied."""
+    server.stall.add("frontend-blue")
+    owners = OwnerLookup(timeout_s=120.0)  # far beyond this test: the stall is released, not timed out
+    index, watcher = watch(server, owners)
+    listed = pods()
+    try:
+        server.add(listed[0])  # its ReplicaSet's GET stalls
+        server.add(listed[2])  # a later pod: in the index with its exact owner while the first lookup hangs
+        wait_for(lambda: index.lookup(UIDS[2], None)[0] is not None and owners.stats.no_controller == 1,
+                 "the later pod and its lookup")
+        # the first lookup has not ended (no timeout, no error): the later pod did not wait for it
+        assert watcher.lookups_pending == 1 and owners.stats.pending == 1
+        assert owners.stats.timeouts == owners.stats.errors == owners.stats.unexpected == 0
+        assert workload(index, 0) == {"k8s.replicaset.name": "frontend-blue"}  # the guess, for now
+        assert workload(index, 2) == {"k8s.replicaset.name": "lonely-5d8f9c"}
+        server.stall.clear()  # the server answers
+        wait_for(lambda: watcher.lookups_pending == 0, "the stalled lookup")
+    finally:
+        watcher.close()
+    assert workload(index, 0) == {"k8s.replicaset.name": "frontend-blue", "k8s.deployment.name": "frontend"}
+    assert (owners.stats.exact, owners.stats.no_controller, owners.stats.pending) == (1, 1, 0)
+
+
+def test_a_lookup_past_its_timeout_keeps_the_guess_and_is_counted(server: FakeApiServer) -> None:
+    server.stall.add("frontend-blue")  # never released in this test
+    owners = OwnerLookup(timeout_s=0.5)
+    index, watcher = watch(server, owners)
+    try:
+        server.add(pods()[0])
+        wait_for(lambda: owners.stats.timeouts == 1 and watcher.lookups_pending == 0, "the lookup's timeout")
+        server.add(pods()[1])  # the watch goes on
+        wait_for(lambda: index.lookup(UIDS[1], None)[0] is not None and watcher.lookups_pending == 0,
+                 "the next pod")
+    finally:
+        watcher.close()
+    assert workload(index, 0) == {"k8s.replicaset.name": "frontend-blue"}
+    assert workload(index, 1) == {"k8s.job.name": "backup-manual-run", "k8s.cronjob.name": "nightly-backup"}
+    assert owners.stats.timeouts == 1 and owners.stats.errors == 0
+
+
+def test_a_malformed_owner_object_keeps_the_guess_and_does_not_stop_the_watch(server: FakeApiServer) -> None:
+    server.put({"kind": "ReplicaSet", "metadata": {"name": "frontend-blue", "namespace": "shop",
+                                                   "ownerReferences": "not a list"}})
+    owners = OwnerLookup()
+    index, watcher = watch(server, owners)
+    try:
+        server.add(pods()[0])
+        server.add(pods()[1])
+        wait_for(lambda: index.lookup(UIDS[1], None)[0] is not None, "the pod after the malformed answer")
+        wait_for(lambda: watcher.lookups_pending == 0, "the lookups")
+    finally:
+        watcher.close()
+    assert workload(index, 0) == {"k8s.replicaset.name": "frontend-blue"}
+    assert workload(index, 1) == {"k8s.job.name": "backup-manual-run", "k8s.cronjob.name": "nightly-backup"}
+    assert owners.stats.errors == 1 and watcher.stats.failures == 0
+
+
+def test_known_answers_from_the_cache_without_a_request(server: FakeApiServer) -> None:
+    import asyncio
+
+    from lightkube import AsyncClient
+
+    owners = OwnerLookup()
+    pod = pods()[0]
+    assert owners.known(pod) is None  # not asked yet
+    assert owners.known(make_pod("x", uid=UIDS[4], owner=("StatefulSet", "db"))) == {"k8s.statefulset.name": "db"}
+
+    async def ask() -> dict[str, str]:
+        client = AsyncClient(config=KubeConfig.from_dict(server.kubeconfig()))
+        try:
+            return await owners.attributes(client, pod)
+        finally:
+            await client.close()
+
+    asked = asyncio.run(ask())
+    assert owners.known(pod) == asked == {"k8s.replicaset.name": "frontend-blue", "k8s.deployment.name": "frontend"}
+    assert owners.stats.requests == 1

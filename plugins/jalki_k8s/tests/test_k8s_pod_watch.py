@@ -166,3 +166,28 @@ def test_no_kubeconfig_at_all_is_disabled(monkeypatch: pytest.MonkeyPatch, tmp_p
         assert "no Kubernetes API server configured" in (enricher.status()["problem"] or "")
     finally:
         enricher.close()
+
+
+def test_an_undecodable_watch_event_is_counted_said_once_and_relisted(server: FakeApiServer,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Anything unexpected in the stream must not end the watcher for good (``synced`` would stay set while
+    the index goes stale): it is counted, said once, and the pods are listed again."""
+
+    def watches() -> int:  # a watch request is registered for broadcasts before the server reads any other
+        return sum(1 for r in list(server.requests) if r["params"].get("watch") == "true")
+
+    server.add(pod(0))
+    index = PodIndex()
+    watcher = start_watcher(server, index)
+    try:
+        for round_ in (1, 2):
+            wait_for(lambda n=round_: watches() == n, "the watch")
+            server.send_line(b"this is not a watch event\n")
+            wait_for(lambda n=round_: watcher.stats.failures == n, "the failure")
+            server.add(pod(round_))
+            wait_for(lambda n=round_: known(index, n), "the pod added after the failure")
+    finally:
+        watcher.close()
+    assert watcher.stats.lists == 3 and known(index, 0)
+    said = [r.getMessage() for r in caplog.records if "unexpected" in r.getMessage()]
+    assert len(said) == 1 and "DecodeError" in said[0] and "listing them again" in said[0]
