@@ -14,6 +14,7 @@ Fixtures: ``jalki_event_context``, ``jalki_fake_ring_buffer``,
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -68,6 +69,19 @@ class FakeRingBuffer:
     def close(self) -> None:
         """Forget pending records."""
         self._pending.clear()
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0, interval: float = 0.02) -> Any:
+    """Poll ``condition()`` until it is true and return its value; fail naming ``what`` after ``timeout``
+    seconds (a bound on a hang, never a timing check)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
 
 
 def make_event_context(probe: str = "test_probe", attach: str = "tracepoint") -> EventContext:

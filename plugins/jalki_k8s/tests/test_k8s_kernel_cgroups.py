@@ -27,7 +27,7 @@ from lightkube import KubeConfig
 
 from jalki_core.plugins import JalkiPlugins
 from jalki_core.session import TraceSession
-from jalki_core.testing import MemoryEmitter
+from jalki_core.testing import MemoryEmitter, wait_for
 
 pytestmark = pytest.mark.kernel
 V2_ROOT = detect_v2_root()
@@ -105,13 +105,6 @@ def cgroups() -> Iterator[Callable[..., Path]]:
             except OSError:
                 time.sleep(0.1)
 
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_events_from_runtime_shaped_cgroups_name_pod_namespace_container_workload(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from fake_apiserver import FakeApiServer, make_owned, make_pod
@@ -13,18 +12,11 @@ from jalki_k8s.watch import PodWatcher
 from lightkube import KubeConfig
 
 from jalki_core.errors import UsageError
+from jalki_core.testing import wait_for
 
 NODE = "node-o"
 UIDS = [f"3333333{i}-2222-4333-8444-55555555555{i}" for i in range(5)]
 
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
-    """Poll until ``condition()`` is true; fail naming ``what`` (a bound on a hang, not a timing check)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
