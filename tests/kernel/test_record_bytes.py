@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from jalki_tcp import layouts
 from netns_helpers import NetNs, tracing
@@ -50,6 +51,7 @@ from tcp_helpers import COMMAND, Pick, drop_input_rule, validate
 
 from jalki_core.events import OWNER_KNOWN, Event, EventContext
 from jalki_core.probe import Probe
+from jalki_core.recordjson import RecordEncoder
 
 pytestmark = pytest.mark.kernel
 
@@ -197,6 +199,28 @@ def raw_records(probe: Probe) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)]
 
 
+def check_lines_written_in_c(probe: Probe) -> None:
+    """The lines the C encoder writes (``record_json``) for every record the kernel made in this session
+    are the bytes orjson writes for the probe's own decoder's events (random records are in
+    tests/unit/test_recordjson.py; these are the kernel's)."""
+    base = type(probe).__mro__[1]  # the probe's class, under the capturing variant
+    if base.record_json is None:
+        return
+    data = b"".join(probe.__dict__["raw_batches"])
+
+    def context() -> EventContext:
+        return EventContext(probe.name, "tp_btf", node="node-1", clock_offset_ns=1_765_000_000_000_000_000,
+                            run_id="cafe0001")
+
+    def decode(batch: bytes, ctx: EventContext) -> list[Event]:
+        return base.decode(probe, batch, ctx)  # type: ignore[no-any-return]
+
+    lines, count = RecordEncoder(base.record_json, context(), decode).encode(data)
+    expected = b"".join(orjson.dumps(event) + b"\n" for event in base.decode(probe, data, context()))
+    assert count == len(data) // probe.layout.size
+    assert lines == expected
+
+
 def fields(probe: Probe, raw: bytes) -> dict[str, Any]:
     return dict(zip(probe.layout.fields, probe.layout.struct.unpack(raw), strict=True))
 
@@ -283,6 +307,8 @@ def test_every_tcp_record_byte_is_what_the_traffic_made(netns: NetNs, pick: Pick
                 assert start < record["ts_ns"] < end, record
                 ours[name].append(record)
     events = trace.events(netns=netns.inode)
+    for probe in probes.values():
+        check_lines_written_in_c(probe)
     for event in events:
         validate(event)
     expected_attach = {"tracepoint"} if pick.rung == "tracepoint" else {"tp_btf", "fexit"}  # type: ignore[attr-defined]
