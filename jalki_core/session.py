@@ -517,8 +517,8 @@ class TraceSession:
 
     def _writes_lines(self, active: _ActiveProbe) -> bool:
         """Whether this probe's batches go to the emitters as lines written in C (``record_json``):
-        its events are a plain function of its records, nothing derives from them, and nothing but
-        emitters reads them (no ``on_events`` consumer, no enricher)."""
+        its events are a plain function of its records (its derivations, if any, read the records), and
+        nothing but emitters reads them (no ``on_events`` consumer, no enricher or namespace scope)."""
         return (active.lines_apply and self.on_events is None and bool(self.workers)
                 and (self.enrich is None or (not self.enrich.slots and self.enrich.namespaces is None)))
 

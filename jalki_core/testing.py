@@ -14,6 +14,9 @@ Fixtures: ``jalki_event_context``, ``jalki_fake_ring_buffer``,
 from __future__ import annotations
 
 import json
+import select
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from importlib import resources
@@ -82,6 +85,28 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0, int
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+def start_jalki_run(*args: str, timeout: float = 60.0, stdout: int | None = subprocess.PIPE
+                    ) -> subprocess.Popen[str]:
+    """``jalki run ARGS`` (the ``jalki`` beside this interpreter), returned once it says ``tracing`` on stderr;
+    killed, and an AssertionError with its stderr, when it exits or stays silent for ``timeout`` seconds."""
+    jalki = str(Path(sys.executable).with_name("jalki"))
+    proc = subprocess.Popen([jalki, "run", *args], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # never block past the deadline if jalki hangs without a word
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stderr.readline()
+        if "tracing" in line:
+            return proc
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"jalki run did not start: {proc.communicate()[1]}")
 
 
 def make_event_context(probe: str = "test_probe", attach: str = "tracepoint") -> EventContext:

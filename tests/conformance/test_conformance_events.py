@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import re
-import select
 import socket
 import subprocess
 import time
@@ -22,13 +21,13 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conformance_support import JALKI, Json, installed_plugins, value_numbers
+from conformance_support import Json, installed_plugins, value_numbers
 from jalki_tcp.probes import TcpCloseProbe, TcpConnectProbe, TcpRetransmitProbe
 
 from jalki_core.events import EventContext
 from jalki_core.kb import parse_timestamp
 from jalki_core.probe import Probe
-from jalki_core.testing import FakeRingBuffer, decode_all, event_validator, make_event_context
+from jalki_core.testing import FakeRingBuffer, decode_all, event_validator, make_event_context, start_jalki_run
 
 SEVERITIES = ["debug", "info", "warning", "error", "critical"]
 OWNER = {"pid": 4242, "flags": 1, "comm": b"api-server", "cgroup_id": 99}
@@ -212,20 +211,7 @@ def _free_port() -> int:
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([str(JALKI), "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stderr.readline()
-        if "tracing" in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError(f"jalki run did not start: {proc.communicate()[1]}")
+    return start_jalki_run(*args)
 
 
 def _traffic(port: int) -> Iterator[tuple[str, int]]:

@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import json
-import select
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from netns_helpers import NetNs
 
-from jalki_core.testing import event_validator
+from jalki_core.testing import event_validator, start_jalki_run
 
 pytestmark = pytest.mark.kernel
 
-JALKI = str(Path(sys.executable).with_name("jalki"))
 
 
 def start_jalki(*args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([JALKI, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        # Never block past the deadline if jalki hangs without a word.
-        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stderr.readline()
-        if "tracing" in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError(f"jalki did not start: {proc.stderr.read()}")
+    return start_jalki_run(*args, timeout=30)
 
 
 def test_run_streams_file_events_and_flushes_on_sigterm(netns: NetNs, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import select
 import signal
 import subprocess
 import sys
@@ -20,9 +19,10 @@ from typing import Any
 import pytest
 from otlp_receiver import Receiver, Reply, attributes
 
+from jalki_core.testing import start_jalki_run
+
 pytestmark = pytest.mark.kernel
 
-JALKI = str(Path(sys.executable).with_name("jalki"))
 PORT = 9  # nothing listens there in a fresh namespace: every connect is refused
 
 CONNECTS = """
@@ -66,22 +66,8 @@ def refused_connects(netns: str, count: int, gap: float = 0.0) -> dict[str, Any]
 
 
 def start_jalki(emit: str, summary: Path, *extra: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([JALKI, "run", "--plugin", "tcp_connect", "--port", str(PORT), "--emit", emit,
-                             "--summary-json", str(summary), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stderr.readline()
-        if "tracing" in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError(f"jalki did not start: {proc.stderr.read()}")
+    return start_jalki_run("--plugin", "tcp_connect", "--port", str(PORT), "--emit", emit,
+                           "--summary-json", str(summary), *extra, stdout=subprocess.DEVNULL)
 
 
 def stop_jalki(proc: subprocess.Popen[str], summary: Path) -> tuple[dict[str, Any], str]:
