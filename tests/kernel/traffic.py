@@ -78,10 +78,15 @@ def request_and_wait(args: argparse.Namespace) -> None:
 
 
 def client(args: argparse.Namespace) -> None:
-    """Connect, send --send bytes, half-close, read the reply to EOF, close."""
+    """Connect, send --send bytes, wait until they are acknowledged, half-close, read the reply to EOF, close.
+
+    The wait makes the server's ACK reach an ESTABLISHED socket: tcp:tcp_probe samples only there, and under
+    load a loopback softirq may otherwise deliver it after shutdown(), to FIN_WAIT1 (no RTT sample).
+    """
     with socket.create_connection((args.host, args.port), timeout=10) as conn:
         sport = conn.getsockname()[1]
         conn.sendall(b"s" * args.send)
+        _wait_acked(conn, deadline=time.monotonic() + 10)
         conn.shutdown(socket.SHUT_WR)
         received = 0
         while chunk := conn.recv(65536):
