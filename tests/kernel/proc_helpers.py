@@ -122,3 +122,22 @@ def _remove_cgroup(directory: Path) -> None:
         except OSError:
             time.sleep(0.05)
     directory.rmdir()
+
+
+def memory_hog(comm: str) -> str:
+    """Python source for ``python -c``: it joins the cgroups whose ``cgroup.procs`` files are its arguments,
+    names itself ``comm``, then touches memory until the kernel kills it."""
+    return HOG_SOURCE.replace("COMM", comm)
+
+
+HOG_SOURCE = r"""
+import sys
+for path in sys.argv[1:]:
+    with open(path, "w") as f:
+        f.write("0")                       # "0": the writing process itself
+with open("/proc/self/comm", "w") as f:
+    f.write("COMM")
+hog = []
+while True:
+    hog.append(b"\x01" * (1 << 20))        # touched pages: resident anonymous memory
+"""

@@ -17,7 +17,7 @@ import pytest
 from jalki_memory.probes import OomKillProbe
 from jalki_process.probes import ProcessExitProbe
 from netns_helpers import tracing
-from proc_helpers import memory_cgroup, own_comm
+from proc_helpers import memory_cgroup, memory_hog, own_comm
 from rung_helpers import RUNGS, check_rung, on_rung
 
 from jalki_core.kb import default_kb, evaluate
@@ -28,17 +28,7 @@ validate = event_validator()
 LIMIT = 32 << 20
 MIB = 1 << 20
 
-HOG = r"""
-import sys
-for path in sys.argv[1:]:
-    with open(path, "w") as f:
-        f.write("0")                       # "0": the writing process itself
-with open("/proc/self/comm", "w") as f:
-    f.write("jalki-oom-hog")
-hog = []
-while True:
-    hog.append(b"\x01" * (1 << 20))        # touched pages: resident anonymous memory
-"""
+HOG = memory_hog("jalki-oom-hog")
 
 
 @pytest.mark.parametrize("rung", RUNGS)

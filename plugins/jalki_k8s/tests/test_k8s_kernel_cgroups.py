@@ -24,6 +24,7 @@ from fake_apiserver import FakeApiServer, make_pod
 from jalki_k8s.cgroup_index import detect_v2_root
 from jalki_k8s.enricher import K8sEnricher
 from lightkube import KubeConfig
+from proc_helpers import memory_hog
 
 from jalki_core.plugins import JalkiPlugins
 from jalki_core.session import TraceSession
@@ -184,17 +185,7 @@ def test_events_from_runtime_shaped_cgroups_name_pod_namespace_container_workloa
 
 MIB = 1 << 20
 OOM_LIMIT = 32 * MIB
-HOG = r"""
-import sys
-for path in sys.argv[1:]:
-    with open(path, "w") as f:
-        f.write("0")                       # "0": the writing process itself
-with open("/proc/self/comm", "w") as f:
-    f.write("jalki-k8s-hog")
-hog = []
-while True:
-    hog.append(b"\x01" * (1 << 20))        # touched pages: resident anonymous memory
-"""
+HOG = memory_hog("jalki-k8s-hog")
 
 
 def memory_in_v2() -> bool:
