@@ -34,6 +34,22 @@ FIXED_CLOCK_OFFSET_NS = 1_700_000_000_000_000_000
 """Wall-clock offset used by :func:`make_event_context`: kernel time 0 is 2023-11-14T22:13:20Z."""
 
 
+class FakeMap:
+    """An in-memory stand-in for a loaded BPF hash map (``keys`` and ``lookup``, like the real one), for
+    testing a probe's ``final_events`` or ``tick`` without the kernel."""
+
+    def __init__(self, items: dict[bytes, bytes]) -> None:
+        self.items = items
+
+    def keys(self) -> list[bytes]:
+        """The map's keys."""
+        return list(self.items)
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value of ``key``, or ``None``."""
+        return self.items.get(key)
+
+
 class FakeRingBuffer:
     """Stands in for :class:`jalki_core._libbpf.RingBufferReader` in tests.
 

@@ -19,7 +19,7 @@ from jalki_core.events import Event
 from jalki_core.kb import default_kb
 from jalki_core.kb.conditions import get_path
 from jalki_core.plugins import JalkiPlugins
-from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
+from jalki_core.testing import FakeMap, FakeRingBuffer, decode_all, make_event_context
 
 REPO = Path(__file__).resolve().parents[3]
 OWNER = {"pid": 4242, "flags": 1, "comm": b"postgres", "cgroup_id": 77}
@@ -94,19 +94,6 @@ def test_multiplexed_counts_and_exit_reason(jalki_validate_event: Callable[[Even
 def test_unknown_owner_has_null_command() -> None:
     [event] = decode(CpuIpcProbe(), record(SECOND, pid=9, flags=0, comm=b"", cgroup_id=0))
     assert event["process_data"] == {"pid": 9, "command": None, "cgroup_id": 0}
-
-
-class FakeMap:
-    """An in-memory stand-in for a loaded BPF hash map (keys + lookup), like the real one."""
-
-    def __init__(self, items: dict[bytes, bytes]) -> None:
-        self.items = items
-
-    def keys(self) -> list[bytes]:
-        return list(self.items)
-
-    def lookup(self, key: bytes) -> bytes | None:
-        return self.items.get(key)
 
 
 def acc_value(*, start: int, last: int, run_ns: int, cycles: int, instructions: int, comm: bytes = b"worker") -> bytes:

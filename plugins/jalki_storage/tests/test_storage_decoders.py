@@ -14,24 +14,11 @@ from jalki_core.events import Event
 from jalki_core.kb import default_kb
 from jalki_core.kb.conditions import get_path
 from jalki_core.plugins import JalkiPlugins
-from jalki_core.testing import FakeRingBuffer, decode_all, make_event_context
+from jalki_core.testing import FakeMap, FakeRingBuffer, decode_all, make_event_context
 
 ISSUER = {"pid": 4242, "flags": 1, "comm": b"postgres", "cgroup_id": 99}
 LOOP0 = 7 << 20  # dev_t 7:0 in the kernel's encoding
 SYSFS_MISSING = "/nonexistent-sysfs"
-
-
-class FakeMap:
-    """An in-memory stand-in for a loaded BPF hash map (keys + lookup), like the real one."""
-
-    def __init__(self, items: dict[bytes, bytes]) -> None:
-        self.items = items
-
-    def keys(self) -> list[bytes]:
-        return list(self.items)
-
-    def lookup(self, key: bytes) -> bytes | None:
-        return self.items.get(key)
 
 
 def hist_value(slots: dict[int, int], total_ns: int) -> bytes:
