@@ -29,7 +29,7 @@ from jalki_mcp.server import build_server
 from jalki_mcp.tools import JalkiTools
 from mcp import Client as McpClient
 from test_k8s_cli_kernel import environment, run_children
-from test_k8s_kernel_cgroups import V2_ROOT, shapes
+from test_k8s_kernel_cgroups import V2_ROOT, make_cgroup, shapes
 
 from jalki_core.errors import RequestError
 from jalki_core.sdk import Gap
@@ -57,13 +57,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     made: list[Path] = []
 
     def make(relative: str) -> Path:
-        path = V2_ROOT
-        for part in relative.split("/"):
-            path = path / part
-            if not path.exists():
-                path.mkdir()
-                made.append(path)
-        return path
+        assert V2_ROOT is not None
+        return make_cgroup(relative, made, V2_ROOT)
 
     rows = shapes()
     server = FakeApiServer().start()

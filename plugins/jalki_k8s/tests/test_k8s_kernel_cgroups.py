@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "kernel"))
 from fake_apiserver import FakeApiServer, make_pod
 from jalki_k8s.cgroup_index import detect_v2_root
 from jalki_k8s.enricher import K8sEnricher
@@ -82,6 +84,18 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+def make_cgroup(relative: str, made: list[Path], root: Path) -> Path:
+    """The cgroup directory ``root/relative``, each missing level made and appended to ``made`` (to be
+    removed deepest first)."""
+    path = root
+    for part in relative.split("/"):
+        path = path / part
+        if not path.exists():
+            path.mkdir()
+            made.append(path)
+    return path
+
+
 @pytest.fixture
 def cgroups() -> Iterator[Callable[..., Path]]:
     """Make cgroup directories (v2 unless ``root`` names another hierarchy); remove them (deepest first) afterwards."""
@@ -89,13 +103,7 @@ def cgroups() -> Iterator[Callable[..., Path]]:
     made: list[Path] = []
 
     def make(relative: str, root: Path = V2_ROOT) -> Path:
-        path = root
-        for part in relative.split("/"):
-            path = path / part
-            if not path.exists():
-                path.mkdir()
-                made.append(path)
-        return path
+        return make_cgroup(relative, made, root)
 
     yield make
     for path in reversed(made):
