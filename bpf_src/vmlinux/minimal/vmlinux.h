@@ -118,6 +118,11 @@ enum {
 	BPF_F_MMAPABLE = 1024,
 };
 
+/* flags for bpf_{sk,task,inode,cgrp}_storage_get() */
+enum {
+	BPF_LOCAL_STORAGE_GET_F_CREATE = 1,
+};
+
 /* flags for bpf_ringbuf_submit()/discard()/output() */
 enum {
 	BPF_RB_NO_WAKEUP = 1,

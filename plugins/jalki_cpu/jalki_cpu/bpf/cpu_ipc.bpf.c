@@ -14,7 +14,8 @@
  *
  * On every sched_switch (current == prev, the task leaving the CPU):
  *   1. read every counter of this CPU;
- *   2. the delta since prev was switched in (kept per CPU) is added to
+ *   2. prev's run time not yet accounted (see below) and the counters'
+ *      deltas since prev was switched in (kept per CPU) are added to
  *      prev's process (tgid) in cpu_ipc_procs; a delta the counter measured
  *      for only part of the time (the PMU multiplexed it with other events:
  *      time_running < time_enabled) is scaled up by enabled / running and
@@ -28,18 +29,34 @@
  *   4. the counters are remembered as next's switch-in values.
  * Intervals that ran less than cpu_ipc_min_run_ns are not emitted (too few
  * cycles for a meaningful IPC). What is still accumulating when the session
- * stops is read from cpu_ipc_procs by user space (CpuIpcProbe.final_events). A process whose interval has elapsed is
- * emitted the next time one of its threads leaves a CPU: one that runs
- * without ever being switched out reports when it is.
+ * stops is read from cpu_ipc_procs by user space (CpuIpcProbe.final_events).
+ * A process whose interval has elapsed is emitted the next time one of its
+ * threads leaves a CPU: one that runs without ever being switched out
+ * reports when it is.
+ *
+ * Run time is the scheduler's own, per thread: the run time of the thread
+ * leaving the CPU (se.sum_exec_runtime) less what was already accounted for
+ * it (kept in task storage, cpu_ipc_accounted). So the process's run time
+ * adds up to the CPU time the kernel charged it (what wait4 and
+ * /proc/PID/schedstat report: steal time is not run time) even when the
+ * tracepoint did not report some of its switches: a slice whose switch-out
+ * went unreported is accounted at the thread's next reported switch-out. A
+ * thread first seen leaving a CPU is accounted from when the scheduler last
+ * picked it (prev_sum_exec_runtime), at most the time since the CPU's last
+ * reported switch when its switch-in was not reported either.
+ *
+ * The counters are read at every reported switch: a slice whose switch-in
+ * this CPU reported (start->tid is the thread leaving) adds its counter
+ * deltas, which measured the slice's run time (counted_ns: the run time since
+ * the scheduler picked the thread). A switch-out of a thread this CPU did not
+ * see enter (the tracepoint did not report the switch-in: on some kernels
+ * certain tasks' switch-outs are never reported; or the program missed it
+ * under recursion protection) is counted as the probe's drop cause
+ * switch_unseen: that slice's counter deltas are unknown and not counted,
+ * its run time is (see above).
  *
  * The self filter and the tgid filter apply when accumulating; sampling when
- * emitting. The port filter does not apply. A switch-out of a thread this
- * CPU did not see enter (the tracepoint did not report the switch-in: on
- * some kernels certain tasks' switch-outs are never reported; or the program
- * missed it under recursion protection) is counted as the probe's drop cause
- * switch_unseen: the slice's counter deltas are unknown and not counted, but
- * its run time is the scheduler's own (see unseen_slice_ns) and it is
- * accounted, so the process's interval and exit are still reported.
+ * emitting. The port filter does not apply.
  *
  * Rungs: tp_btf:     tpbtf_sched_switch (tp_btf/sched_switch);
  *        tracepoint: tp_sched_switch (tracepoint/sched/sched_switch).
@@ -89,6 +106,14 @@ struct {
 	__type(value, struct cpu_ipc_acc);
 } cpu_ipc_procs SEC(".maps");
 
+/* Per thread: up to where its run time is accounted. Freed with the task. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct cpu_ipc_thread);
+} cpu_ipc_threads SEC(".maps");
+
 /* CO-RE flavors: build against the minimal vmlinux.h as well as a full one. */
 struct jalki_atomic___jalki {
 	int counter;
@@ -107,6 +132,8 @@ struct task_struct___jalki {
 	int pid;
 	int tgid;
 	int exit_state;
+	unsigned long nvcsw;  /* voluntary context switches (counted before the tracepoint runs) */
+	unsigned long nivcsw; /* involuntary ones */
 	struct sched_entity___jalki se;
 	struct signal_struct___jalki *signal;
 } __attribute__((preserve_access_index));
@@ -168,19 +195,92 @@ static __always_inline bool add_delta(struct cpu_ipc_acc *acc, const struct cpu_
 	return true;
 }
 
-/* How long the current task ran since it was switched in, when the switch-in
- * was not reported: the scheduler's runtime since it picked the task
- * (set_next_entity saves sum_exec_runtime in prev_sum_exec_runtime; less
- * when it re-picked the running task mid-slice), at most `since_ns`, the time
- * since this CPU's last reported switch (a task of a class that does not keep
- * prev_sum_exec_runtime cannot claim more). Never more than it ran. */
-static __always_inline __u64 unseen_slice_ns(__u64 since_ns)
+/* How far `task`'s run time is accounted, created when missing (then all
+ * zero); NULL when no storage can be had (allocation failed, or nested under
+ * another storage user on this CPU). */
+static __always_inline struct cpu_ipc_thread *thread_of(struct task_struct___jalki *task)
+{
+	return bpf_task_storage_get(&cpu_ipc_threads, (void *)task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+}
+
+/* `task`'s run time is accounted up to now. */
+static __always_inline void mark_accounted(struct cpu_ipc_thread *thread, struct task_struct___jalki *task)
+{
+	thread->run_ns = task->se.sum_exec_runtime;
+	thread->switches = task->nvcsw + task->nivcsw;
+	thread->known = 1;
+}
+
+/* The run time of the current thread (the one leaving the CPU) not yet
+ * accounted, which this then marks accounted: its sum_exec_runtime less the
+ * one its storage kept. *slice_ns: how much of it the slice now ending ran,
+ * the one whose switch-in this CPU reported when `seen` (the counters
+ * measured that much); 0 when not seen. When the storage says this is the
+ * thread's first switch-out since it was last accounted, the slice is all of
+ * it; after switch-outs that went unreported, its time span from switch-in
+ * (span_ns), at most all of it.
+ *
+ * A thread with nothing accounted yet (its switch-in was not reported, or it
+ * was on the tracepoint rung, which cannot reach the task switched in) counts
+ * its time span since the reported switch-in when `seen`, else the
+ * scheduler's run time since it last picked the thread (prev_sum_exec_runtime;
+ * less when it re-picked the running task mid-slice, which the scheduler
+ * does) at most span_ns, the time since the CPU's last reported switch (a
+ * task of a class that does not keep prev_sum_exec_runtime cannot claim
+ * more). */
+static __always_inline __u64 unaccounted_run_ns(bool seen, __u64 span_ns, __u64 *slice_ns)
 {
 	struct task_struct___jalki *task = (void *)bpf_get_current_task_btf();
+	struct cpu_ipc_thread *thread = thread_of(task);
 	__u64 sum = task->se.sum_exec_runtime, prev = task->se.prev_sum_exec_runtime;
-	__u64 ran = sum > prev ? sum - prev : 0;
+	__u64 switches = task->nvcsw + task->nivcsw;
+	__u64 ran;
 
-	return ran < since_ns ? ran : since_ns;
+	if (thread && thread->known) {
+		ran = sum > thread->run_ns ? sum - thread->run_ns : 0;
+		if (!seen)
+			*slice_ns = 0;
+		else if (switches == thread->switches + 1)
+			*slice_ns = ran;
+		else
+			*slice_ns = span_ns < ran ? span_ns : ran;
+	} else if (seen) {
+		ran = span_ns;
+		*slice_ns = ran;
+	} else {
+		ran = sum > prev ? sum - prev : 0;
+		if (ran > span_ns)
+			ran = span_ns;
+		*slice_ns = 0;
+	}
+	if (thread)
+		mark_accounted(thread, task);
+	return ran;
+}
+
+/* The thread switched in (tp_btf rung: `next` is at hand) is accounted from
+ * now on when it is not yet: its slices, reported or not, then add up. */
+static __always_inline void account_from_switch_in(struct task_struct___jalki *next)
+{
+	struct cpu_ipc_thread *thread;
+	__u32 tgid = next->tgid;
+
+	if (!tgid || jalki_is_self(tgid) || !jalki_pass_tgid_filter(tgid))
+		return;
+	thread = thread_of(next);
+	if (thread && !thread->known)
+		mark_accounted(thread, next);
+}
+
+/* The current thread is accounted from now on: the first switch this CPU
+ * reports, whose slice began before the session could see it. */
+static __always_inline void account_from_now(void)
+{
+	struct task_struct___jalki *task = (void *)bpf_get_current_task_btf();
+	struct cpu_ipc_thread *thread = thread_of(task);
+
+	if (thread)
+		mark_accounted(thread, task);
 }
 
 /* The current task is the last thread of its process and leaves the CPU for good. */
@@ -218,11 +318,13 @@ static __always_inline void emit(__u32 tgid, const struct cpu_ipc_acc *acc, __u6
 	bpf_ringbuf_submit(ev, 0);
 }
 
-/* prev (the current task, a thread of tgid) ran from then->ts_ns to now->ts_ns. */
-static __always_inline void account(__u32 tgid, const struct cpu_ipc_start *then,
-				    const struct cpu_ipc_start *now)
+/* prev (the current task, a thread of tgid) ran run_ns not yet accounted,
+ * the last slice_ns of it in the slice now ending; `then` is that slice's
+ * switch-in on this CPU when it was reported (the counter deltas since then
+ * measured slice_ns of run time), else NULL. */
+static __always_inline void account(__u32 tgid, __u64 run_ns, __u64 slice_ns,
+				    const struct cpu_ipc_start *then, const struct cpu_ipc_start *now)
 {
-	__u64 run_ns = now->ts_ns - then->ts_ns;
 	struct cpu_ipc_acc *acc = bpf_map_lookup_elem(&cpu_ipc_procs, &tgid);
 	struct cpu_ipc_acc copy;
 	bool gone, scaled;
@@ -230,7 +332,7 @@ static __always_inline void account(__u32 tgid, const struct cpu_ipc_start *then
 	if (!acc) {
 		struct cpu_ipc_acc fresh = {};
 
-		fresh.window_start_ns = then->ts_ns;
+		fresh.window_start_ns = now->ts_ns - run_ns;
 		fresh.cgroup_id = bpf_get_current_cgroup_id();
 		bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
 		bpf_map_update_elem(&cpu_ipc_procs, &tgid, &fresh, BPF_NOEXIST);
@@ -243,12 +345,14 @@ static __always_inline void account(__u32 tgid, const struct cpu_ipc_start *then
 	__sync_fetch_and_add(&acc->run_ns, run_ns);
 	__sync_fetch_and_add(&acc->switches, 1);
 	acc->last_ns = now->ts_ns; /* plain store: of two CPUs at once, either time */
-	scaled = add_delta(acc, then, now, JALKI_CPU_CYCLES, run_ns);
-	scaled |= add_delta(acc, then, now, JALKI_CPU_INSTRUCTIONS, run_ns);
-	scaled |= add_delta(acc, then, now, JALKI_CPU_STALLED_FRONTEND, run_ns);
-	scaled |= add_delta(acc, then, now, JALKI_CPU_STALLED_BACKEND, run_ns);
-	if (scaled)
-		__sync_fetch_and_add(&acc->scaled, 1);
+	if (then) {
+		scaled = add_delta(acc, then, now, JALKI_CPU_CYCLES, slice_ns);
+		scaled |= add_delta(acc, then, now, JALKI_CPU_INSTRUCTIONS, slice_ns);
+		scaled |= add_delta(acc, then, now, JALKI_CPU_STALLED_FRONTEND, slice_ns);
+		scaled |= add_delta(acc, then, now, JALKI_CPU_STALLED_BACKEND, slice_ns);
+		if (scaled)
+			__sync_fetch_and_add(&acc->scaled, 1);
+	}
 
 	gone = process_gone();
 	if (!gone && now->ts_ns - acc->window_start_ns < cpu_ipc_interval_ns)
@@ -266,6 +370,8 @@ static __always_inline int handle_switch(__u32 next_tid)
 	struct cpu_ipc_start now = {};
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid, tgid = pid_tgid >> 32;
+	__u64 run_ns, slice_ns;
+	bool tracked, seen;
 
 	if (!start)
 		return 0;
@@ -275,17 +381,18 @@ static __always_inline int handle_switch(__u32 next_tid)
 	now.valid |= read_counter(&cpu_stalled_backend, JALKI_CPU_STALLED_BACKEND, &now);
 	now.ts_ns = bpf_ktime_get_ns();
 
-	if (start->ts_ns) { /* this CPU saw a task enter before */
-		if (start->tid != tid) {
-			/* Its switch-in was not reported: no counter values at switch-in
-			 * (valid 0: no deltas), its run time from the scheduler. `start`
-			 * is overwritten with `now` below. */
+	tracked = tgid && !jalki_is_self(tgid) && jalki_pass_tgid_filter(tgid);
+	if (!start->ts_ns) { /* the first switch this CPU reports */
+		if (tracked)
+			account_from_now();
+	} else {
+		seen = start->tid == tid;
+		if (!seen) /* its switch-in was not reported: no counter deltas for this slice */
 			jalki_count_drop(JALKI_DROP_PROBE_BASE + JALKI_CPU_DROP_SWITCH_UNSEEN);
-			start->ts_ns = now.ts_ns - unseen_slice_ns(now.ts_ns - start->ts_ns);
-			start->valid = 0;
+		if (tracked) {
+			run_ns = unaccounted_run_ns(seen, now.ts_ns - start->ts_ns, &slice_ns);
+			account(tgid, run_ns, slice_ns, seen ? start : NULL, &now);
 		}
-		if (tgid && !jalki_is_self(tgid) && jalki_pass_tgid_filter(tgid))
-			account(tgid, start, &now);
 	}
 	now.tid = next_tid;
 	__builtin_memcpy(start, &now, sizeof(now));
@@ -298,7 +405,9 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(tpbtf_sched_switch, bool preempt, struct task_struct___jalki *prev,
 	     struct task_struct___jalki *next)
 {
-	return handle_switch(next->pid);
+	handle_switch(next->pid);
+	account_from_switch_in(next);
+	return 0;
 }
 
 /* ---- rung "tracepoint" ---- */

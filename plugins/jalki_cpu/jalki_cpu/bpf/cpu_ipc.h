@@ -53,6 +53,14 @@ struct cpu_ipc_start {
 	__u32 valid; /* bit i: counter i was read at switch-in */
 };
 
+/* Per thread (task storage): how far its run time is accounted. */
+struct cpu_ipc_thread {
+	__u64 run_ns;   /* its se.sum_exec_runtime then */
+	__u64 switches; /* its nvcsw + nivcsw then */
+	__u32 known;    /* 0: nothing accounted yet */
+	__u32 _pad;
+};
+
 /* Per process (tgid): what its threads accumulated in the current interval. */
 struct cpu_ipc_acc {
 	__u64 window_start_ns;
