@@ -42,6 +42,10 @@ log = logging.getLogger("jalki.loader")
 DROP_CAUSES = ("ringbuf_full", "sampled", "tracking_full")
 """Kernel-side drop counters every probe has, in the order of ``enum jalki_drop_cause``."""
 
+RECURSION_MISS = "recursion_miss"
+"""Drop cause counted by the kernel per program (``bpf_prog_info.recursion_misses``), not in the drops map:
+runs it skipped because a tracing program was already running on that CPU. Each may have been an event."""
+
 MAX_EXTRA_DROP_CAUSES = 5
 """Probe-specific causes after the shared ones (``JALKI_DROP__MAX - JALKI_DROP_PROBE_BASE``)."""
 
@@ -140,10 +144,11 @@ class LoadedProbe:
         return tuple(name for name in self.rung.optional if name not in self.programs)
 
     def kernel_drops(self) -> dict[str, int]:
-        """Kernel-side drop counters by cause, summed over CPUs."""
+        """Kernel-side drop counters by cause, summed over CPUs, and the programs' recursion misses."""
         drops_map = self.obj.maps.get("jalki_drops")
         causes = (*DROP_CAUSES, *self.probe.extra_drop_causes)
         result = dict.fromkeys(causes, 0)
+        result[RECURSION_MISS] = self.recursion_misses()
         if drops_map is None:
             return result
         for index, cause in enumerate(causes):
@@ -153,6 +158,18 @@ class LoadedProbe:
                 continue
             result[cause] = sum(struct.unpack_from("<Q", value)[0] for value in values)
         return result
+
+    def recursion_misses(self) -> int:
+        """Runs of this probe's attached programs that the kernel skipped (recursion protection), summed."""
+        total = 0
+        for name in self.programs:
+            program = self.obj.programs.get(name)
+            if program is not None:
+                try:
+                    total += program.recursion_misses()
+                except LibbpfError:
+                    continue
+        return total
 
     def program_stats(self) -> dict[str, tuple[int, int]]:
         """Per-program (run time ns, run count) from ``bpf_enable_stats``."""

@@ -402,7 +402,8 @@ class Probe(ABC):
     - ``extra_drop_causes``: names of probe-specific kernel drop causes (at
       most five), counted in C with ``jalki_count_drop(JALKI_DROP_PROBE_BASE + i)``
       and reported with the shared ones (``ringbuf_full``, ``sampled``,
-      ``tracking_full``), e.g. ``("issue_unseen",)``.
+      ``tracking_full``, and the kernel's own ``recursion_miss``), e.g.
+      ``("issue_unseen",)``.
     - ``layouts`` and ``kind_field``: instead of ``layout``, for a probe whose
       ring carries more than one record type (per-event records and, say,
       histogram records): kind value → :class:`RecordLayout`. Every layout

@@ -34,6 +34,19 @@ FIXED_CLOCK_OFFSET_NS = 1_700_000_000_000_000_000
 """Wall-clock offset used by :func:`make_event_context`: kernel time 0 is 2023-11-14T22:13:20Z."""
 
 
+class FileResource:
+    """A BPF object (or schema) at a path of the test's own, e.g. one it compiled into ``tmp_path``: what a
+    probe's ``bpf_object`` needs (``filename`` and ``read_bytes``) without a package around it."""
+
+    def __init__(self, path: Path) -> None:
+        self.filename = path.name
+        self.path = path
+
+    def read_bytes(self) -> bytes:
+        """The file's bytes."""
+        return self.path.read_bytes()
+
+
 class FakeMap:
     """An in-memory stand-in for a loaded BPF hash map (``keys`` and ``lookup``, like the real one), for
     testing a probe's ``final_events`` or ``tick`` without the kernel."""

@@ -186,6 +186,19 @@ class BpfProgram:
         )
         return int(run_time[0]), int(run_cnt[0])
 
+    def recursion_misses(self) -> int:
+        """Runs the kernel skipped (``bpf_prog_info.recursion_misses``): the program found a tracing program
+        already running on that CPU. Counted whether or not stats are enabled."""
+        misses = ffi.new("uint64_t *")
+        _check.rc(
+            int(lib.jalki_prog_recursion_misses(self.fd, misses)),
+            "bpf_obj_get_info_by_fd",
+            LibbpfError,
+            obj=self._owner.name,
+            program=self._name,
+        )
+        return int(misses[0])
+
     # -- attaching ----------------------------------------------------------
 
     def _attach(self, operation: str, target: str, call: Callable[[Any], Any]) -> BpfLink:

@@ -129,6 +129,20 @@ int jalki_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt)
     return 0;
 }
 
+int jalki_prog_recursion_misses(int prog_fd, uint64_t *recursion_misses)
+{
+    struct bpf_prog_info info;
+    __u32 len = sizeof(info);
+    int err;
+
+    memset(&info, 0, sizeof(info));
+    err = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
+    if (err < 0)
+        return err;
+    *recursion_misses = info.recursion_misses;
+    return 0;
+}
+
 /*
  * Copy one record into the batch. libbpf advances the consumer position past
  * a record *before* returning a negative callback result to its caller

@@ -61,6 +61,11 @@ long jalki_btf_struct_size(struct bpf_object *obj, const char *name);
 /* run_time_ns and run_cnt of a loaded program. 0 or -errno. */
 int jalki_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt);
 
+/* recursion_misses of a loaded program: runs the kernel skipped because the
+ * program (tp_btf, raw_tp) or another tracing program (classic tracepoint) was
+ * already running on that CPU. Counted always, stats enabled or not. 0 or -errno. */
+int jalki_prog_recursion_misses(int prog_fd, uint64_t *recursion_misses);
+
 /* ring_buffer__new with the batching sample callback. NULL + errno on failure. */
 struct ring_buffer *jalki_rb_new(int map_fd, struct jalki_rb_ctx *ctx);
 

@@ -213,8 +213,8 @@ def test_client_deploy_is_idempotent_resampling_reattaches_and_status_counts(net
 
         probe, held = settled(0)  # every event of the probe (connects and any derived ones) is counted
         assert (probe["attach"], probe["filters"], probe["sample"]) == (first["attach"], {"port": port}, 1.0)
-        assert probe["drops"] == {"ringbuf_full": 0, "sampled": 0, "tracking_full": 0, "size_mismatch": 0,
-                                  "decode_error": 0}
+        assert probe["drops"] == {"ringbuf_full": 0, "sampled": 0, "tracking_full": 0, "recursion_miss": 0,
+                                  "size_mismatch": 0, "decode_error": 0}
         assert probe["run_count"] >= 6 and probe["run_time_ns"] > 0 and probe["failed_rungs"] is not None
         programs = probe["programs"]  # per program, from bpf_enable_stats; the totals are their sums
         assert any(f["run_count"] > 0 and f["run_time_ns"] > 0 for f in programs.values()), programs

@@ -206,7 +206,8 @@ def test_every_metric_family_moves_with_exact_counts(tmp_path: Path, netns: NetN
             assert value(after, "jalki_probe_attached", probe=probe, rung=rung) == 1
             assert value(after, "jalki_program_runs_total", probe=probe) > 0
             assert value(after, "jalki_program_run_time_seconds_total", probe=probe) > 0
-            for cause in ("ringbuf_full", "sampled", "tracking_full", "size_mismatch", "decode_error"):
+            causes = ("ringbuf_full", "sampled", "tracking_full", "recursion_miss", "size_mismatch", "decode_error")
+            for cause in causes:
                 assert (("jalki_drops_total", (("cause", cause), ("probe", probe))) in after
                         and value(after, "jalki_drops_total", probe=probe, cause=cause) == 0), (probe, cause)
         # the peak since the previous scrape: the flood is drained by now (test_daemon_bounds.py sees a backlog)

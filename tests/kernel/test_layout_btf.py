@@ -18,6 +18,7 @@ from jalki_core.errors import LayoutMismatchError
 from jalki_core.events import Event, EventContext
 from jalki_core.loader import ProbeLoader, ProbeOptions
 from jalki_core.probe import AttachRung, Probe, RecordLayout
+from jalki_core.testing import FileResource
 
 pytestmark = pytest.mark.kernel
 
@@ -25,15 +26,6 @@ SOURCE = Path(__file__).with_name("bpf") / "layout_check.bpf.c"
 HEADER = ("ts_ns", "cgroup_id", "pid", "flags", "comm")
 MATCHING = RecordLayout("layout_check_event", "<QQII16sIIQH2x4x", (*HEADER, "tid", "cpu", "value", "port"), 64)
 SWAPPED = RecordLayout("layout_check_event", "<QQII16sIIQH2x4x", (*HEADER, "cpu", "tid", "value", "port"), 64)
-
-
-class FileResource:
-    def __init__(self, path: Path) -> None:
-        self.filename = path.name
-        self._path = path
-
-    def read_bytes(self) -> bytes:
-        return self._path.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from jalki_core.events import Event, EventContext
 from jalki_core.loader import ProbeLoader, ProbeOptions
 from jalki_core.probe import AttachRung, Probe, RecordLayout, check_probe_contract
 from jalki_core.session import TraceSession
+from jalki_core.testing import FileResource
 
 pytestmark = pytest.mark.kernel
 
@@ -37,15 +38,6 @@ LARGE = RecordLayout.with_header("multi_large", "II4Q", ("kind", "tid", "v1", "v
 LARGE_HALVED = RecordLayout.with_header("multi_large", "II8I", ("kind", "tid", *(f"w{i}" for i in range(8))), 80)
 KIND_SMALL, KIND_LARGE = 1, 7
 DEADLINE_S = 60.0  # generous: the loop stops as soon as what it waits for is seen
-
-
-class FileResource:
-    def __init__(self, path: Path) -> None:
-        self.filename = path.name
-        self._path = path
-
-    def read_bytes(self) -> bytes:
-        return self._path.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -305,7 +305,8 @@ def test_fsync_loop_flushes_are_counted_never_dropped(rung: str) -> None:
     assert kernel.issued == {"write": fsyncs, "flush": fsyncs}
     assert kernel.flush_sequence_ends == [("WS", 0)] * fsyncs
     [stats] = summary.probes
-    assert stats.kernel_drops == {"ringbuf_full": 0, "sampled": 0, "tracking_full": 0, "issue_unseen": 0}
+    assert stats.kernel_drops == {"ringbuf_full": 0, "sampled": 0, "tracking_full": 0, "issue_unseen": 0,
+                                  "recursion_miss": 0}
 
     histograms = {e["data"]["operation"]: e["data"]
                   for e in of_device(events, "kernel.storage.io_latency_histogram", loop)}

@@ -16,6 +16,7 @@ from jalki_core.errors import AttachLadderExhausted
 from jalki_core.events import Event, EventContext
 from jalki_core.loader import ProbeOptions
 from jalki_core.probe import AttachRung, Probe, RecordLayout
+from jalki_core.testing import FileResource
 
 pytestmark = pytest.mark.kernel
 
@@ -208,15 +209,6 @@ def test_sampling_keeps_about_half_and_counts_the_rest(netns: NetNs) -> None:
     assert stats.dropped == sampled
 
 
-class BrokenResource:
-    def __init__(self, path: Path) -> None:
-        self.filename = path.name
-        self._path = path
-
-    def read_bytes(self) -> bytes:
-        return self._path.read_bytes()
-
-
 @pytest.fixture(scope="module")
 def broken_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from jalki_core.bpf_build import compile_source
@@ -230,7 +222,7 @@ def make_broken_probe(path: Path) -> Probe:
         name = "broken_probe"
         observes = "nothing that works"
         event_types = ("kernel.test.broken",)
-        bpf_object = BrokenResource(path)  # type: ignore[assignment]
+        bpf_object = FileResource(path)  # type: ignore[assignment]
         ring_buffer_bytes = 1 << 16
         layout = RecordLayout("broken_event", "<Q", ("value",), 8)
         ladder = (
