@@ -157,6 +157,7 @@ class Subscription:
         self.sent = 0
         self.dropped = 0
         self.unreported_drops = 0
+        self._drops_lock = threading.Lock()  # the drain thread counts hand-off losses, the API loop the rest
         self.task: asyncio.Task[None] | None = None
         self.replay: tuple[int, int] | None = None
         """``(cursor, upto)``: events the writer first replays from what the daemon holds (``since_seq``)."""
@@ -180,10 +181,21 @@ class Subscription:
             budget.used += len(raw)
             taken += 1
         if taken < len(raws):
-            self.dropped += len(raws) - taken
-            self.unreported_drops += len(raws) - taken
+            self.count_lost(len(raws) - taken)
         if taken or self.unreported_drops:  # a loss is announced even when nothing follows it
             self.ready.set()
+
+    def count_lost(self, count: int) -> None:
+        """Count ``count`` events of this subscription as lost (any thread)."""
+        with self._drops_lock:
+            self.dropped += count
+            self.unreported_drops += count
+
+    def take_unreported(self) -> int:
+        """The losses not yet announced to the client, now counted as announced."""
+        with self._drops_lock:
+            count, self.unreported_drops = self.unreported_drops, 0
+        return count
 
     def take(self, max_bytes: int) -> list[bytes]:
         """Queued events, oldest first, up to about ``max_bytes``."""
@@ -326,7 +338,7 @@ class Connection:
                 raws = subscription.take(PUMP_WRITE_BYTES)
                 parts: list[bytes] = []
                 if subscription.unreported_drops:
-                    count, subscription.unreported_drops = subscription.unreported_drops, 0
+                    count = subscription.take_unreported()
                     parts.append(protocol.encode(protocol.push("dropped", subscription.number, count=count,
                                                                reason="slow")))
                 for raw in raws:
@@ -336,7 +348,7 @@ class Connection:
                     subscription.sent += len(raws)  # in the socket's buffer: a cancelled drain cannot unsend them
                     await self.writer.drain()
             if subscription.unreported_drops and not subscription.closing:
-                count, subscription.unreported_drops = subscription.unreported_drops, 0
+                count = subscription.take_unreported()
                 await self.write(protocol.encode(protocol.push("dropped", subscription.number, count=count,
                                                                reason="slow")))
             if subscription.closing:
@@ -383,7 +395,7 @@ class Connection:
         """At shutdown, after the last queued event: announce losses, send the ``end`` push, flush."""
         parts: list[bytes] = []
         if subscription.unreported_drops:
-            count, subscription.unreported_drops = subscription.unreported_drops, 0
+            count = subscription.take_unreported()
             parts.append(protocol.encode(protocol.push("dropped", subscription.number, count=count,
                                                        reason="slow")))
         parts.append(protocol.encode(protocol.push("end", subscription.number, reason="shutdown",
@@ -644,8 +656,7 @@ class ApiServer:
             for subscription in list(self.subscriptions):
                 count = len(_wanted(subscription, source, lost_raws, first_seq + taken) or ())
                 if count:
-                    subscription.dropped += count
-                    subscription.unreported_drops += count
+                    subscription.count_lost(count)
         if wake:
             self._loop.call_soon_threadsafe(self._fan_out)
 
