@@ -67,7 +67,13 @@ class build_py(_build_py):  # type: ignore[misc]  # lower case: the setuptools c
     def run(self) -> None:
         """Compile every ``*.bpf.c`` (with the package's ``[tool.jalki.bpf] cflags``), then build as usual."""
         for source in distribution_sources(self):
-            bpf_build.compile_source(source)
+            try:
+                bpf_build.compile_source(source)
+            except BpfBuildError as exc:
+                # SystemExit, not an Exception: setuptools' editable build turns an Exception of a build step
+                # into a warning and goes on, installing the stale object (its warning text can even break on
+                # the braces of a C error); the install must fail, with clang's message
+                raise SystemExit(f"error: {exc}") from exc
         super().run()
 
 

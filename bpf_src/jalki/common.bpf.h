@@ -212,16 +212,28 @@ static __always_inline bool jalki_sampled_out(void)
  * ring). Values built on the stack and copied into a record (tuples, owner
  * snapshots) must be zero-initialised as well (`= {}`).
  */
+#define JALKI_ZERO_CHUNK 1024 /* the largest memset clang's BPF backend writes out as stores */
+
 static __always_inline void *jalki_ringbuf_reserve(void *ringbuf, __u64 size)
 {
 	void *rec = bpf_ringbuf_reserve(ringbuf, size, 0);
+	__u64 off;
 
 	if (!rec) {
 		jalki_count_drop(JALKI_DROP_RINGBUF_FULL);
 		return NULL;
 	}
-	/* the __u64 cast tells clang the alignment, so it stores 8 bytes at a time */
-	__builtin_memset((__u64 *)rec, 0, size);
+	/* The __u64 cast tells clang the alignment, so it stores 8 bytes at a
+	 * time. A record over JALKI_ZERO_CHUNK bytes is zeroed a chunk at a
+	 * time (the barrier keeps clang from merging the chunks back into one
+	 * memset it cannot write out); smaller ones in one go, as before. */
+#pragma clang loop unroll(full)
+	for (off = 0; off + JALKI_ZERO_CHUNK <= size; off += JALKI_ZERO_CHUNK) {
+		__builtin_memset((__u64 *)((char *)rec + off), 0, JALKI_ZERO_CHUNK);
+		asm volatile("" ::: "memory");
+	}
+	__builtin_memset((__u64 *)((char *)rec + (size & ~(__u64)(JALKI_ZERO_CHUNK - 1))), 0,
+			 size & (JALKI_ZERO_CHUNK - 1));
 	return rec;
 }
 

@@ -151,6 +151,21 @@ def test_a_package_without_bpf_sources_stays_pure(third_party: Path, tmp_path: P
 
 
 @needs_clang
+def test_an_editable_install_of_c_that_does_not_compile_fails_with_clangs_message(third_party: Path) -> None:
+    """setuptools' editable build turns a build step's exception into a warning and installs anyway (with the
+    stale object, if any): the hook must make pip fail, and say what clang said."""
+    source = third_party / "jalki_castest" / "cas.bpf.c"
+    source.write_text(source.read_text() + "\nint broken(void *ctx) { return no_such_symbol; }\n")
+    # what pip install --editable runs (PEP 660), without installing anything
+    code = f"import setuptools.build_meta as b; b.build_editable({str(third_party.parent / 'wheels')!r})"
+    result = subprocess.run([sys.executable, "-c", code], cwd=third_party, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "use of undeclared identifier 'no_such_symbol'" in result.stderr, result.stderr[-3000:]
+    assert "KeyError" not in result.stderr, result.stderr[-3000:]
+
+
+@needs_clang
 @pytest.mark.parametrize("command", ["build_bpf.py", "-m jalki_core.build_hook"])
 def test_dev_build_commands_rebuild_a_package_in_place(third_party: Path, command: str) -> None:
     result = subprocess.run([sys.executable, *command.split(), str(third_party)], cwd=REPO,

@@ -288,8 +288,8 @@ def test_oom_killed_process_in_a_pod_cgroup_names_its_pod_also_after_the_pod_is_
     mine = {e["type"]: e for e in events if e.get("process_data", {}).get("pid") == child.pid}
     oom, exit_event = mine["kernel.memory.oom_kill"], mine["kernel.process.exit"]
     assert oom["process_data"]["cgroup_id"] == exit_event["process_data"]["cgroup_id"] == cgroup_id
-    # the memory cgroup is the container's (the probe keeps 63 bytes of each name: the id loses its last digit)
-    assert oom["data"]["memcg_path"] == "/" + "/".join(part[:63] for part in relative.split("/"))
+    # the memory cgroup is the container's, every name whole (the container id's 64 hex digits)
+    assert oom["data"]["memcg_path"] == "/" + relative
     assert exit_event["data"]["oom_killed"] is True and exit_event["data"]["signal"] == "SIGKILL"
     for event in (oom, exit_event):
         assert event["k8s"] == {

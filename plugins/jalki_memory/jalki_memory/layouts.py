@@ -29,13 +29,13 @@ SCORE_ADJ_KNOWN = 1 << 13
 MEMCG_DEPTH = 8
 """``JALKI_MEM_MEMCG_DEPTH``: memory-cgroup levels kept, leaf first."""
 
-MEMCG_NAME = 64
-"""``JALKI_MEM_MEMCG_NAME``: bytes kept of each level's name, with the NUL."""
+MEMCG_NAME = 256
+"""``JALKI_MEM_MEMCG_NAME``: bytes of each level's name, with the NUL (a kernfs name is at most 255)."""
 
 OOM_KILL = RecordLayout.with_header(
     c_struct="oom_kill_event",
     fmt="QQQQQQ" + "IiII16s" + f"{MEMCG_DEPTH * MEMCG_NAME}s",
     fields=("total_vm", "anon_rss", "file_rss", "shmem_rss", "pgtables", "memcg_id",
             "uid", "oom_score_adj", "trigger_pid", "memcg_depth", "trigger_comm", "memcg_names"),
-    c_size=632,
+    c_size=2168,
 )

@@ -15,7 +15,7 @@ TRIGGER = {"trigger_pid": 3001, "trigger_comm": b"java"}
 
 
 def names(*levels: str) -> bytes:
-    """memcg_names as the kernel fills them: leaf first, 64 bytes each."""
+    """memcg_names as the kernel fills them: leaf first, MEMCG_NAME bytes each."""
     return b"".join(level.encode().ljust(layouts.MEMCG_NAME, b"\0") for level in levels)
 
 
@@ -96,7 +96,10 @@ def test_no_memcg_and_deep_memcg(jalki_validate_event: Callable[[Event], None]) 
 def test_memcg_path_names_are_cut_at_the_nul() -> None:
     assert memcg_path(0, b"") == "/"
     assert memcg_path(3, names("c", "b", "a")) == "/a/b/c"
+    # a runtime's scope name with a 64-hex container id, and a name of NAME_MAX bytes, whole
+    scope, longest = f"cri-containerd-{'ab' * 32}.scope", "n" * 255
+    assert memcg_path(3, names(scope, longest, "kubepods.slice")) == f"/kubepods.slice/{longest}/{scope}"
 
 
 def test_layout_size_matches_the_c_header() -> None:
-    assert layouts.OOM_KILL.size == 632
+    assert layouts.OOM_KILL.size == 2168

@@ -14,10 +14,11 @@
 #include "jalki/common.bpf.h"
 
 #define JALKI_MEM_COMM_LEN 16
-/* Memory-cgroup path kept: this many levels, leaf first, each name cut at
- * JALKI_MEM_MEMCG_NAME - 1 bytes. */
+/* Memory-cgroup path kept: this many levels, leaf first, each name whole
+ * (a kernfs name is at most NAME_MAX = 255 bytes, plus its NUL): a container
+ * id in a runtime's scope name (cri-containerd-<64 hex>.scope) is never cut. */
 #define JALKI_MEM_MEMCG_DEPTH 8
-#define JALKI_MEM_MEMCG_NAME 64
+#define JALKI_MEM_MEMCG_NAME 256
 
 /* struct jalki_event_header.flags bits (bit 0 is JALKI_HDR_OWNER_KNOWN:
  * the header's cgroup id is the victim's) */
@@ -46,7 +47,7 @@ struct oom_kill_event {
 	char trigger_comm[JALKI_MEM_COMM_LEN];
 	char memcg_names[JALKI_MEM_MEMCG_DEPTH][JALKI_MEM_MEMCG_NAME];
 };
-_Static_assert(sizeof(struct oom_kill_event) == 632, "oom_kill_event layout");
+_Static_assert(sizeof(struct oom_kill_event) == 2168, "oom_kill_event layout");
 
 /* ---------------------------------------------------------------------- */
 /* CO-RE flavors                                                           */
