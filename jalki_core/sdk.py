@@ -831,21 +831,29 @@ class AsyncClient:
         deadline = None if wait is None else time.monotonic() + wait
         async with self._lock:  # one reader of the socket at a time
             try:
-                self._writer.write(frame)
-                async with asyncio.timeout(wait):
-                    await self._writer.drain()
-            except TimeoutError:
+                return await self._exchange(self._writer, kind, request_id, frame, wait, deadline)
+            except asyncio.CancelledError:
+                self._session.abandon(request_id)  # its reply, when it comes, is dropped like a late one
+                raise
+
+    async def _exchange(self, writer: asyncio.StreamWriter, kind: str, request_id: int, frame: bytes,
+                        wait: float | None, deadline: float | None) -> Any:
+        try:
+            writer.write(frame)
+            async with asyncio.timeout(wait):
+                await writer.drain()
+        except TimeoutError:
+            self._session.abandon(request_id)
+            raise self._session.timed_out(kind) from None
+        except OSError as exc:
+            raise DaemonUnavailable(f"lost the jalki daemon at {self.path}: {exc.strerror or exc}") from None
+        while True:
+            done, result = self._session.result(request_id)
+            if done:
+                return result
+            if not await self._fill(deadline):
                 self._session.abandon(request_id)
-                raise self._session.timed_out(kind) from None
-            except OSError as exc:
-                raise DaemonUnavailable(f"lost the jalki daemon at {self.path}: {exc.strerror or exc}") from None
-            while True:
-                done, result = self._session.result(request_id)
-                if done:
-                    return result
-                if not await self._fill(deadline):
-                    self._session.abandon(request_id)
-                    raise self._session.timed_out(kind)
+                raise self._session.timed_out(kind)
 
     async def ping(self) -> dict[str, Any]:
         """See :meth:`Client.ping`."""
