@@ -422,6 +422,10 @@ class _Session:
                 self._pushes.pop(number, None)
         self._subscribing.discard(request_id)
 
+    def broken(self, exc: OSError) -> DaemonUnavailable:
+        """The error of a connection that failed under a read or write."""
+        return DaemonUnavailable(f"lost the jalki daemon at {self.path}: {exc.strerror or exc}")
+
     def lost(self) -> DaemonUnavailable:
         """The error of a connection the daemon closed."""
         return DaemonUnavailable(f"the jalki daemon at {self.path} closed the connection",
@@ -610,7 +614,7 @@ class Client:
         except TimeoutError:
             return False
         except OSError as exc:
-            raise DaemonUnavailable(f"lost the jalki daemon at {self.path}: {exc.strerror or exc}") from None
+            raise self._session.broken(exc) from None
         self._session.feed(data)
         return True
 
@@ -631,7 +635,7 @@ class Client:
             self._session.abandon(request_id)
             raise self._session.timed_out(kind) from None
         except OSError as exc:
-            raise DaemonUnavailable(f"lost the jalki daemon at {self.path}: {exc.strerror or exc}") from None
+            raise self._session.broken(exc) from None
         while True:
             done, result = self._session.result(request_id)
             if done:
@@ -818,7 +822,7 @@ class AsyncClient:
         except TimeoutError:
             return False
         except OSError as exc:
-            raise DaemonUnavailable(f"lost the jalki daemon at {self.path}: {exc.strerror or exc}") from None
+            raise self._session.broken(exc) from None
         self._session.feed(data)
         return True
 
@@ -846,7 +850,7 @@ class AsyncClient:
             self._session.abandon(request_id)
             raise self._session.timed_out(kind) from None
         except OSError as exc:
-            raise DaemonUnavailable(f"lost the jalki daemon at {self.path}: {exc.strerror or exc}") from None
+            raise self._session.broken(exc) from None
         while True:
             done, result = self._session.result(request_id)
             if done:

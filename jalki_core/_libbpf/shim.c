@@ -114,14 +114,19 @@ long jalki_btf_struct_size(struct bpf_object *obj, const char *name)
     return (long)t->size;
 }
 
+static int prog_info(int prog_fd, struct bpf_prog_info *info)
+{
+    __u32 len = sizeof(*info);
+
+    memset(info, 0, sizeof(*info));
+    return bpf_obj_get_info_by_fd(prog_fd, info, &len);
+}
+
 int jalki_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt)
 {
     struct bpf_prog_info info;
-    __u32 len = sizeof(info);
-    int err;
+    int err = prog_info(prog_fd, &info);
 
-    memset(&info, 0, sizeof(info));
-    err = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
     if (err < 0)
         return err;
     *run_time_ns = info.run_time_ns;
@@ -132,11 +137,8 @@ int jalki_prog_stats(int prog_fd, uint64_t *run_time_ns, uint64_t *run_cnt)
 int jalki_prog_recursion_misses(int prog_fd, uint64_t *recursion_misses)
 {
     struct bpf_prog_info info;
-    __u32 len = sizeof(info);
-    int err;
+    int err = prog_info(prog_fd, &info);
 
-    memset(&info, 0, sizeof(info));
-    err = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
     if (err < 0)
         return err;
     *recursion_misses = info.recursion_misses;
