@@ -222,6 +222,36 @@ class MemoryEmitter(Emitter):
         return [e for e in self.events if e["type"] == event_type]
 
 
+def example_kb_entry(entry_id: str = "demo_probe", rule_id: str = "demo_refused", **overrides: Any) -> dict[str, Any]:
+    """A complete, valid KB entry of a made-up probe (specs/kb.md, "Entry"), with one interpretation
+    ``rule_id`` (refused connects); ``overrides`` replace top-level keys. For tests of KB documents."""
+    item: dict[str, Any] = {
+        "id": entry_id,
+        "summary": "A demo probe.",
+        "tracepoint": "demo:demo_event",
+        "implemented_by": None,
+        "attach": ["tracepoint"],
+        "event_type": "kernel.demo.event",
+        "event_rate": "low",
+        "answers": ["Is the demo failing?"],
+        "keywords": ["demo"],
+        "fields": [
+            {"name": "error.code", "type": "errno", "meaning": "why it failed", "important": True},
+            {"name": "data.count", "type": "integer", "meaning": "how many", "important": False},
+            {"name": "data.state", "type": "tcp_state", "meaning": "socket state", "important": True},
+        ],
+        "use_when": "Always.",
+        "not_when": "Never.",
+        "combine_with": [],
+        "interpretations": [
+            {"id": rule_id, "condition": {"field": "error.code", "eq": "ECONNREFUSED"},
+             "conclusion": "Refused.", "severity": "error", "action": "Start the service."},
+        ],
+    }
+    item.update(overrides)
+    return item
+
+
 def require_fields(events: Iterable[Event], **expected: Any) -> list[Event]:
     """Events whose dotted fields equal the expected values (``network_data__dst_port=80``)."""
     matched = []

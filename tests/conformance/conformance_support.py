@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jalki_core.testing import example_kb_entry
+
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "specs"
 KB_DIR = REPO / "kb"
@@ -363,32 +365,8 @@ def field_variants(listed: Json, condition: Json | None, base: Mapping[str, Any]
 # --- KB documents for tests ----------------------------------------------------------------------------------
 
 def demo_entry(entry_id: str = "demo_probe", rule_id: str = "demo_refused", **overrides: Any) -> Json:
-    """A complete, valid layer-``demo`` entry (specs/kb.md, "Entry")."""
-    item: Json = {
-        "id": entry_id,
-        "summary": "A demo probe.",
-        "tracepoint": "demo:demo_event",
-        "implemented_by": None,
-        "attach": ["tracepoint"],
-        "event_type": "kernel.demo.event",
-        "event_rate": "low",
-        "answers": ["Is the demo failing?"],
-        "keywords": ["demo"],
-        "fields": [
-            {"name": "error.code", "type": "errno", "meaning": "why it failed", "important": True},
-            {"name": "data.count", "type": "integer", "meaning": "how many", "important": False},
-            {"name": "data.state", "type": "tcp_state", "meaning": "socket state", "important": True},
-        ],
-        "use_when": "Always.",
-        "not_when": "Never.",
-        "combine_with": [],
-        "interpretations": [
-            {"id": rule_id, "condition": {"field": "error.code", "eq": "ECONNREFUSED"},
-             "conclusion": "Refused.", "severity": "error", "action": "Start the service."},
-        ],
-    }
-    item.update(overrides)
-    return item
+    """A complete, valid layer-``demo`` entry (specs/kb.md, "Entry"): :func:`jalki_core.testing.example_kb_entry`."""
+    return example_kb_entry(entry_id, rule_id, **overrides)
 
 
 def layer_document(*entries: Json, layer: str = "demo") -> Json:

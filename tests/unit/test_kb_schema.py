@@ -16,6 +16,7 @@ from kb_inventory import ENTRY_COUNT
 from jalki_core.kb import KbDocument, KbProblem, load_kb
 from jalki_core.plugins import JalkiPlugins, PluginSource
 from jalki_core.registry import KbRegistry, PluginIdentity
+from jalki_core.testing import example_kb_entry as demo_entry
 
 REPO = Path(__file__).resolve().parents[2]
 KB_DIR = REPO / "kb"
@@ -24,32 +25,6 @@ SHIPPED = [KB_DIR, *sorted(REPO.glob("plugins/*/*/kb/*.json"))]
 VOCABULARY = KB_DIR / "vocabulary.json"
 SCHEMA = json.loads((REPO / "specs" / "kb.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
-
-
-def demo_entry() -> dict[str, Any]:
-    return {
-        "id": "demo_probe",
-        "summary": "A demo probe.",
-        "tracepoint": "demo:demo_event",
-        "implemented_by": None,
-        "attach": ["tracepoint"],
-        "event_type": "kernel.demo.event",
-        "event_rate": "low",
-        "answers": ["Is the demo failing?"],
-        "keywords": ["demo"],
-        "fields": [
-            {"name": "error.code", "type": "errno", "meaning": "why it failed", "important": True},
-            {"name": "data.count", "type": "integer", "meaning": "how many", "important": False},
-            {"name": "data.state", "type": "tcp_state", "meaning": "socket state", "important": True},
-        ],
-        "use_when": "Always.",
-        "not_when": "Never.",
-        "combine_with": [],
-        "interpretations": [
-            {"id": "demo_refused", "condition": {"field": "error.code", "eq": "ECONNREFUSED"},
-             "conclusion": "Refused.", "severity": "error", "action": "Start the service."},
-        ],
-    }
 
 
 def layer_doc(*entries: dict[str, Any], layer: str = "demo") -> dict[str, Any]:
