@@ -62,6 +62,22 @@ struct bpf_object *jalki_open_mem(const void *buf, size_t size, const char *name
     return bpf_object__open_mem(buf, size, &opts);
 }
 
+/* The object's BTF and its type `name` of `kind`: 0, or -ENODATA (no BTF) / -ENOENT. */
+static int find_btf_type(struct bpf_object *obj, const char *name, uint32_t kind, struct btf **btf,
+                         const struct btf_type **type)
+{
+    int id;
+
+    *btf = bpf_object__btf(obj);
+    if (!*btf)
+        return -ENODATA;
+    id = btf__find_by_name_kind(*btf, name, kind);
+    if (id < 0)
+        return -ENOENT;
+    *type = btf__type_by_id(*btf, (uint32_t)id);
+    return *type ? 0 : -ENOENT;
+}
+
 int jalki_datasec_locate(struct bpf_object *obj, const char *sec, const char *var,
                          uint32_t *off, uint32_t *size)
 {
@@ -69,17 +85,11 @@ int jalki_datasec_locate(struct bpf_object *obj, const char *sec, const char *va
     const struct btf_type *t, *vt;
     struct btf *btf;
     const char *name;
-    int id, i, n;
+    int err, i, n;
 
-    btf = bpf_object__btf(obj);
-    if (!btf)
-        return -ENODATA;
-    id = btf__find_by_name_kind(btf, sec, BTF_KIND_DATASEC);
-    if (id < 0)
-        return -ENOENT;
-    t = btf__type_by_id(btf, (uint32_t)id);
-    if (!t)
-        return -ENOENT;
+    err = find_btf_type(obj, sec, BTF_KIND_DATASEC, &btf, &t);
+    if (err)
+        return err;
     vsi = btf_var_secinfos(t);
     n = btf_vlen(t);
     for (i = 0; i < n; i++, vsi++) {
@@ -100,18 +110,9 @@ long jalki_btf_struct_size(struct bpf_object *obj, const char *name)
 {
     const struct btf_type *t;
     struct btf *btf;
-    int id;
+    int err = find_btf_type(obj, name, BTF_KIND_STRUCT, &btf, &t);
 
-    btf = bpf_object__btf(obj);
-    if (!btf)
-        return -ENODATA;
-    id = btf__find_by_name_kind(btf, name, BTF_KIND_STRUCT);
-    if (id < 0)
-        return -ENOENT;
-    t = btf__type_by_id(btf, (uint32_t)id);
-    if (!t)
-        return -ENOENT;
-    return (long)t->size;
+    return err ? err : (long)t->size;
 }
 
 static int prog_info(int prog_fd, struct bpf_prog_info *info)
