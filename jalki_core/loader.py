@@ -137,6 +137,8 @@ class LoadedProbe:
     rung: AttachRung
     failures: list[RungFailure]
     programs: tuple[str, ...] = ()
+    _recursion_misses: dict[str, int] = field(default_factory=dict, repr=False)
+    """Each program's recursion misses as last read: a read that fails keeps it (a counter never goes back)."""
 
     @property
     def missing_optional(self) -> tuple[str, ...]:
@@ -161,15 +163,18 @@ class LoadedProbe:
 
     def recursion_misses(self) -> int:
         """Runs of this probe's attached programs that the kernel skipped (recursion protection), summed."""
-        total = 0
+        seen = self._recursion_misses
         for name in self.programs:
             program = self.obj.programs.get(name)
-            if program is not None:
-                try:
-                    total += program.recursion_misses()
-                except LibbpfError:
-                    continue
-        return total
+            if program is None:
+                continue
+            try:
+                seen[name] = program.recursion_misses()
+            except LibbpfError as exc:
+                if name not in seen:
+                    log.warning("probe %s: program %s: recursion misses not readable: %s", self.probe.name, name, exc)
+                seen.setdefault(name, 0)
+        return sum(seen.values())
 
     def program_stats(self) -> dict[str, tuple[int, int]]:
         """Per-program (run time ns, run count) from ``bpf_enable_stats``."""

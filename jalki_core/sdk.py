@@ -828,12 +828,13 @@ class AsyncClient:
 
     async def request(self, kind: str, *, timeout: float | None = None, **fields: Any) -> Any:
         """Send one request and return its raw ``result`` (see :meth:`Client.request`)."""
-        if self._writer is None:
-            raise DaemonUnavailable("the client is not connected", hint="use 'async with AsyncClient()'")
-        request_id, frame = self._session.frame(kind, fields)
         wait = self.timeout if timeout is None else timeout
         deadline = None if wait is None else time.monotonic() + wait
         async with self._lock:  # one reader of the socket at a time
+            if self._writer is None:
+                raise DaemonUnavailable("the client is not connected", hint="use 'async with AsyncClient()'")
+            # framed once the lock is held: a request cancelled while it waits for the lock leaves nothing behind
+            request_id, frame = self._session.frame(kind, fields)
             try:
                 return await self._exchange(self._writer, kind, request_id, frame, wait, deadline)
             except asyncio.CancelledError:

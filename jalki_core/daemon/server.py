@@ -157,7 +157,7 @@ class Subscription:
         self.sent = 0
         self.dropped = 0
         self.unreported_drops = 0
-        self._drops_lock = threading.Lock()  # the drain thread counts hand-off losses, the API loop the rest
+        self.drops_lock = threading.Lock()  # the drain thread counts hand-off losses, the API loop the rest
         self.task: asyncio.Task[None] | None = None
         self.replay: tuple[int, int] | None = None
         """``(cursor, upto)``: events the writer first replays from what the daemon holds (``since_seq``)."""
@@ -187,13 +187,13 @@ class Subscription:
 
     def count_lost(self, count: int) -> None:
         """Count ``count`` events of this subscription as lost (any thread)."""
-        with self._drops_lock:
+        with self.drops_lock:
             self.dropped += count
             self.unreported_drops += count
 
     def take_unreported(self) -> int:
         """The losses not yet announced to the client, now counted as announced."""
-        with self._drops_lock:
+        with self.drops_lock:
             count, self.unreported_drops = self.unreported_drops, 0
         return count
 
@@ -657,6 +657,8 @@ class ApiServer:
                 count = len(_wanted(subscription, source, lost_raws, first_seq + taken) or ())
                 if count:
                     subscription.count_lost(count)
+                    # its writer announces the loss now, not with whatever comes next (maybe nothing)
+                    self._loop.call_soon_threadsafe(subscription.ready.set)
         if wake:
             self._loop.call_soon_threadsafe(self._fan_out)
 
@@ -677,7 +679,10 @@ class ApiServer:
         if subscription in self.subscriptions:
             self.subscriptions.discard(subscription)
             self.retired_sent += subscription.sent
-            self.retired_dropped += subscription.dropped
+            # a hand-off loss the drain thread counts for it after this (its snapshot of the subscriptions
+            # predates the retirement) is in handoff_dropped only: nobody is left to announce it to
+            with subscription.drops_lock:
+                self.retired_dropped += subscription.dropped
             subscription.discard()
 
     def subscriber_stats(self) -> dict[str, Any]:

@@ -113,12 +113,15 @@ def test_idle_connections_past_the_fd_limit_are_refused_counted_and_the_daemon_l
                 sock.close()
         assert daemon.proc.poll() is None, daemon.stderr
 
+        late_refusals = []  # this check's own connections refused before the daemon saw the closes: counted too
+
         def closed_seen() -> bool:  # the daemon noticed the closed connections: a client is served again
             try:
                 with daemon.client() as probe:
                     return bool(probe.status()["connections"]["open"] == 1)
             except DaemonUnavailable as exc:
                 assert "refused the connection" in str(exc)
+                late_refusals.append(exc)
                 return False
 
         wait_for(closed_seen, what="the daemon to see the closed connections")
@@ -129,7 +132,7 @@ def test_idle_connections_past_the_fd_limit_are_refused_counted_and_the_daemon_l
             assert [e["network_data"]["src_port"] for e in events] == [r["sport"] for r in report["results"]]
             status = client.status()
         assert status["connections"]["max"] == served
-        assert status["connections"]["refused"] == refused
+        assert status["connections"]["refused"] == refused + len(late_refusals)
         assert status["delivery"]["lost"] == {}
     assert "out of system resource" not in daemon.stderr
 

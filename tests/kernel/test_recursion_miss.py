@@ -27,6 +27,11 @@ SOURCE = Path(__file__).with_name("bpf") / "recursion.bpf.c"
 CALLS = 25
 
 
+def _kernel_before(major: int, minor: int) -> bool:
+    release = os.uname().release.split("-", 1)[0].split(".")
+    return (int(release[0]), int(release[1])) < (major, minor)
+
+
 @pytest.fixture(scope="module")
 def recursion_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from jalki_core.bpf_build import compile_source
@@ -35,6 +40,9 @@ def recursion_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_each_run_the_kernel_skipped_is_a_recursion_miss_drop(recursion_object: Path) -> None:
+    if _kernel_before(6, 2):
+        # bpf_trace_printk held a raw spinlock around its tracepoint until 6.2: the nested print deadlocks
+        pytest.skip("needs Linux 6.2 or later (older bpf_trace_printk would deadlock on the nested print)")
     class RecursionProbe(Probe):
         name = "recursion"
         observes = "getppid(2), bpf_trace_printk"

@@ -1,8 +1,9 @@
 """An AsyncClient request cancelled while it waits is forgotten, and the connection goes on serving.
 
 A stand-in daemon on a Unix socket (the real protocol's frames) holds its
-reply to the first ping until the client has cancelled that request, then
-sends it, late, and answers the next ping at once. The late reply must be
+reply to the first ping until the client has cancelled that request (and a
+second one still waiting for its turn), then sends it, late, and answers the
+next ping at once. The late reply must be
 dropped like a timed-out one (kept, it would stay in the client for as long
 as the connection lives), and the next request must get its own answer.
 """
@@ -44,11 +45,14 @@ def test_a_cancelled_request_is_forgotten_and_the_next_one_is_answered(tmp_path:
         async with AsyncClient(path, timeout=10) as client:
             waiting = asyncio.create_task(client.ping())
             assert await asyncio.to_thread(received.wait, 10)  # the request is out, its reply awaited
-            waiting.cancel()
-            try:
-                await waiting
-            except asyncio.CancelledError:
-                pass
+            queued = asyncio.create_task(client.ping())  # waits for the first one's turn to end
+            await asyncio.sleep(0.05)
+            for task in (queued, waiting):
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
             cancelled.set()
             answer = await client.ping()
             session = client._session

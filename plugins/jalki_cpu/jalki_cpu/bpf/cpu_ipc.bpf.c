@@ -36,24 +36,23 @@
  *
  * Run time is the scheduler's own, per thread: the run time of the thread
  * leaving the CPU (se.sum_exec_runtime) less what was already accounted for
- * it (kept in task storage, cpu_ipc_accounted). So the process's run time
- * adds up to the CPU time the kernel charged it (what wait4 and
- * /proc/PID/schedstat report: steal time is not run time) even when the
- * tracepoint did not report some of its switches: a slice whose switch-out
- * went unreported is accounted at the thread's next reported switch-out. A
- * thread first seen leaving a CPU is accounted from when the scheduler last
- * picked it (prev_sum_exec_runtime), at most the time since the CPU's last
- * reported switch when its switch-in was not reported either.
+ * it (kept in task storage, cpu_ipc_threads, with its switch count then).
+ * So the process's run time adds up to the CPU time the kernel charged it
+ * (what wait4 and /proc/PID/schedstat report: steal time is not run time)
+ * even when the tracepoint did not report some of its switches: a slice
+ * whose switch-out went unreported is accounted at the thread's next
+ * reported switch-out. On tp_btf a thread is known from its first reported
+ * switch-in; see leaving_thread() for a thread not known yet.
  *
- * The counters are read at every reported switch: a slice whose switch-in
- * this CPU reported (start->tid is the thread leaving) adds its counter
- * deltas, which measured the slice's run time (counted_ns: the run time since
- * the scheduler picked the thread). A switch-out of a thread this CPU did not
- * see enter (the tracepoint did not report the switch-in: on some kernels
- * certain tasks' switch-outs are never reported; or the program missed it
- * under recursion protection) is counted as the probe's drop cause
- * switch_unseen: that slice's counter deltas are unknown and not counted,
- * its run time is (see above).
+ * The counters are read at every reported switch. Their deltas since a
+ * thread's reported switch-in are its own only when it ran uninterrupted
+ * since: its switch count rose by exactly one (this switch-out). Then they
+ * are added, having measured the slice's run time (counted_ns); otherwise
+ * (its switch-in was not reported, or it left and came back unreported)
+ * the slice counts as the probe's drop cause switch_unseen and its counter
+ * deltas are not counted, but its run time is (above). On some kernels
+ * certain tasks' switch-outs are never reported; a run the kernel skipped
+ * under recursion protection is also counted as recursion_miss.
  *
  * The self filter and the tgid filter apply when accumulating; sampling when
  * emitting. The port filter does not apply.
@@ -211,50 +210,86 @@ static __always_inline void mark_accounted(struct cpu_ipc_thread *thread, struct
 	thread->known = 1;
 }
 
-/* The run time of the current thread (the one leaving the CPU) not yet
- * accounted, which this then marks accounted: its sum_exec_runtime less the
- * one its storage kept. *slice_ns: how much of it the slice now ending ran,
- * the one whose switch-in this CPU reported when `seen` (the counters
- * measured that much); 0 when not seen. When the storage says this is the
- * thread's first switch-out since it was last accounted, the slice is all of
- * it; after switch-outs that went unreported, its time span from switch-in
- * (span_ns), at most all of it.
+/* How the thread leaving the CPU (current) is accounted at this switch. */
+struct leaving {
+	__u64 run_ns;   /* its run time not yet accounted */
+	__u64 slice_ns; /* of that, the slice the counters since `start` measured; 0: none */
+	bool unseen;    /* the slice began at a switch this CPU did not report */
+};
+
+/*
+ * The run time of the current thread not yet accounted, which this then
+ * marks accounted, and how much of it the counters since this CPU's last
+ * reported switch (`start`) measured.
  *
- * A thread with nothing accounted yet (its switch-in was not reported, or it
- * was on the tracepoint rung, which cannot reach the task switched in) counts
- * its time span since the reported switch-in when `seen`, else the
- * scheduler's run time since it last picked the thread (prev_sum_exec_runtime;
- * less when it re-picked the running task mid-slice, which the scheduler
- * does) at most span_ns, the time since the CPU's last reported switch (a
- * task of a class that does not keep prev_sum_exec_runtime cannot claim
- * more). */
-static __always_inline __u64 unaccounted_run_ns(bool seen, __u64 span_ns, __u64 *slice_ns)
+ * Run time: its sum_exec_runtime less the one its storage kept. A thread
+ * with nothing accounted yet (no storage to be had, or first seen leaving on
+ * the tracepoint rung, which cannot reach the thread switched in) counts
+ * from its reported switch-in: the scheduler's run time since then where
+ * start recorded it (tp_btf), else the time span; when its switch-in was not
+ * reported either, the scheduler's run time since it last picked the thread
+ * (prev_sum_exec_runtime; less when it re-picked the running task mid-slice,
+ * which the scheduler does) at most the time since the CPU's last reported
+ * switch (a task of a class that does not keep prev_sum_exec_runtime cannot
+ * claim more).
+ *
+ * Counters: the deltas since `start` belong to this thread alone only if it
+ * was switched in there (start->tid) and did not leave and come back
+ * unreported since: its switch count then rose by exactly one, this switch
+ * (against the count at switch-in where start recorded it, else the one its
+ * storage kept, which also counts unreported switch-outs elsewhere: then no
+ * deltas, conservatively). Otherwise the slice is unseen.
+ */
+static __always_inline struct leaving leaving_thread(const struct cpu_ipc_start *start, __u32 tid,
+						      __u64 now_ns)
 {
 	struct task_struct___jalki *task = (void *)bpf_get_current_task_btf();
 	struct cpu_ipc_thread *thread = thread_of(task);
 	__u64 sum = task->se.sum_exec_runtime, prev = task->se.prev_sum_exec_runtime;
-	__u64 switches = task->nvcsw + task->nivcsw;
-	__u64 ran;
+	__u64 switches = task->nvcsw + task->nivcsw, span_ns = now_ns - start->ts_ns;
+	bool known = thread && thread->known, sched = start->valid & JALKI_CPU_START_SCHED;
+	bool seen = start->tid == tid, one_slice = false;
+	struct leaving out = {};
+	__u64 slice = 0;
 
-	if (thread && thread->known) {
-		ran = sum > thread->run_ns ? sum - thread->run_ns : 0;
-		if (!seen)
-			*slice_ns = 0;
-		else if (switches == thread->switches + 1)
-			*slice_ns = ran;
-		else
-			*slice_ns = span_ns < ran ? span_ns : ran;
+	if (seen && sched) {
+		one_slice = switches == start->switches + 1;
+		slice = sum > start->run_ns ? sum - start->run_ns : 0;
+	} else if (seen && known) {
+		one_slice = switches == thread->switches + 1;
+		slice = sum > thread->run_ns ? sum - thread->run_ns : 0;
 	} else if (seen) {
-		ran = span_ns;
-		*slice_ns = ran;
-	} else {
-		ran = sum > prev ? sum - prev : 0;
-		if (ran > span_ns)
-			ran = span_ns;
-		*slice_ns = 0;
+		one_slice = true; /* first seen, tracepoint rung: its time span */
+		slice = span_ns;
 	}
+	if (known)
+		out.run_ns = sum > thread->run_ns ? sum - thread->run_ns : 0;
+	else if (seen)
+		out.run_ns = slice;
+	else
+		out.run_ns = sum > prev ? (sum - prev < span_ns ? sum - prev : span_ns) : 0;
+	if (one_slice)
+		out.slice_ns = slice < out.run_ns ? slice : out.run_ns;
+	out.unseen = !one_slice;
 	if (thread)
 		mark_accounted(thread, task);
+	return out;
+}
+
+/* The first switch this CPU reports: the current thread's slice began
+ * before the session could see it. A thread already known (it ran on
+ * another CPU since) adds what it ran since it was last accounted. */
+static __always_inline __u64 first_switch_run_ns(void)
+{
+	struct task_struct___jalki *task = (void *)bpf_get_current_task_btf();
+	struct cpu_ipc_thread *thread = thread_of(task);
+	__u64 sum = task->se.sum_exec_runtime, ran = 0;
+
+	if (!thread)
+		return 0;
+	if (thread->known && sum > thread->run_ns)
+		ran = sum - thread->run_ns;
+	mark_accounted(thread, task);
 	return ran;
 }
 
@@ -270,17 +305,6 @@ static __always_inline void account_from_switch_in(struct task_struct___jalki *n
 	thread = thread_of(next);
 	if (thread && !thread->known)
 		mark_accounted(thread, next);
-}
-
-/* The current thread is accounted from now on: the first switch this CPU
- * reports, whose slice began before the session could see it. */
-static __always_inline void account_from_now(void)
-{
-	struct task_struct___jalki *task = (void *)bpf_get_current_task_btf();
-	struct cpu_ipc_thread *thread = thread_of(task);
-
-	if (thread)
-		mark_accounted(thread, task);
 }
 
 /* The current task is the last thread of its process and leaves the CPU for good. */
@@ -363,15 +387,16 @@ static __always_inline void account(__u32 tgid, __u64 run_ns, __u64 slice_ns,
 	emit(tgid, &copy, now->ts_ns, gone ? JALKI_CPU_REASON_EXIT : JALKI_CPU_REASON_INTERVAL);
 }
 
-static __always_inline int handle_switch(__u32 next_tid)
+/* `next` is the thread switched in where the rung has it (tp_btf), else NULL. */
+static __always_inline int handle_switch(__u32 next_tid, struct task_struct___jalki *next)
 {
 	__u32 zero = 0;
 	struct cpu_ipc_start *start = bpf_map_lookup_elem(&cpu_ipc_start, &zero);
 	struct cpu_ipc_start now = {};
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid, tgid = pid_tgid >> 32;
-	__u64 run_ns, slice_ns;
-	bool tracked, seen;
+	struct leaving out;
+	__u64 run_ns;
 
 	if (!start)
 		return 0;
@@ -381,20 +406,26 @@ static __always_inline int handle_switch(__u32 next_tid)
 	now.valid |= read_counter(&cpu_stalled_backend, JALKI_CPU_STALLED_BACKEND, &now);
 	now.ts_ns = bpf_ktime_get_ns();
 
-	tracked = tgid && !jalki_is_self(tgid) && jalki_pass_tgid_filter(tgid);
-	if (!start->ts_ns) { /* the first switch this CPU reports */
-		if (tracked)
-			account_from_now();
-	} else {
-		seen = start->tid == tid;
-		if (!seen) /* its switch-in was not reported: no counter deltas for this slice */
-			jalki_count_drop(JALKI_DROP_PROBE_BASE + JALKI_CPU_DROP_SWITCH_UNSEEN);
-		if (tracked) {
-			run_ns = unaccounted_run_ns(seen, now.ts_ns - start->ts_ns, &slice_ns);
-			account(tgid, run_ns, slice_ns, seen ? start : NULL, &now);
+	if (tgid && !jalki_is_self(tgid) && jalki_pass_tgid_filter(tgid)) {
+		if (!start->ts_ns) { /* the first switch this CPU reports */
+			run_ns = first_switch_run_ns();
+			if (run_ns)
+				account(tgid, run_ns, 0, NULL, &now);
+		} else {
+			out = leaving_thread(start, tid, now.ts_ns);
+			if (out.unseen)
+				jalki_count_drop(JALKI_DROP_PROBE_BASE + JALKI_CPU_DROP_SWITCH_UNSEEN);
+			account(tgid, out.run_ns, out.slice_ns, out.slice_ns ? start : NULL, &now);
 		}
+	} else if (start->ts_ns && start->tid != tid) {
+		jalki_count_drop(JALKI_DROP_PROBE_BASE + JALKI_CPU_DROP_SWITCH_UNSEEN);
 	}
 	now.tid = next_tid;
+	if (next) {
+		now.run_ns = next->se.sum_exec_runtime;
+		now.switches = next->nvcsw + next->nivcsw;
+		now.valid |= JALKI_CPU_START_SCHED;
+	}
 	__builtin_memcpy(start, &now, sizeof(now));
 	return 0;
 }
@@ -405,7 +436,7 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(tpbtf_sched_switch, bool preempt, struct task_struct___jalki *prev,
 	     struct task_struct___jalki *next)
 {
-	handle_switch(next->pid);
+	handle_switch(next->pid, next);
 	account_from_switch_in(next);
 	return 0;
 }
@@ -415,5 +446,5 @@ int BPF_PROG(tpbtf_sched_switch, bool preempt, struct task_struct___jalki *prev,
 SEC("tracepoint/sched/sched_switch")
 int tp_sched_switch(struct trace_event_raw_sched_switch___jalki *ctx)
 {
-	return handle_switch(ctx->next_pid);
+	return handle_switch(ctx->next_pid, NULL);
 }

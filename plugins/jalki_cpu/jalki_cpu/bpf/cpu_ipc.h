@@ -43,14 +43,20 @@ struct jalki_perf_value {
 	__u64 running;
 };
 
+/* cpu_ipc_start.valid: bits 0..3 are the counters read at switch-in; this one
+ * says run_ns and switches are set (tp_btf: the thread switched in is at hand). */
+#define JALKI_CPU_START_SCHED (1u << 31)
+
 /* Per CPU: the counters when the task now on the CPU was switched in. */
 struct cpu_ipc_start {
 	__u64 ts_ns;
 	__u64 counter[JALKI_CPU_COUNTERS];
 	__u64 enabled[JALKI_CPU_COUNTERS];
 	__u64 running[JALKI_CPU_COUNTERS];
-	__u32 tid;   /* the thread switched in */
-	__u32 valid; /* bit i: counter i was read at switch-in */
+	__u64 run_ns;   /* the thread's se.sum_exec_runtime at switch-in */
+	__u64 switches; /* its nvcsw + nivcsw at switch-in */
+	__u32 tid;      /* the thread switched in */
+	__u32 valid;    /* bit i: counter i was read at switch-in; JALKI_CPU_START_SCHED */
 };
 
 /* Per thread (task storage): how far its run time is accounted. */
