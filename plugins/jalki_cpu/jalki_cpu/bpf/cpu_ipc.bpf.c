@@ -214,7 +214,7 @@ static __always_inline void mark_accounted(struct cpu_ipc_thread *thread, struct
 struct leaving {
 	__u64 run_ns;   /* its run time not yet accounted */
 	__u64 slice_ns; /* of that, the slice the counters since `start` measured; 0: none */
-	bool unseen;    /* the slice began at a switch this CPU did not report */
+	bool unseen;    /* the counters since `start` are not its own alone (switch_unseen) */
 };
 
 /*
