@@ -16,7 +16,7 @@ from abc import ABC
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from jalki_core.errors import LayoutMismatchError, ProbeError
 from jalki_core.events import HEADER_FIELDS, HEADER_FMT
@@ -324,6 +324,18 @@ def _zero_for(code: str) -> Any:
     return b"" if code in "sp" else 0
 
 
+class ResourceFile(Protocol):
+    """Anything a probe's ``bpf_object`` or ``event_schema`` may name besides a path: a file with a name and
+    its bytes (:class:`ProbeResource`; in tests, e.g. :class:`jalki_core.testing.FileResource`)."""
+
+    @property
+    def filename(self) -> str:
+        """The file's name (shown in messages)."""
+
+    def read_bytes(self) -> bytes:
+        """The file's bytes."""
+
+
 @dataclass(frozen=True)
 class ProbeResource:
     """A file shipped in a plugin's package (its compiled BPF object, its event schema).
@@ -343,7 +355,7 @@ class ProbeResource:
     filename: str
 
     @classmethod
-    def of(cls, probe: object, attribute: str) -> ProbeResource:
+    def of(cls, probe: object, attribute: str) -> ResourceFile:
         """The resource a probe's ``attribute`` (``bpf_object``, ``event_schema``) names.
 
         A :class:`ProbeResource` is returned as it is; a string is a path
@@ -364,7 +376,7 @@ class ProbeResource:
             return cls(anchor_of(owner.__module__), value)
         if value is None:
             raise ProbeError(f"probe {type(probe).__name__} has no {attribute}")
-        return cast(ProbeResource, value)  # a ProbeResource, or any object with read_bytes() and filename
+        return cast(ResourceFile, value)  # a ProbeResource, or any object with read_bytes() and filename
 
     def read_bytes(self) -> bytes:
         """The file's bytes, from the installed package."""
@@ -388,7 +400,8 @@ class Probe(ABC):
     - ``event_types``: the ``type`` values its events carry.
     - ``bpf_object``: the compiled object: a path relative to the probe's
       package (``"oom_kill.bpf.o"``, ``"bpf/oom_kill.bpf.o"``) or a
-      :class:`ProbeResource`; read it with ``ProbeResource.of(probe, "bpf_object")``.
+      :class:`ProbeResource` (any :class:`ResourceFile`); read it with
+      ``ProbeResource.of(probe, "bpf_object")``.
     - ``ring_buffer``: the name of its ring buffer map (``events``).
     - ``ring_buffer_bytes``: ring size the loader sets before load (power of two).
     - ``layout``: the :class:`RecordLayout` of its records.
@@ -434,12 +447,12 @@ class Probe(ABC):
     name: ClassVar[str]
     observes: ClassVar[str]
     event_types: ClassVar[tuple[str, ...]]
-    bpf_object: ClassVar[ProbeResource | str]
+    bpf_object: ClassVar[ResourceFile | str]
     ring_buffer: ClassVar[str] = "events"
     ring_buffer_bytes: ClassVar[int] = 1 << 20
     layout: ClassVar[RecordLayout]
     ladder: ClassVar[tuple[AttachRung, ...]]
-    event_schema: ClassVar[ProbeResource | str | None] = None
+    event_schema: ClassVar[ResourceFile | str | None] = None
     extra_drop_causes: ClassVar[tuple[str, ...]] = ()
     layouts: ClassVar[Mapping[int, RecordLayout]] = {}
     kind_field: ClassVar[str] = "kind"

@@ -40,7 +40,7 @@ def make_probe(path: Path, record: RecordLayout) -> Probe:
         name = "layout_check"
         observes = "getppid(2)"
         event_types = ("kernel.test.layout",)
-        bpf_object = FileResource(path)  # type: ignore[assignment]
+        bpf_object = FileResource(path)
         ring_buffer_bytes = 1 << 16
         layout = record
         ladder = (AttachRung("tracepoint", ("layout_check_getppid",)),)

@@ -47,7 +47,7 @@ def test_each_run_the_kernel_skipped_is_a_recursion_miss_drop(recursion_object: 
         name = "recursion"
         observes = "getppid(2), bpf_trace_printk"
         event_types = ("kernel.test.recursion",)
-        bpf_object = FileResource(recursion_object)  # type: ignore[assignment]
+        bpf_object = FileResource(recursion_object)
         ring_buffer_bytes = 1 << 16
         layout = RecordLayout.with_header("recursion_record", "", (), 40)
         ladder = (AttachRung("tp_btf", ("recursion_getppid", "recursion_printk")),)

@@ -222,7 +222,7 @@ def make_broken_probe(path: Path) -> Probe:
         name = "broken_probe"
         observes = "nothing that works"
         event_types = ("kernel.test.broken",)
-        bpf_object = FileResource(path)  # type: ignore[assignment]
+        bpf_object = FileResource(path)
         ring_buffer_bytes = 1 << 16
         layout = RecordLayout("broken_event", "<Q", ("value",), 8)
         ladder = (
