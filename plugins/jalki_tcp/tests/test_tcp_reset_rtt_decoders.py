@@ -9,7 +9,14 @@ from jalki_tcp import layouts
 from jalki_tcp.probes import TcpResetProbe, TcpRttProbe
 
 from jalki_core.events import OWNER_KNOWN
-from jalki_core.testing import FIXED_CLOCK_OFFSET_NS, FakeRingBuffer, decode_all, event_validator, make_event_context
+from jalki_core.testing import (
+    FIXED_CLOCK_OFFSET_NS,
+    FakeMap,
+    FakeRingBuffer,
+    decode_all,
+    event_validator,
+    make_event_context,
+)
 
 validate = event_validator()
 OWNER = {"pid": 4242, "flags": OWNER_KNOWN, "comm": b"api-server", "cgroup_id": 99}
@@ -124,19 +131,6 @@ def test_rtt_average_rounds_and_ipv6() -> None:
     assert "src_ip" not in event["network_data"]
 
 
-class _FakeMap:
-    """The two map calls final_events makes (keys, lookup), over packed key/value bytes."""
-
-    def __init__(self, entries: dict[bytes, bytes]) -> None:
-        self.entries = entries
-
-    def keys(self) -> list[bytes]:
-        return list(self.entries)
-
-    def lookup(self, key: bytes) -> bytes | None:
-        return self.entries.get(key)
-
-
 def test_final_events_read_the_windows_left_in_the_map() -> None:
     probe = TcpRttProbe()
     key = layouts.RTT_KEY.pack(raddr=PEER, port=8080, family=socket.AF_INET, direction=layouts.RTT_PASSIVE,
@@ -145,7 +139,7 @@ def test_final_events_read_the_windows_left_in_the_map() -> None:
                                  min_us=200, max_us=400, owner_tgid=31, owner0=31, owner_comm=b"nginx")
     empty_key = layouts.RTT_KEY.pack(raddr=PEER, port=1, family=socket.AF_INET, netns=9)
     ctx = make_event_context(probe.name, "tracepoint")
-    events = probe.final_events({"rtt_agg": _FakeMap({key: value, empty_key: layouts.RTT_AGG.pack()})}, ctx)
+    events = probe.final_events({"rtt_agg": FakeMap({key: value, empty_key: layouts.RTT_AGG.pack()})}, ctx)
     [event] = events
     validate(event)
     assert event["timestamp"] == "2023-11-14T22:13:27.000000005Z"
